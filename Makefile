@@ -1,0 +1,42 @@
+# Two commands for a fresh clone with only python3: `make study` and `make test`.
+# Both create .venv when it is missing and install into it once; later runs reuse it.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+KERNEL := wbc-study
+PYTEST_ARGS ?=
+
+.PHONY: study test install install-dev book benchmark clean
+
+study: $(VENV)/.installed
+	$(BIN)/wbc study $(STUDY_ARGS)
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+book: $(VENV)/.installed
+	$(BIN)/wbc book
+
+benchmark: $(VENV)/.installed
+	$(BIN)/python benchmarks/throughput.py --profile quick --json benchmarks/results/cpu-quick.json
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# The stamps are newer than pyproject.toml once installed: nothing is reinstalled until it changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (wbc-study)" >/dev/null
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (wbc-study)" >/dev/null
+	touch $@ $(VENV)/.installed
+
+clean:
+	rm -rf _build book/generated

@@ -1,0 +1,176 @@
+"""Tests of wbclib.metrics against small hand-computed examples."""
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from wbclib import WBC_CLASSES
+from wbclib.metrics import (
+    classification_metrics,
+    describe_difference,
+    format_mean_ci,
+    mcnemar,
+    mean_ci,
+    paired_bootstrap,
+    psnr,
+    segmentation_metrics,
+)
+
+NAMES3 = ("a", "b", "c")
+
+
+def test_three_class_confusion_by_hand():
+    # true a a a b b c ; pred a a b b c c
+    y_true = [0, 0, 0, 1, 1, 2]
+    y_pred = [0, 0, 1, 1, 2, 2]
+    m = classification_metrics(y_true, y_pred, NAMES3)
+    assert m["n"] == 6
+    assert m["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)
+    # precision a 2/2, b 1/2, c 1/2; recall a 2/3, b 1/2, c 1
+    assert m["per_class"]["a"] == pytest.approx({"precision": 1.0, "recall": 2 / 3, "f1": 0.8, "support": 3})
+    assert m["per_class"]["b"]["f1"] == pytest.approx(0.5)
+    assert m["per_class"]["c"]["f1"] == pytest.approx(2 / 3)
+    assert m["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+    assert m["majority_baseline"] == pytest.approx(0.5)
+    assert m["majority_class"] == "a"
+    assert m["missing_classes"] == []
+    json.dumps(m)  # plain Python types only
+    assert type(m["accuracy"]) is float and type(m["per_class"]["a"]["support"]) is int
+
+
+def test_missing_class_does_not_warn_and_balanced_accuracy_uses_present_classes():
+    y_true = [0, 0, 1, 1, 2, 2]  # Monocyte (3) and Neutrophil (4) absent
+    y_pred = [0, 1, 1, 1, 2, 3]  # one prediction of an absent class
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = classification_metrics(y_true, y_pred, WBC_CLASSES)
+    assert m["missing_classes"] == ["Monocyte", "Neutrophil"]
+    assert m["per_class"]["Neutrophil"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert m["balanced_accuracy"] == pytest.approx((0.5 + 1.0 + 0.5) / 3)
+    assert len(m["confusion_matrix"]) == 5 and all(len(r) == 5 for r in m["confusion_matrix"])
+    assert m["confusion_matrix"][2][3] == 1
+    # macro F1 over classes in y_true or y_pred: Basophil, Eosinophil, Lymphocyte, Monocyte
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 0.8 + 2 / 3 + 0.0) / 4)
+
+
+def test_majority_baseline_given_by_index_or_name():
+    y_true = [0, 1, 1, 2, 2, 2]
+    y_pred = [0, 1, 1, 2, 2, 2]
+    assert classification_metrics(y_true, y_pred, NAMES3)["majority_baseline"] == pytest.approx(0.5)
+    assert classification_metrics(y_true, y_pred, NAMES3, majority_class=1)["majority_baseline"] == pytest.approx(1 / 3)
+    assert classification_metrics(y_true, y_pred, NAMES3, majority_class="a")["majority_baseline"] == pytest.approx(1 / 6)
+
+
+def test_classification_rejects_bad_input():
+    with pytest.raises(ValueError):
+        classification_metrics([], [], NAMES3)
+    with pytest.raises(ValueError):
+        classification_metrics([0, 1], [0], NAMES3)
+    with pytest.raises(ValueError):
+        classification_metrics([0, 3], [0, 1], NAMES3)
+
+
+def test_segmentation_metrics_tiny_masks():
+    pred = np.zeros((3, 2, 2), bool)
+    true = np.zeros((3, 2, 2), bool)
+    pred[0] = [[1, 1], [0, 0]]
+    true[0] = [[1, 0], [0, 0]]  # inter 1, |A|+|B| 3, union 2 -> dice 2/3, iou 1/2
+    true[1] = [[1, 1], [1, 1]]  # pred empty -> 0, 0
+    # image 2: both empty -> 1, 1
+    m = segmentation_metrics(pred, true)
+    assert m == {"dice": pytest.approx((2 / 3 + 0 + 1) / 3), "iou": pytest.approx((0.5 + 0 + 1) / 3), "n": 3}
+    with pytest.raises(ValueError):
+        segmentation_metrics(pred, true[:2])
+
+
+def test_psnr_identical_and_known_mse():
+    x = np.random.default_rng(0).uniform(0.2, 0.8, size=(2, 3, 4, 4))
+    assert psnr(x, x) == 100.0
+    assert psnr(x + 0.1, x) == pytest.approx(20.0)  # MSE 0.01
+    assert psnr(np.full((1, 1, 2, 2), 1.5), np.full((1, 1, 2, 2), 0.9)) == pytest.approx(20.0)  # clipped to 1
+    assert psnr(x * 255 + 25.5, x * 255, data_range=255.0) == pytest.approx(20.0)
+    assert type(psnr(x, x)) is float
+
+
+def test_mean_ci_matches_scipy_t_interval():
+    values = [0.971, 0.975, 0.978, 0.969, 0.974]
+    d = mean_ci(values)
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+    assert d["n"] == 5 and d["mean"] == pytest.approx(np.mean(values))
+    assert d["low"] == pytest.approx(low) and d["high"] == pytest.approx(high)
+    assert d["half_width"] == pytest.approx((high - low) / 2)
+    single = mean_ci([0.5])
+    assert single == {"mean": 0.5, "half_width": None, "low": None, "high": None, "n": 1}
+    json.dumps(single)
+    with pytest.raises(ValueError):
+        mean_ci([])
+
+
+def test_format_mean_ci():
+    assert format_mean_ci({"mean": 0.97451, "half_width": 0.00312}) == "0.9745 ± 0.0031"
+    assert format_mean_ci({"mean": 0.97451, "half_width": None}) == "0.9745"
+    assert format_mean_ci({"mean": 0.97451, "half_width": math.nan}, digits=2) == "0.97"
+
+
+def _pairs(both, a_only, b_only, neither):
+    a = [1] * both + [1] * a_only + [0] * b_only + [0] * neither
+    b = [1] * both + [0] * a_only + [1] * b_only + [0] * neither
+    return np.array(a, bool), np.array(b, bool)
+
+
+def test_mcnemar_exact_branch():
+    a, b = _pairs(50, 8, 2, 5)  # b + c = 10 < 25
+    r = mcnemar(a, b)
+    assert (r["b"], r["c"], r["method"]) == (8, 2, "exact binomial")
+    # two-sided exact binomial: 2 * P(X <= 2), X ~ Bin(10, 1/2) = 2 * 56 / 1024
+    assert r["p_value"] == pytest.approx(2 * 56 / 1024)
+
+
+def test_mcnemar_chi2_branch():
+    a, b = _pairs(100, 20, 10, 5)  # b + c = 30
+    r = mcnemar(a, b)
+    assert (r["b"], r["c"]) == (20, 10) and r["method"].startswith("chi-square")
+    assert r["statistic"] == pytest.approx(81 / 30)
+    assert r["p_value"] == pytest.approx(stats.chi2.sf(81 / 30, 1))
+
+
+def test_mcnemar_no_discordant_pairs():
+    a, b = _pairs(10, 0, 0, 3)
+    assert mcnemar(a, b)["p_value"] == 1.0
+
+
+def test_paired_bootstrap_identical_vectors():
+    a = np.random.default_rng(1).random(200) < 0.8
+    r = paired_bootstrap(a, a, n_boot=500)
+    assert r["diff"] == 0.0 and r["low"] == 0.0 and r["high"] == 0.0 and r["p_value"] == 1.0
+    json.dumps(r)
+
+
+def test_paired_bootstrap_clearly_better_model():
+    a, b = _pairs(150, 30, 5, 15)
+    r = paired_bootstrap(a, b, n_boot=2000, seed=3)
+    assert r["diff"] == pytest.approx(25 / 200)
+    assert r["low"] > 0 and r["low"] < r["diff"] < r["high"]
+    assert r["p_value"] < 0.05
+    rev = paired_bootstrap(b, a, n_boot=2000, seed=3)
+    assert rev["diff"] == pytest.approx(-25 / 200) and rev["p_value"] < 0.05
+    assert paired_bootstrap(a, b, n_boot=300, seed=7) == paired_bootstrap(a, b, n_boot=300, seed=7)
+
+
+def test_describe_difference_sentences():
+    test = {"diff": 0.008, "low": -0.003, "high": 0.019, "p_value": 0.16}
+    s = describe_difference("with mask", "without mask", test)
+    assert s == ("with mask vs without mask: +0.8 points (95 % CI \u22120.3 to +1.9), p = 0.16 \u2014 "
+                 "not distinguishable from noise at \u03b1 = 0.05.")
+    a, b = _pairs(150, 30, 5, 15)
+    both = {**paired_bootstrap(a, b, n_boot=500), "mcnemar": mcnemar(a, b)}
+    s = describe_difference("A", "B", both)
+    assert "McNemar" in s and "chi-square" in s and "unlikely to be noise" in s and "+12.5 points" in s
+    s = describe_difference("A", "B", mcnemar(*_pairs(50, 8, 2, 5)))
+    assert "McNemar (exact binomial)" in s and "not distinguishable" in s

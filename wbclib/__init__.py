@@ -1,0 +1,12 @@
+"""wbclib: a multi-task UNet for white-blood-cell classification and the study built on it."""
+
+__version__ = "0.1.0"
+
+#: The five leukocyte classes, in the alphabetical order that defines their class index.
+WBC_CLASSES = ("Basophil", "Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil")
+#: CAMELYON16 patch classes: normal = 0, tumor = 1.
+CAM16_CLASSES = ("normal", "tumor")
+
+
+class WbcError(Exception):
+    """A user error (bad data, bad config): the ``wbc`` command prints it on one line, without a traceback."""

@@ -1,0 +1,171 @@
+"""Tables and tests of the results pages, read only from finished run directories.
+
+Every table reports the mean and a 95 % confidence interval across seeds, the report's own number beside
+ours, the majority-class baseline, and paired tests between ablation settings on the same images.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import metrics, runs
+
+RUN_ID = re.compile(r"^(?P<config>.+)-s(?P<seed>\d+)$")
+WBC_ID = re.compile(r"^wbc(?P<subset>\d+)-(?P<init>scratch|pretrained)-(?P<mask>nomask|mask)$")
+TABLE1_SETTINGS = [("cam16-ce", "CE"), ("cam16-ce-prcc", "CE + pRCC"), ("cam16-ce-dice", "CE + Dice"),
+                   ("cam16-ce-prcc-dice", "CE + pRCC + Dice")]
+TABLE2_COLUMNS = [("scratch", "nomask"), ("scratch", "mask"), ("pretrained", "nomask"), ("pretrained", "mask")]
+COLUMN_NAMES = {("scratch", "nomask"): "w/o pretrain, w/o mask", ("scratch", "mask"): "w/o pretrain, with mask",
+                ("pretrained", "nomask"): "with pretrain, w/o mask", ("pretrained", "mask"): "with pretrain, with mask"}
+
+
+def reference() -> dict:
+    """The reference report's published numbers (data shipped with the package)."""
+    return json.loads(resources.files("wbclib").joinpath("reference_results.json").read_text())
+
+
+def load_runs(runs_dir: str | Path) -> pd.DataFrame:
+    """One row per finished run: id, configuration, seed and its headline metrics."""
+    rows = []
+    for d in sorted(Path(runs_dir).glob("*/metrics.json")):
+        run_dir = d.parent
+        m = runs.read_json(d) or {}
+        match = RUN_ID.match(run_dir.name)
+        split = m.get(m.get("reported_split", ""), {})
+        manifest = runs.read_json(run_dir / "manifest.json") or {}
+        rows.append({
+            "run": run_dir.name, "config": match["config"] if match else run_dir.name,
+            "seed": int(match["seed"]) if match else 0, "dataset": m.get("dataset"),
+            "split": m.get("reported_split"), "n": split.get("n"), "accuracy": split.get("accuracy"),
+            "balanced_accuracy": split.get("balanced_accuracy"), "macro_f1": split.get("macro_f1"),
+            "majority_baseline": split.get("majority_baseline"), "psnr": split.get("psnr"),
+            "train_mask_dice": (m.get("train_masks") or {}).get("dice"), "minutes": m.get("wall_time_s", 0) / 60,
+            "synthetic": manifest.get("synthetic"), "path": str(run_dir),
+        })
+    return pd.DataFrame(rows)
+
+
+def is_synthetic(df: pd.DataFrame) -> bool:
+    return bool(len(df)) and bool(df["synthetic"].fillna(False).any())
+
+
+def banner(df: pd.DataFrame) -> str:
+    """A MyST admonition for pages whose numbers come from the synthetic stand-in."""
+    if not is_synthetic(df):
+        return ""
+    return (":::{warning} Synthetic data\nThese numbers come from the **synthetic stand-in** of the course data "
+            "(procedurally drawn cells), trained with the CPU `quick` profile. They show that the pipeline works "
+            "end to end; they are not results about real blood smears. Rerun with `wbc study --profile paper "
+            "--data-root PATH` on the course data for real numbers.\n:::")
+
+
+def _ci_cell(values: pd.Series, digits: int = 4) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "–"
+    return metrics.format_mean_ci(metrics.mean_ci(values.to_numpy()), digits)
+
+
+def table1(df: pd.DataFrame) -> pd.DataFrame:
+    """CAM16 test accuracy of the four settings, with balanced accuracy, macro F1 and the report's number."""
+    ref = reference()["cam16_test_accuracy"]
+    rows = []
+    for i, (cid, name) in enumerate(TABLE1_SETTINGS, start=1):
+        sub = df[df["config"] == cid]
+        rows.append({"#": i, "setting": name, "CE": "✓", "pRCC": "✓" if "prcc" in cid else "",
+                     "Dice": "✓" if "dice" in cid else "", "seeds": len(sub),
+                     "accuracy": _ci_cell(sub["accuracy"]), "balanced accuracy": _ci_cell(sub["balanced_accuracy"]),
+                     "macro-F1": _ci_cell(sub["macro_f1"]), "report accuracy": f"{ref[cid]:.4f}"})
+    cam = df[df["dataset"] == "cam16"]
+    rows.append({"#": "", "setting": "majority class", "CE": "", "pRCC": "", "Dice": "", "seeds": "",
+                 "accuracy": _ci_cell(cam["majority_baseline"]), "balanced accuracy": "0.5000",
+                 "macro-F1": "", "report accuracy": "0.5000"})
+    return pd.DataFrame(rows).set_index("#")
+
+
+def table2(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
+    """WBC validation ``metric`` for WBC_1/10/50/100 x pretraining x mask; the report's accuracy beside ours."""
+    ref = reference()["wbc_val_accuracy"]
+    rows = []
+    for n in (1, 10, 50, 100):
+        row = {"dataset": f"WBC_{n}"}
+        for init, mask in TABLE2_COLUMNS:
+            cid = f"wbc{n}-{init}-{mask}"
+            row[(COLUMN_NAMES[(init, mask)], "ours")] = _ci_cell(df.loc[df["config"] == cid, metric])
+            if metric == "accuracy":
+                row[(COLUMN_NAMES[(init, mask)], "report")] = f"{ref[cid]:.4f}"
+        rows.append(row)
+    wbc = df[df["dataset"] == "wbc"]
+    base = {"dataset": "majority class"}
+    for init, mask in TABLE2_COLUMNS:
+        base[(COLUMN_NAMES[(init, mask)], "ours")] = _ci_cell(wbc["majority_baseline"].head(1)) if metric == \
+            "accuracy" else "–"
+        if metric == "accuracy":
+            base[(COLUMN_NAMES[(init, mask)], "report")] = f"{reference()['wbc_val_majority_baseline']:.4f}"
+    rows.append(base)
+    out = pd.DataFrame(rows).set_index("dataset")
+    out.columns = pd.MultiIndex.from_tuples(out.columns)
+    return out
+
+
+def pooled_correct(df: pd.DataFrame, config: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-image correctness of every seed of ``config``, pooled, keyed by (seed, path) for pairing."""
+    keys, correct = [], []
+    for _, r in df[df["config"] == config].sort_values("seed").iterrows():
+        p = Path(r["path"]) / "embeddings.npz"
+        if not p.is_file():
+            continue
+        with np.load(p, allow_pickle=False) as z:
+            keys += [f"{r['seed']}:{path}" for path in z["path"]]
+            correct.append(z["prediction"] == z["label"])
+    if not correct:
+        return None
+    return np.array(keys), np.concatenate(correct)
+
+
+def compare(df: pd.DataFrame, a: str, b: str, n_boot: int = 5000) -> dict | None:
+    """McNemar and a paired bootstrap of ``a`` against ``b`` on the same images (seeds paired by index)."""
+    pa, pb = pooled_correct(df, a), pooled_correct(df, b)
+    if pa is None or pb is None:
+        return None
+    common, ia, ib = np.intersect1d(pa[0], pb[0], return_indices=True)
+    if len(common) == 0:
+        return None
+    ca, cb = pa[1][ia], pb[1][ib]
+    return {**metrics.paired_bootstrap(ca, cb, n_boot=n_boot), "mcnemar": metrics.mcnemar(ca, cb)}
+
+
+def ablation_tests(df: pd.DataFrame) -> pd.DataFrame:
+    """Every ablation pair of Tables 1 and 2, tested on the same images; one sentence per pair."""
+    pairs = [("CAM16", "cam16-ce-dice", "cam16-ce", "Dice", "no Dice"),
+             ("CAM16", "cam16-ce-prcc", "cam16-ce", "pRCC", "no pRCC"),
+             ("CAM16", "cam16-ce-prcc-dice", "cam16-ce-dice", "pRCC + Dice", "Dice only")]
+    for n in (1, 10, 50, 100):
+        for init in ("scratch", "pretrained"):
+            pairs.append((f"WBC_{n}", f"wbc{n}-{init}-mask", f"wbc{n}-{init}-nomask", f"{init}, with mask",
+                          f"{init}, without mask"))
+        for mask in ("nomask", "mask"):
+            pairs.append((f"WBC_{n}", f"wbc{n}-pretrained-{mask}", f"wbc{n}-scratch-{mask}",
+                          f"pretrained ({mask})", f"scratch ({mask})"))
+    rows = []
+    for group, a, b, name_a, name_b in pairs:
+        t = compare(df, a, b)
+        if t is None:
+            continue
+        rows.append({"set": group, "comparison": f"{name_a} vs {name_b}", "difference (points)": 100 * t["diff"],
+                     "95 % CI": f"{100 * t['low']:+.1f} to {100 * t['high']:+.1f}",
+                     "McNemar p": t["mcnemar"]["p_value"], "bootstrap p": t["p_value"],
+                     "images": t.get("n"), "verdict": metrics.describe_difference(name_a, name_b, t)})
+    return pd.DataFrame(rows)
+
+
+def representative(df: pd.DataFrame, config: str) -> Path | None:
+    """The lowest-seed finished run of a configuration (used for figures)."""
+    sub = df[df["config"] == config].sort_values("seed")
+    return Path(sub.iloc[0]["path"]) if len(sub) else None

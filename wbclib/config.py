@@ -1,0 +1,197 @@
+"""One config object for a run: filled by a profile, a papermill parameters cell or ``wbc train`` flags,
+carried to the trainer and written to the run's ``config.json``.
+
+Two profiles:
+
+- ``paper``: the reference report's recipe (Adam, 32 epochs, StepLR decaying every 12 epochs, gradient
+  clipping, 384 x 384 random crops of the 575 x 575 images, random flips, lambda_CE = 2, lambda_D = 1,
+  base width 64). Meant for a GPU.
+- ``quick``: the same recipe scaled for two CPU cores: the shorter side resized 575 -> 144 and cropped to
+  96 (the paper's field of view, a quarter of the pixels per side), base width 16, a few epochs, and the
+  StepLR step scaled to the same fraction of training (12/32).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from . import WbcError
+
+DATASETS = ("wbc", "cam16", "prcc")
+PRECISIONS = ("auto", "fp32", "bf16")
+#: The report decays the learning rate after 12 of its 32 epochs; scaled profiles keep that fraction.
+PAPER_DECAY_FRACTION = 12 / 32
+
+
+class ConfigError(WbcError):
+    """An unknown key or an impossible value in a run config."""
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run depends on. Field comments give units and allowed values."""
+
+    profile: str = "quick"  # the profile the defaults came from (informational)
+    dataset: str = "wbc"  # wbc | cam16 | prcc
+    subset: int = 100  # WBC subset: 1 | 10 | 50 | 100 (ignored for cam16/prcc)
+    data_root: str | None = None  # course data root; None = the synthetic stand-in
+    synthetic_scale: float = 0.02  # size of the synthetic stand-in (fraction of the course counts)
+    synthetic_seed: int = 0
+    masks: bool = True  # train the mask head with the Generalized Dice Loss where masks exist
+    init: str | None = None  # checkpoint file or run directory to start from (head swap)
+    input_size: int = 96  # side of the square crop fed to the network
+    resize: int | None = 144  # shorter side before cropping; None = native resolution
+    base_width: int = 16
+    depth: int = 4
+    batch_size: int = 16
+    epochs: int = 6
+    lr: float = 1e-3
+    lr_step: int | None = None  # StepLR step in epochs; None = round(epochs * 12 / 32)
+    lr_gamma: float = 0.1
+    grad_clip: float = 1.0  # max global gradient norm; 0 = off
+    lambda_ce: float = 2.0
+    lambda_dice: float = 1.0
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    channels_last: bool | None = None  # None = on for CUDA, off on CPU
+    compile: bool = False  # torch.compile the model
+    num_workers: int | None = None  # loader processes; None = 0 on CPU, min(8, cores - 1) on CUDA
+    skip_bad: bool = False  # leave unreadable files out instead of stopping
+    mask_threshold: int = 128  # mask pixel >= this is cell
+    export_embeddings: bool = True  # write embeddings.npz of the reported split
+
+    # -- derived values -------------------------------------------------------------------------------
+    @property
+    def step_size(self) -> int:
+        """The StepLR step: explicit, or the paper's 12/32 of the epochs."""
+        return self.lr_step or max(1, round(self.epochs * PAPER_DECAY_FRACTION))
+
+    @property
+    def num_classes(self) -> int:
+        return {"wbc": 5, "cam16": 2, "prcc": 1}[self.dataset]
+
+    @property
+    def uses_dice(self) -> bool:
+        return self.masks and self.lambda_dice > 0 and self.dataset != "prcc"
+
+    # -- construction and validation --------------------------------------------------------------------
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for impossible values."""
+        problems = []
+
+        def need(ok: bool, msg: str):
+            if not ok:
+                problems.append(msg)
+
+        need(self.dataset in DATASETS, f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        need(self.subset in (1, 10, 50, 100), f"subset must be 1, 10, 50 or 100, got {self.subset!r}")
+        need(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name in ("input_size", "base_width", "depth", "batch_size", "epochs"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and v >= 1, f"{name} must be a positive integer, got {v!r}")
+        if not problems:
+            div = 2 ** (self.depth + 1)
+            need(self.input_size % div == 0,
+                 f"input_size {self.input_size} is not divisible by {div} (2**(depth+1) for depth={self.depth})")
+        need(self.resize is None or (isinstance(self.resize, int) and self.resize >= 1),
+             f"resize must be a positive integer or None, got {self.resize!r}")
+        need(self.lr_step is None or (isinstance(self.lr_step, int) and self.lr_step >= 1),
+             f"lr_step must be a positive integer or None, got {self.lr_step!r}")
+        for name in ("lr", "lr_gamma", "synthetic_scale"):
+            v = getattr(self, name)
+            need(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, f"{name} must be > 0, got {v!r}")
+        for name in ("grad_clip", "lambda_ce", "lambda_dice"):
+            v = getattr(self, name)
+            need(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0, f"{name} must be >= 0, got {v!r}")
+        need(self.num_workers is None or (isinstance(self.num_workers, int) and self.num_workers >= 0),
+             f"num_workers must be >= 0 or None, got {self.num_workers!r}")
+        need(0 <= self.mask_threshold <= 255, f"mask_threshold must be in 0..255, got {self.mask_threshold!r}")
+        if problems:
+            raise ConfigError("invalid run config: " + "; ".join(problems))
+
+    def replace(self, **changes) -> RunConfig:
+        """A copy with some fields changed (unknown names are rejected)."""
+        return from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+
+FIELDS = {f.name: f for f in fields(RunConfig)}
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "paper": dict(profile="paper", input_size=384, resize=None, base_width=64, depth=4, batch_size=16, epochs=32,
+                  lr=1e-3, lr_step=12, lr_gamma=0.1, grad_clip=1.0, lambda_ce=2.0, lambda_dice=1.0,
+                  synthetic_scale=1.0),
+    "quick": dict(profile="quick", input_size=96, resize=144, base_width=16, depth=4, batch_size=8, epochs=6,
+                  lr=2e-3, lr_step=None, lr_gamma=0.1, grad_clip=1.0, lambda_ce=2.0, lambda_dice=1.0,
+                  synthetic_scale=0.02),
+}
+
+
+def from_dict(values: dict[str, Any]) -> RunConfig:
+    """Build a config from a dict, rejecting unknown keys by name."""
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}; known keys: {', '.join(FIELDS)}")
+    try:
+        return RunConfig(**values)
+    except TypeError as exc:
+        raise ConfigError(f"invalid run config: {exc}") from None
+
+
+def from_profile(name: str = "quick", **overrides) -> RunConfig:
+    """The named profile's defaults, with ``overrides`` applied (None values are ignored)."""
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+    return from_dict({**PROFILES[name], **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def load(path: str | Path) -> RunConfig:
+    """Read a ``config.json``."""
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a JSON object of config keys")
+    return from_dict(values)
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Parse ``KEY=VALUE`` (from ``--set``) into a typed pair: JSON values, else the raw string."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    key = key.strip().replace("-", "_")
+    if key not in FIELDS:
+        raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(FIELDS)}")
+    low = raw.strip().lower()
+    if low in ("none", "null"):
+        return key, None
+    if low in ("true", "false"):
+        return key, low == "true"
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+
+def from_parameters(profile: str = "quick", overrides: dict | None = None, **params) -> RunConfig:
+    """The config of a training notebook's parameters cell (and of the study runner, which passes the same
+    parameters): the profile, then ``overrides``, then the named parameters that are not None."""
+    return from_profile(profile, **{**(overrides or {}), **{k: v for k, v in params.items() if v is not None}})

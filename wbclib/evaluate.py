@@ -1,0 +1,170 @@
+"""Apply a trained model: ``wbc evaluate`` on a labelled class-folder set, ``wbc predict`` on any images.
+
+Images go through the evaluation transform of the checkpoint's own config (resize of the shorter side, then
+a centre crop), whatever their size. Checkpoints are loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import WBC_CLASSES, WbcError, data, metrics, runs, transforms
+from .train import Runtime, load_model, make_loader, predict
+
+
+def _model(checkpoint):
+    model, config = load_model(checkpoint)
+    state = runs.load_checkpoint(checkpoint)
+    classes = tuple(state.get("classes") or (WBC_CLASSES if config.num_classes == 5 else range(config.num_classes)))
+    config = config.replace(device="auto", num_workers=0, channels_last=None, precision="auto")
+    rt = Runtime.from_config(config)
+    return model.to(rt.device), config, classes, rt
+
+
+def _dataset(records, classes, config, root=None, mask_threshold=None):
+    return data.CellDataset(records, classes, transforms.build(config.input_size, config.resize, train=False),
+                            mask_threshold if mask_threshold is not None else config.mask_threshold,
+                            config.resize, root)
+
+
+def _run(model, ds, config, rt, progress: bool) -> dict:
+    loader = make_loader(ds, config.replace(batch_size=max(config.batch_size, 32)), rt, shuffle=False)
+    if progress:
+        loader = tqdm(loader, desc="images", unit="batch", total=len(loader))
+    return predict(model, loader, rt)
+
+
+def embed_folder(checkpoint, folder, mask_threshold=None, skip_bad: bool = False, progress: bool = False) -> dict:
+    """Embeddings, labels and predictions of a class-folder set under a trained model (for t-SNE)."""
+    model, config, classes, rt = _model(checkpoint)
+    records, root = data.folder_records(folder, classes, skip_bad=skip_bad)
+    pred = _run(model, _dataset(records, classes, config, root, mask_threshold), config, rt, progress)
+    pred["prediction"] = pred["logits"].argmax(1)
+    return pred
+
+
+def evaluate(checkpoint, folder, out, mask_threshold=None, skip_bad: bool = False, progress: bool = False) -> dict:
+    """Metrics of a trained model on a labelled class-folder set; writes metrics.json, confusion.png and
+    predictions.csv under ``out`` (never inside the data folder)."""
+    from . import plots
+
+    model, config, classes, rt = _model(checkpoint)
+    records, root = data.folder_records(folder, classes, skip_bad=skip_bad)
+    out = Path(out)
+    if out.resolve().is_relative_to(Path(folder).resolve()):
+        raise WbcError(f"--out {out} is inside the data folder {folder}; nothing is written inside a data set")
+    pred = _run(model, _dataset(records, classes, config, root, mask_threshold), config, rt, progress)
+    y_pred = pred["logits"].argmax(1)
+    result = {"checkpoint": str(runs.resolve_checkpoint(checkpoint)), "data": str(Path(folder).resolve()),
+              **metrics.classification_metrics(pred["label"], y_pred, list(classes)), "psnr": pred["psnr"]}
+    if pred["segmentation"] is not None:
+        result["masks"] = pred["segmentation"]
+    out.mkdir(parents=True, exist_ok=True)
+    runs.write_json(out / "metrics.json", result)
+    fig = plots.confusion_matrix_plot(result["confusion_matrix"], list(classes), title=Path(folder).name)
+    fig.savefig(out / "confusion.png", dpi=120)
+    runs.write_atomic(out / "predictions.csv", _csv(pred["path"], pred["logits"], classes, pred["label"]))
+    return result
+
+
+def _csv(paths, logits, classes, labels=None) -> str:
+    probs = torch.softmax(torch.as_tensor(logits), 1).numpy()
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", *(["true_class"] if labels is not None else []), "predicted_class",
+                *[f"p_{c}" for c in classes]])
+    for i, p in enumerate(paths):
+        truth = [classes[labels[i]]] if labels is not None else []
+        w.writerow([p, *truth, classes[int(probs[i].argmax())], *[f"{v:.4f}" for v in probs[i]]])
+    return buf.getvalue()
+
+
+def image_files(inputs) -> list[Path]:
+    """Image files named directly or found (recursively) in the given folders; a clear error otherwise."""
+    files, problems = [], data.Problems(Path("."), "image files (.jpg/.png/.bmp/.tif) or folders holding them")
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in data.IMAGE_EXTENSIONS
+                            and not p.name.startswith("."))
+        elif item.is_file():
+            files.append(item)
+        else:
+            problems.add(item, "not found")
+    for f in files:
+        why = data.check_image(f)
+        if why:
+            problems.add(f, why)
+    problems.settle(skip_bad=False)
+    if not files:
+        raise WbcError("no image found in " + ", ".join(map(str, inputs)))
+    return files
+
+
+def predict_images(checkpoint, inputs, out=None, progress: bool = False) -> str:
+    """Class probabilities of each image as CSV; with ``out``, also one PNG per image (input, reconstruction,
+    predicted mask). Returns the CSV text."""
+    import matplotlib.pyplot as plt
+
+    from . import plots
+
+    model, config, classes, rt = _model(checkpoint)
+    files = image_files(inputs)
+    ds = _dataset([data.Record(f) for f in files], classes, config)
+    loader = make_loader(ds, config.replace(batch_size=max(config.batch_size, 32)), rt, shuffle=False)
+    logits, out_dir = [], Path(out) if out else None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    done = 0
+    with torch.no_grad(), tqdm(total=len(files), desc="images", unit="img", disable=not progress) as bar:
+        for batch in loader:
+            images = batch["image"].to(rt.device)
+            with rt.autocast():
+                o = model(images)
+            logits.append(o.class_logits.float().cpu())
+            if out_dir:
+                pred = o.class_logits.argmax(1)
+                probs = torch.sigmoid(o.mask_logits.float()).gather(
+                    1, pred[:, None, None, None].expand(-1, 1, *images.shape[2:]))
+                for j in range(len(images)):
+                    name = f"{done + j:05d}_{Path(batch['path'][j]).stem}.png"
+                    fig = plots.reconstruction_grid(images[j:j + 1].cpu(), o.reconstruction[j:j + 1].float().cpu(),
+                                                    pred_masks=(probs[j:j + 1] > 0.5).float().cpu(),
+                                                    titles=[classes[int(pred[j])]], n=1)
+                    fig.savefig(out_dir / name, dpi=100)
+                    plt.close(fig)
+            done += len(images)
+            bar.update(len(images))
+    text = _csv([str(f) for f in files], torch.cat(logits).numpy(), classes)
+    if out_dir:
+        runs.write_atomic(out_dir / "predictions.csv", text)
+    return text
+
+
+def evaluate_command(a) -> int:
+    result = evaluate(a.checkpoint, a.data, a.out, a.mask_threshold, a.skip_bad, progress=not a.no_progress
+                      and sys.stderr.isatty())
+    line = (f"{result['n']} images: accuracy {result['accuracy']:.4f}, balanced accuracy "
+            f"{result['balanced_accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f} (majority class "
+            f"{result['majority_baseline']:.4f})")
+    if result["missing_classes"]:
+        line += f"; classes absent from the set: {', '.join(result['missing_classes'])}"
+    print(line)
+    print(f"written: {Path(a.out) / 'metrics.json'}, confusion.png, predictions.csv")
+    return 0
+
+
+def predict_command(a) -> int:
+    text = predict_images(a.checkpoint, a.inputs, a.out, progress=not a.no_progress and sys.stderr.isatty())
+    if a.out:
+        print(f"written: {Path(a.out) / 'predictions.csv'} and one PNG per image")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+

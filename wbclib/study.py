@@ -1,0 +1,334 @@
+"""The report's grid of runs, executed as papermill notebooks, then the analysis notebook and the book.
+
+Run ids name the configuration: ``prcc``, ``cam16-ce``, ``cam16-ce-prcc``, ``cam16-ce-dice``,
+``cam16-ce-prcc-dice`` and ``wbc<N>-<scratch|pretrained>-<nomask|mask>`` (N = 1, 10, 50, 100), each followed
+by ``-s<seed>``. Pretrained CAM16 runs start from ``prcc``; pretrained WBC runs start from the CAM16 model
+that saw pRCC pretraining and every loss (``cam16-ce-prcc-dice``). Dependencies run first.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import WbcError
+from . import config as cfg
+from . import runs
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+GENERATED = ROOT / "book" / "generated"
+KERNEL = "wbc-study"
+WBC_SUBSETS = (1, 10, 50, 100)
+#: The pretrained WBC runs start from this CAM16 configuration.
+WBC_PRETRAINED_FROM = "cam16-ce-prcc-dice"
+
+
+@dataclass
+class Job:
+    """One configuration of the grid: its id, notebook parameters and the run it starts from."""
+
+    id: str
+    params: dict
+    depends: str | None = None
+    status: str = "pending"
+    detail: str = ""
+    seconds: float = 0.0
+    notebook: Path | None = field(default=None, repr=False)
+
+
+def grid(seeds: list[int]) -> list[Job]:
+    """Every configuration of the report, in dependency order."""
+    jobs = []
+    for s in seeds:
+        jobs.append(Job(f"prcc-s{s}", {"dataset": "prcc", "masks": False, "seed": s}))
+        for pre in (False, True):
+            for dice in (False, True):
+                name = "cam16-ce" + ("-prcc" if pre else "") + ("-dice" if dice else "")
+                jobs.append(Job(f"{name}-s{s}", {"dataset": "cam16", "masks": dice, "seed": s},
+                                f"prcc-s{s}" if pre else None))
+        for n in WBC_SUBSETS:
+            for pre in (False, True):
+                for mask in (False, True):
+                    rid = f"wbc{n}-{'pretrained' if pre else 'scratch'}-{'mask' if mask else 'nomask'}-s{s}"
+                    jobs.append(Job(rid, {"dataset": "wbc", "subset": n, "masks": mask, "seed": s},
+                                    f"{WBC_PRETRAINED_FROM}-s{s}" if pre else None))
+    order = {"prcc": 0, "cam16": 1, "wbc": 2}
+    return sorted(jobs, key=lambda j: order[j.params["dataset"]])
+
+
+def select(jobs: list[Job], pattern: str | None) -> list[Job]:
+    """Jobs whose id matches the glob, plus everything they depend on (in dependency order)."""
+    if not pattern:
+        return jobs
+    by_id = {j.id: j for j in jobs}
+    wanted = {j.id for j in jobs if fnmatch.fnmatch(j.id, pattern)}
+    if not wanted:
+        raise WbcError(f"--only {pattern!r} matches no run id; ids look like {jobs[0].id}, "
+                       f"cam16-ce-dice-s0, wbc10-pretrained-mask-s0")
+    frontier = list(wanted)
+    while frontier:
+        dep = by_id[frontier.pop()].depends
+        if dep and dep not in wanted:
+            wanted.add(dep)
+            frontier.append(dep)
+    return [j for j in jobs if j.id in wanted]
+
+
+def notebook_params(job: Job, profile: str, data_root: str | None, runs_dir: Path, overrides: dict) -> dict:
+    """The parameters papermill injects into the training notebook for this job."""
+    init = str((runs_dir / job.depends).resolve()) if job.depends else None
+    return {"profile": profile, "run_dir": str((runs_dir / job.id).resolve()), "data_root": data_root, "init": init,
+            **job.params, "overrides": overrides}
+
+
+def job_config(job: Job, profile: str, data_root: str | None, runs_dir: Path, overrides: dict) -> cfg.RunConfig:
+    """The RunConfig the notebook builds from this job's parameters (the very call it makes)."""
+    params = notebook_params(job, profile, data_root, runs_dir, overrides)
+    params.pop("run_dir")
+    return cfg.from_parameters(**params)
+
+
+def ensure_kernel() -> None:
+    """Register the ``wbc-study`` kernel in this environment if it is missing (e.g. after a plain pip install)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec(KERNEL)
+    except NoSuchKernel:
+        from ipykernel.kernelspec import install
+
+        install(kernel_name=KERNEL, display_name="Python (wbc-study)", prefix=sys.prefix)
+
+
+def execute(notebook: Path, output: Path, parameters: dict, cwd: Path) -> None:
+    """Run a notebook with papermill in the project's kernel."""
+    import papermill
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name=KERNEL,
+                               cwd=str(cwd), progress_bar=False, log_output=False, request_save_on_cell_execute=False)
+
+
+def run_grid(jobs: list[Job], profile: str, data_root: str | None, runs_dir: Path, overrides: dict,
+             log=print) -> list[Job]:
+    """Execute each job's training notebook, skipping finished runs with the same config; never stop early."""
+    from papermill.exceptions import PapermillExecutionError
+    from tqdm import tqdm
+
+    ensure_kernel()
+    status = {}
+    bar = tqdm(jobs, desc="study", unit="run", disable=not sys.stderr.isatty())
+    for job in bar:
+        bar.set_postfix_str(job.id)
+        run_dir = runs_dir / job.id
+        job.notebook = run_dir / "train.ipynb"
+        config = job_config(job, profile, data_root, runs_dir, overrides)
+        if job.depends and status.get(job.depends) not in ("finished", "reused"):
+            job.status, job.detail = "skipped", f"its starting point {job.depends} did not finish"
+        elif runs.is_finished(run_dir, json.loads(config.to_json())) and job.notebook.is_file():
+            job.status = "reused"
+        else:
+            t0 = time.time()
+            old = runs.read_json(run_dir / "config.json")
+            if old is not None and old != json.loads(config.to_json()):
+                (run_dir / runs.CHECKPOINT).unlink(missing_ok=True)  # another config: start over, don't resume
+            params = notebook_params(job, profile, data_root, runs_dir, overrides)
+            try:
+                execute(NOTEBOOKS / "train.ipynb", job.notebook, params, NOTEBOOKS)
+                job.status = "finished"
+            except PapermillExecutionError as exc:
+                job.status, job.detail = "failed", f"{exc.ename}: {str(exc.evalue).splitlines()[0][:200]}"
+            except Exception as exc:  # kernel died, notebook missing...: record it, keep going
+                job.status, job.detail = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            job.seconds = time.time() - t0
+        status[job.id] = job.status
+        acc = (runs.read_json(run_dir / "metrics.json") or {}).get("accuracy") if job.status != "failed" else None
+        log(f"  {job.id:32s} {job.status:9s} {job.seconds:6.1f}s" + (f"  accuracy {acc:.4f}" if acc is not None
+                                                                       else "") + (f"  {job.detail}" if job.detail else ""))
+    return jobs
+
+
+def summary(jobs: list[Job]) -> str:
+    counts = {s: sum(j.status == s for j in jobs) for s in ("finished", "reused", "failed", "skipped")}
+    lines = [f"study: {counts['finished']} finished, {counts['reused']} reused, {counts['failed']} failed, "
+             f"{counts['skipped']} skipped"]
+    for j in jobs:
+        if j.status == "failed":
+            lines.append(f"  FAILED {j.id}: {j.detail}\n         notebook: {j.notebook}")
+        elif j.status == "skipped":
+            lines.append(f"  skipped {j.id}: {j.detail}")
+    return "\n".join(lines)
+
+
+# -- the book ---------------------------------------------------------------------------------------------
+
+def publish_runs(jobs: list[Job]) -> None:
+    """Copy the executed training notebooks of finished runs into the book's generated pages."""
+    out = GENERATED / "runs"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for j in jobs:
+        if j.status in ("finished", "reused") and j.notebook and j.notebook.is_file():
+            shutil.copyfile(j.notebook, out / f"{j.id}.ipynb")
+
+
+def write_data_summary(data_root: Path, synthetic: bool, scale: float | None) -> None:
+    """The data page's 'What this build used' section: where the data came from and its counts."""
+    from . import data as d
+
+    lines = []
+    if synthetic:
+        lines.append(f"This build used the **synthetic stand-in** (`wbc synth`, scale {scale:g}), generated at "
+                     f"`{data_root}`. Its numbers say nothing about real blood smears.\n")
+    else:
+        lines.append(f"This build used the course data at `{data_root}`.\n")
+    rows = ["| split | images | with mask | per class |", "|---|---|---|---|"]
+
+    def add(name, records, classes):
+        counts = {c: sum(r.label == i for r in records) for i, c in enumerate(classes)}
+        per = ", ".join(f"{c} {n}" for c, n in counts.items()) if classes else "unlabeled"
+        rows.append(f"| {name} | {len(records)} | {sum(r.mask_path is not None for r in records)} | {per} |")
+
+    from . import CAM16_CLASSES, WBC_CLASSES
+
+    for n in WBC_SUBSETS:
+        try:
+            add(f"WBC_{n} train", d.wbc_records(data_root, n, "train", check=False), WBC_CLASSES)
+        except WbcError:
+            rows.append(f"| WBC_{n} train | missing | | |")
+    for split, fn, classes in [("WBC val", lambda: d.wbc_records(data_root, 100, "val", check=False), WBC_CLASSES),
+                               *[(f"CAM16 {s}", (lambda s=s: d.cam16_records(data_root, s, check=False)),
+                                  CAM16_CLASSES) for s in ("train", "val", "test")],
+                               ("pRCC train", lambda: d.prcc_records(data_root, "train", check=False), ()),
+                               ("pRCC val", lambda: d.prcc_records(data_root, "val", check=False), ())]:
+        try:
+            add(split, fn(), classes)
+        except WbcError:
+            rows.append(f"| {split} | missing | | |")
+    GENERATED.mkdir(parents=True, exist_ok=True)
+    runs.write_atomic(GENERATED / "data_summary.md", "\n".join(lines + rows) + "\n")
+
+
+def write_performance_page() -> None:
+    """The performance page's table, from the benchmark JSON files (if any were recorded)."""
+    results = sorted((ROOT / "benchmarks" / "results").glob("*.json"))
+    rows = ["| device | profile | train images/s | model FLOP/s | matmul FLOP/s | % of matmul | loader images/s |",
+            "|---|---|---|---|---|---|---|"]
+    for p in results:
+        r = runs.read_json(p) or {}
+        try:
+            rows.append(f"| {r['device']} | {r['profile']} | {r['train_images_per_s']:.1f} | "
+                        f"{r['model_flops_per_s'] / 1e9:.1f} G | {r['matmul_flops_per_s'] / 1e9:.1f} G | "
+                        f"{100 * r['model_flops_per_s'] / r['matmul_flops_per_s']:.0f} % | "
+                        f"{r['loader_images_per_s']:.1f} |")
+        except (KeyError, TypeError, ZeroDivisionError):
+            continue
+    text = "\n".join(rows) if len(rows) > 2 else "No benchmark has been recorded in `benchmarks/results/` yet."
+    GENERATED.mkdir(parents=True, exist_ok=True)
+    runs.write_atomic(GENERATED / "performance.md", text + "\n")
+
+
+def write_evaluation_page(runs_dir: Path, external: str | None) -> None:
+    """The external-evaluation page: the executed evaluation notebook, or a note that none was requested."""
+    page = GENERATED / "evaluation.md"
+    if (GENERATED / "evaluation.ipynb").exists():
+        (GENERATED / "evaluation.ipynb").unlink()
+    text = ["# External evaluation", ""]
+    text.append("No external set was given to this build. Run `wbc study --external DIR` with a class-folder set "
+                "(for example Raabin-WBC Test-A or the BCCD crops) to evaluate the trained models on it, or "
+                "`wbc evaluate --checkpoint runs/<id> --data DIR --out OUT` for one model.")
+    runs.write_atomic(page, "\n".join(text) + "\n")
+
+
+def notebook_errors(path: Path) -> list[str]:
+    """Error outputs stored in an executed notebook (the book refuses to publish those)."""
+    nb = json.loads(path.read_text())
+    return [f"{path}: cell {i}: {o.get('ename')}: {o.get('evalue')}" for i, c in enumerate(nb.get("cells", []))
+            for o in c.get("outputs", []) if o.get("output_type") == "error"]
+
+
+def build_book(log=print) -> Path:
+    """Build the HTML book from stored outputs (no notebook is executed); fail on warnings or errored pages."""
+    errors = [e for p in sorted(GENERATED.rglob("*.ipynb")) for e in notebook_errors(p)]
+    if errors:
+        raise WbcError("notebooks with errors cannot be published:\n  " + "\n  ".join(errors[:20]))
+    missing = [p for p in ("results.ipynb", "data_summary.md", "evaluation.md", "performance.md")
+               if not (GENERATED / p).exists()]
+    if missing:
+        raise WbcError(f"book/generated/ lacks {', '.join(missing)}: run `wbc study` first")
+    exe = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(ROOT), "--warningiserror", "--keep-going",
+           "--quiet"]
+    log("book: " + " ".join(cmd[1:]))
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+        raise WbcError(f"the book build failed (jupyter-book exit {proc.returncode}):\n{tail}")
+    index = ROOT / "_build" / "html" / "index.html"
+    return index
+
+
+def build_book_command(args) -> int:
+    index = build_book()
+    print(f"book: {index}")
+    return 0
+
+
+# -- the command ------------------------------------------------------------------------------------------
+
+def main(args) -> int:
+    t0 = time.time()
+    seeds = args.seeds or (3 if args.profile == "paper" else 1)
+    overrides = dict(cfg.parse_assignment(s) for s in args.set)
+    runs_dir = Path(args.runs_dir).resolve()
+    jobs = select(grid(list(range(seeds))), args.only)
+    data_root = str(Path(args.data_root).expanduser().resolve()) if args.data_root else None
+    # Validate every config before anything runs (a bad --set fails here, once).
+    for j in jobs:
+        job_config(j, args.profile, data_root, runs_dir, overrides)
+    print(f"study: {len(jobs)} run(s), profile {args.profile}, {seeds} seed(s), runs in {runs_dir}")
+    if args.dry_run:
+        for j in jobs:
+            print(f"  {j.id}" + (f"  (starts from {j.depends})" if j.depends else ""))
+        return 0
+    probe = job_config(jobs[0], args.profile, data_root, runs_dir, overrides)
+    if data_root is None:
+        from .train import synthetic_root
+
+        t = time.time()
+        root = synthetic_root(probe.synthetic_scale, probe.synthetic_seed, progress=sys.stderr.isatty())
+        print(f"data: no --data-root given: using the synthetic stand-in at {root} "
+              f"(scale {probe.synthetic_scale:g}, ready in {time.time() - t:.1f}s); numbers are not real results")
+    else:
+        root = Path(data_root)
+        print(f"data: {root}")
+    run_grid(jobs, args.profile, data_root, runs_dir, overrides)
+    print(summary(jobs))
+    failed = any(j.status in ("failed", "skipped") for j in jobs)
+    if not args.no_book:
+        publish_runs(jobs)
+        write_data_summary(root, data_root is None, probe.synthetic_scale)
+        write_performance_page()
+        write_evaluation_page(runs_dir, args.external)
+        t = time.time()
+        print("analysis: executing notebooks/analysis.ipynb")
+        try:
+            execute(NOTEBOOKS / "analysis.ipynb", GENERATED / "results.ipynb",
+                    {"runs_dir": str(runs_dir), "external": args.external}, NOTEBOOKS)
+        except Exception as exc:
+            raise WbcError(f"the analysis notebook failed ({type(exc).__name__}: "
+                           f"{str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ''}); "
+                           f"see {GENERATED / 'results.ipynb'}") from None
+        index = build_book()
+        print(f"analysis and book: {time.time() - t:.1f}s")
+        print(f"book: {index}")
+    print(f"study: done in {time.time() - t0:.0f}s")
+    return 1 if failed else 0

@@ -1,0 +1,508 @@
+"""The training loop shared by every run of the study: ``fit(config, run_dir)``.
+
+Read top to bottom: resolve the device and data, build loaders, model, loss, Adam and StepLR; then for each
+epoch train, validate, append to the history and checkpoint atomically; finally evaluate the reported split
+and write ``metrics.json`` (last, so its presence means "finished"), embeddings and the manifest.
+
+Randomness is re-seeded at the start of every epoch from ``(seed, epoch)``: shuffling, augmentation and
+loader workers depend only on the epoch, so a run killed after epoch k and resumed ends exactly where an
+uninterrupted run ends (on CPU, where the kernels are deterministic).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from . import CAM16_CLASSES, WBC_CLASSES, WbcError, __version__
+from . import config as cfg
+from . import data, metrics, runs, transforms
+from .losses import MultiTaskLoss
+from .model import MultiTaskUNet, load_matching
+
+HISTORY_COLUMNS = ["epoch", "lr", "train_total", "train_mse", "train_ce", "train_dice", "val_total", "val_mse",
+                   "val_ce", "val_dice", "val_accuracy", "seconds"]
+LOSS_PARTS = ("total", "mse", "ce", "dice")
+
+
+class TrainingDiverged(WbcError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# -- environment ------------------------------------------------------------------------------------------
+
+def cache_dir() -> Path:
+    """Where derived data (the synthetic stand-in) is cached: $WBC_CACHE or ~/.cache/wbc-study."""
+    return Path(os.environ.get("WBC_CACHE") or Path.home() / ".cache" / "wbc-study")
+
+
+def synthetic_root(scale: float, seed: int = 0, progress: bool = False) -> Path:
+    """Generate (once) and return the synthetic stand-in of the course data at ``scale``."""
+    from . import synth
+
+    root = cache_dir() / f"synthetic-scale{scale:g}-seed{seed}"
+    synth.generate(root, scale=scale, seed=seed, progress=progress)
+    return root
+
+
+def data_root(config: cfg.RunConfig, progress: bool = False) -> Path:
+    if config.data_root:
+        return Path(config.data_root).expanduser()
+    return synthetic_root(config.synthetic_scale, config.synthetic_seed, progress)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise WbcError(f"device {name!r} requested but CUDA is not available on this machine")
+    return device
+
+
+@dataclass
+class Runtime:
+    """Device-dependent choices resolved from the config's 'auto' values."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    num_workers: int
+
+    @classmethod
+    def from_config(cls, config: cfg.RunConfig) -> Runtime:
+        device = resolve_device(config.device)
+        cuda = device.type == "cuda"
+        precision = config.precision if config.precision != "auto" else ("bf16" if cuda else "fp32")
+        channels_last = cuda if config.channels_last is None else config.channels_last
+        workers = config.num_workers
+        if workers is None:
+            workers = min(8, max(0, (os.cpu_count() or 1) - 1)) if cuda else 0
+        return cls(device, torch.bfloat16 if precision == "bf16" else None, channels_last, workers)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch: a function of the run seed and the epoch only (what makes resume exact)."""
+    return (seed * 1_000_003 + epoch * 7919 + 17) % 2**63
+
+
+def _seed_worker(worker_id: int) -> None:
+    s = torch.initial_seed() % 2**32
+    random.seed(s)
+    np.random.seed(s)
+
+
+# -- data -------------------------------------------------------------------------------------------------
+
+@dataclass
+class Splits:
+    """The datasets of one run: ``train``, ``val`` (watched every epoch) and ``report`` (the reported split)."""
+
+    train: data.CellDataset
+    val: data.CellDataset
+    report: data.CellDataset
+    report_name: str
+    classes: tuple[str, ...]
+    root: Path
+    records: list
+
+
+def build_splits(config: cfg.RunConfig, root: Path) -> Splits:
+    """Index and validate every split a run needs, before any training starts."""
+    skip = config.skip_bad
+    if config.dataset == "wbc":
+        classes = WBC_CLASSES
+        tr = data.wbc_records(root, config.subset, "train", skip)
+        va = data.wbc_records(root, config.subset, "val", skip)
+        rep, rep_name = va, "val"
+    elif config.dataset == "cam16":
+        classes = CAM16_CLASSES
+        tr = data.cam16_records(root, "train", skip)
+        va = data.cam16_records(root, "val", skip)
+        rep, rep_name = data.cam16_records(root, "test", skip), "test"
+    else:
+        classes = ("tissue",)
+        tr = data.prcc_records(root, "train", skip_bad=skip)
+        va = data.prcc_records(root, "val", skip_bad=skip)
+        rep, rep_name = va, "val"
+    if not config.masks:
+        tr = [data.Record(r.path, r.label, None) for r in tr]
+
+    def make(records, train):
+        return data.CellDataset(records, classes, transforms.build(config.input_size, config.resize, train),
+                                config.mask_threshold, config.resize, root)
+
+    report = make(rep, False)
+    val = report if rep is va else make(va, False)
+    return Splits(make(tr, True), val, report, rep_name, classes, root, [*tr, *va, *(rep if rep is not va else [])])
+
+
+def make_loader(dataset, config: cfg.RunConfig, rt: Runtime, shuffle: bool, generator=None) -> DataLoader:
+    return DataLoader(dataset, batch_size=config.batch_size, shuffle=shuffle, drop_last=False,
+                      num_workers=rt.num_workers, pin_memory=rt.device.type == "cuda",
+                      worker_init_fn=_seed_worker, generator=generator, persistent_workers=False)
+
+
+def to_device(batch: dict, rt: Runtime):
+    nb = rt.device.type == "cuda"
+    fmt = torch.channels_last if rt.channels_last else torch.contiguous_format
+    images = batch["image"].to(rt.device, non_blocking=nb).contiguous(memory_format=fmt)
+    labels = torch.as_tensor(batch["label"]).to(rt.device, non_blocking=nb)
+    masks = batch["mask"].to(rt.device, non_blocking=nb)
+    has_mask = torch.as_tensor(batch["has_mask"]).to(rt.device, non_blocking=nb)
+    return images, labels, masks, has_mask
+
+
+# -- model ------------------------------------------------------------------------------------------------
+
+def build_model(config: cfg.RunConfig) -> MultiTaskUNet:
+    return MultiTaskUNet(config.num_classes, config.base_width, config.depth)
+
+
+def load_model(run_or_file: str | Path, device: str | torch.device = "cpu") -> tuple[MultiTaskUNet, cfg.RunConfig]:
+    """The model of a finished (or interrupted) run and its config, in eval mode."""
+    state = runs.load_checkpoint(run_or_file, map_location="cpu")
+    config = cfg.from_dict(state["config"]) if "config" in state else cfg.from_profile("quick")
+    model = build_model(config)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), config
+
+
+# -- one epoch --------------------------------------------------------------------------------------------
+
+class Averages:
+    """Running sample-weighted means of the loss components; the Dice term is averaged over the samples
+    that have a mask only (batches without one would otherwise dilute it towards 0)."""
+
+    def __init__(self):
+        self.sums = dict.fromkeys(LOSS_PARTS, 0.0)
+        self.n = self.n_masked = 0
+
+    def add(self, parts: dict[str, float], n: int, n_masked: int) -> None:
+        for k in ("total", "mse", "ce"):
+            self.sums[k] += parts[k] * n
+        self.sums["dice"] += parts["dice"] * n_masked
+        self.n += n
+        self.n_masked += n_masked
+
+    def means(self) -> dict[str, float]:
+        out = {k: self.sums[k] / max(self.n, 1) for k in ("total", "mse", "ce")}
+        out["dice"] = self.sums["dice"] / self.n_masked if self.n_masked else 0.0
+        return out
+
+
+def _check_finite(parts, epoch: int, step: int) -> dict[str, float]:
+    values = {k: float(getattr(parts, k).detach()) for k in LOSS_PARTS}
+    bad = [k for k in ("mse", "ce", "dice", "total") if not math.isfinite(values[k])]
+    if bad:
+        raise TrainingDiverged(f"loss became {values[bad[0]]} at epoch {epoch}, step {step} "
+                               f"(component: {bad[0]}); the last good checkpoint is kept")
+    return values
+
+
+def train_epoch(model, loader, loss_fn, optimizer, config, rt, epoch: int, bar=None) -> dict[str, float]:
+    model.train()
+    avg = Averages()
+    for step, batch in enumerate(loader, start=1):
+        images, labels, masks, has_mask = to_device(batch, rt)
+        with rt.autocast():
+            out = model(images)
+        parts = loss_fn(out, images, labels, masks, has_mask)
+        values = _check_finite(parts, epoch, step)
+        optimizer.zero_grad(set_to_none=True)
+        parts.total.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        avg.add(values, len(images), int((has_mask.bool() & (labels >= 0)).sum()) if loss_fn.lambda_dice else 0)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{values['total']:.3f}", refresh=False)
+    return avg.means()
+
+
+@torch.no_grad()
+def predict(model, loader, rt: Runtime, loss_fn=None, keep_images: int = 0) -> dict:
+    """Run ``model`` over ``loader``: logits, embeddings, labels, paths, loss means, PSNR, mask Dice/IoU."""
+    model.eval()
+    avg = Averages()
+    out_lists = {k: [] for k in ("logits", "embedding", "label", "path")}
+    seg_pred, seg_true, psnrs, kept = [], [], [], []
+    for batch in loader:
+        images, labels, masks, has_mask = to_device(batch, rt)
+        with rt.autocast():
+            out = model(images)
+        if loss_fn is not None:
+            parts = loss_fn(out, images, labels, masks, has_mask)
+            avg.add({k: float(getattr(parts, k)) for k in LOSS_PARTS}, len(images),
+                    int((has_mask.bool() & (labels >= 0)).sum()) if loss_fn.lambda_dice else 0)
+        recon = out.reconstruction.float().clamp(0, 1)
+        psnrs.append(metrics.psnr(recon.cpu().numpy(), images.float().cpu().numpy()) * len(images))
+        out_lists["logits"].append(out.class_logits.float().cpu())
+        out_lists["embedding"].append(out.embedding.float().cpu())
+        out_lists["label"].append(labels.cpu())
+        out_lists["path"] += list(batch["path"])
+        sel = has_mask.bool() & (labels >= 0)
+        if sel.any():
+            pm = out.mask_logits.float()[sel].gather(1, labels[sel][:, None, None, None].expand(-1, 1,
+                                                                                               *images.shape[2:]))
+            seg_pred.append((pm > 0).squeeze(1).cpu().numpy())
+            seg_true.append(masks[sel].squeeze(1).bool().cpu().numpy())
+        if len(kept) < keep_images:
+            kept.append((images.float().cpu(), recon.cpu(), masks.cpu(), has_mask.cpu(),
+                         torch.sigmoid(out.mask_logits.float()).cpu(), labels.cpu()))
+    result = {k: torch.cat(v).numpy() for k, v in out_lists.items() if k != "path"}
+    result["path"] = np.array(out_lists["path"])
+    result["losses"] = avg.means() if loss_fn is not None else None
+    result["psnr"] = float(sum(psnrs) / max(len(result["label"]), 1))
+    result["segmentation"] = (metrics.segmentation_metrics(np.concatenate(seg_pred), np.concatenate(seg_true))
+                              if seg_pred else None)
+    result["kept"] = kept
+    return result
+
+
+def summarise(pred: dict, classes: tuple[str, ...], majority_class: int | None) -> dict:
+    """Classification, reconstruction and mask metrics of one split, JSON-ready."""
+    out = {"n": int(len(pred["label"])), "psnr": pred["psnr"]}
+    if pred["losses"] is not None:
+        out["loss"] = pred["losses"]
+    if len(classes) > 1 and (pred["label"] >= 0).any():
+        y_pred = pred["logits"].argmax(1)
+        out.update(metrics.classification_metrics(pred["label"], y_pred, list(classes), majority_class))
+    if pred["segmentation"] is not None:
+        out["masks"] = pred["segmentation"]
+    return out
+
+
+# -- the run ----------------------------------------------------------------------------------------------
+
+def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progress: bool | None = None,
+        log=print) -> dict:
+    """Train one configuration into ``run_dir`` and return its final metrics.
+
+    With ``resume``, continue from ``run_dir/checkpoint.pt`` (whose config must match). ``progress`` shows
+    tqdm bars (default: when stderr is a terminal). ``log`` receives one line per epoch.
+    """
+    t_start = time.time()
+    run_dir = Path(run_dir)
+    progress = sys.stderr.isatty() if progress is None else progress
+    rt = Runtime.from_config(config)
+    torch.use_deterministic_algorithms(rt.device.type == "cpu", warn_only=True)
+
+    root = data_root(config, progress)
+    if config.data_root is None:
+        log(f"data: synthetic stand-in at {root} (scale {config.synthetic_scale:g}); pass --data-root for real data")
+    splits = build_splits(config, root)
+    log(f"data: {len(splits.train)} training images ({splits.train.num_masks} with masks), "
+        f"{len(splits.val)} validation, reported split '{splits.report_name}' ({len(splits.report)})")
+
+    ckpt_path = run_dir / runs.CHECKPOINT
+    state = None
+    if resume and ckpt_path.exists():
+        state = runs.load_checkpoint(ckpt_path)
+        if state.get("config") != config.to_dict():
+            raise WbcError(f"cannot resume {run_dir}: its checkpoint was trained with a different config")
+    elif ckpt_path.exists() and not resume:
+        log(f"note: {run_dir} already holds a checkpoint; starting over (use --resume to continue it)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    runs.write_atomic(run_dir / "config.json", config.to_json())
+    for stale in ("metrics.json", "embeddings.npz"):
+        (run_dir / stale).unlink(missing_ok=True)
+
+    seed_everything(config.seed)
+    model = build_model(config)
+    init_report = None
+    if config.init and state is None:
+        init_state = runs.load_checkpoint(config.init)
+        loaded = load_matching(model, init_state["model"])
+        init_report = {"source": str(config.init), "loaded": loaded.loaded, "skipped": loaded.skipped}
+        log(f"init: {len(loaded.loaded)} tensors loaded from {config.init}, {len(loaded.skipped)} skipped "
+            f"(re-initialised: {', '.join(sorted({s.split('.')[0] for s in loaded.skipped})) or 'none'})")
+    model.to(rt.device)
+    if rt.channels_last:
+        model.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if config.compile else model
+
+    fused = rt.device.type == "cuda"
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=fused or None)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.lr_gamma)
+    loss_fn = MultiTaskLoss(config.lambda_ce, config.lambda_dice if config.uses_dice else 0.0)
+    history: list[dict] = []
+    start_epoch = 1
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history = list(state["history"])
+        init_report = state.get("init_report")
+        start_epoch = int(state["epoch"]) + 1
+        log(f"resume: continuing after epoch {state['epoch']} of {config.epochs}")
+
+    generator = torch.Generator()
+    train_loader = make_loader(splits.train, config, rt, shuffle=True, generator=generator)
+    val_loader = make_loader(splits.val, config, rt, shuffle=False)
+    val_pred = None
+    bar_epochs = tqdm(total=config.epochs, initial=start_epoch - 1, desc="epochs", disable=not progress,
+                      position=0, leave=True)
+    for epoch in range(start_epoch, config.epochs + 1):
+        t0 = time.time()
+        seed_everything(epoch_seed(config.seed, epoch))
+        generator.manual_seed(epoch_seed(config.seed, epoch))
+        lr = optimizer.param_groups[0]["lr"]
+        with tqdm(total=len(train_loader), desc=f"epoch {epoch}", disable=not progress, position=1,
+                  leave=False) as bar:
+            train = train_epoch(step_model, train_loader, loss_fn, optimizer, config, rt, epoch, bar)
+        scheduler.step()
+        val_pred = predict(step_model, val_loader, rt, loss_fn)
+        val_acc = (float((val_pred["logits"].argmax(1) == val_pred["label"]).mean())
+                   if config.num_classes > 1 else float("nan"))
+        row = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in train.items()},
+               **{f"val_{k}": v for k, v in val_pred["losses"].items()}, "val_accuracy": val_acc,
+               "seconds": time.time() - t0}
+        history.append(row)
+        runs.save_checkpoint(ckpt_path, {
+            "format": 1, "epoch": epoch, "config": config.to_dict(), "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history,
+            "init_report": init_report, "rng": rng_state(), "classes": list(splits.classes),
+            "wbclib_version": __version__})
+        write_history(run_dir / "history.csv", history)
+        bar_epochs.update(1)
+        acc = "" if math.isnan(val_acc) else f"  val acc {val_acc:.4f}"
+        log(f"epoch {epoch}/{config.epochs}  train {train['total']:.4f} (mse {train['mse']:.4f} ce {train['ce']:.4f} "
+            f"dice {train['dice']:.4f})  val {val_pred['losses']['total']:.4f}{acc}  lr {lr:.1e}  {row['seconds']:.1f}s")
+    bar_epochs.close()
+    if val_pred is None:  # resumed after the last epoch's checkpoint: only the final evaluation was missing
+        val_pred = predict(step_model, val_loader, rt, loss_fn)
+
+    # Final evaluation of the last epoch's model (no selection on the reported split).
+    majority = int(np.bincount(splits.train.labels[splits.train.labels >= 0]).argmax()) \
+        if config.num_classes > 1 else None
+    report_pred = val_pred if splits.report is splits.val else predict(step_model, make_loader(
+        splits.report, config, rt, shuffle=False), rt, loss_fn)
+    final = {"run": run_dir.name, "dataset": config.dataset, "subset": config.subset if config.dataset == "wbc" else None,
+             "reported_split": splits.report_name, "epochs": config.epochs, "classes": list(splits.classes),
+             splits.report_name: summarise(report_pred, splits.classes, majority)}
+    if splits.report is not splits.val:
+        final["val"] = summarise(val_pred, splits.classes, majority)
+    masked = [r for r in splits.train.records if r.mask_path is not None]
+    if masked and config.num_classes > 1:
+        mask_set = data.CellDataset(masked, splits.classes, transforms.build(config.input_size, config.resize, False),
+                                    config.mask_threshold, config.resize, root)
+        seg = predict(step_model, make_loader(mask_set, config, rt, shuffle=False), rt)["segmentation"]
+        final["train_masks"] = {**seg, "note": "training images that have masks, centre-cropped (no held-out masks)"}
+    final["accuracy"] = final[splits.report_name].get("accuracy")
+    if config.export_embeddings and config.num_classes > 1:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, embedding=report_pred["embedding"].astype(np.float32), label=report_pred["label"],
+                            prediction=report_pred["logits"].argmax(1), path=report_pred["path"],
+                            classes=np.array(splits.classes))
+        runs.write_atomic(run_dir / "embeddings.npz", buf.getvalue())
+    wall = time.time() - t_start
+    runs.write_json(run_dir / "manifest.json", manifest(config, rt, splits, wall, init_report))
+    final["wall_time_s"] = wall
+    runs.write_json(run_dir / "metrics.json", final)
+    return final
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2])}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    runs.write_atomic(path, buf.getvalue())
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def manifest(config, rt: Runtime, splits: Splits, wall: float, init_report) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for pkg in ("torch", "torchvision", "numpy", "scikit-learn", "pillow"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "wbclib": __version__, "git_commit": git_commit(), "python": platform.python_version(), "packages": versions,
+        "device": str(rt.device), "device_name": torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda"
+        else platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "precision": "bf16" if rt.amp_dtype else "fp32", "channels_last": rt.channels_last,
+        "num_workers": rt.num_workers, "data_root": str(splits.root), "synthetic": config.data_root is None,
+        "data_fingerprint": data.fingerprint(splits.records, splits.root), "wall_time_s": wall,
+        "init": init_report and {"source": init_report["source"], "loaded": len(init_report["loaded"]),
+                                 "skipped": init_report["skipped"]},
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+@torch.no_grad()
+def examples(run_dir: str | Path, n: int = 8, device: str = "cpu") -> dict:
+    """A few images of a finished run for figures: from the reported split and, where masks exist, from the
+    masked training images. Each entry holds ``images``, ``reconstructions``, ``masks``, ``pred_masks``
+    (the predicted class's mask channel > 0.5), ``labels``, ``predictions`` and ``paths``."""
+    model, config = load_model(run_dir, device)
+    config = config.replace(device=str(device), num_workers=0, precision="fp32", channels_last=False)
+    rt = Runtime.from_config(config)
+    splits = build_splits(config, data_root(config))
+    sets = {splits.report_name: data.CellDataset(splits.report.records[:n], splits.classes,
+                                                 splits.report.transform, config.mask_threshold, config.resize,
+                                                 splits.root)}
+    masked = [r for r in splits.train.records if r.mask_path is not None][:n]
+    if masked:
+        sets["train_masks"] = data.CellDataset(masked, splits.classes, splits.report.transform,
+                                               config.mask_threshold, config.resize, splits.root)
+    result = {}
+    for name, ds in sets.items():
+        batch = torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
+        images = batch["image"].to(rt.device)
+        out = model(images)
+        pred = out.class_logits.argmax(1)
+        channel = pred if config.num_classes > 1 else torch.zeros_like(pred)
+        probs = torch.sigmoid(out.mask_logits.float()).gather(
+            1, channel[:, None, None, None].expand(-1, 1, *images.shape[2:]))
+        result[name] = {"images": images.cpu(), "reconstructions": out.reconstruction.float().clamp(0, 1).cpu(),
+                        "masks": batch["mask"].float(), "has_mask": batch["has_mask"],
+                        "pred_masks": (probs > 0.5).float().cpu(), "labels": batch["label"],
+                        "predictions": pred.cpu(), "paths": list(batch["path"])}
+    return result
