@@ -167,7 +167,7 @@ def test_three_channel_masks_and_threshold(tmp_path):
     arr[:, 48:] = 255
     (root / "mask/Basophil").mkdir(parents=True)
     Image.fromarray(arr).save(root / "mask/Basophil/a.png")
-    recs, d = data.folder_records(root)
+    recs, _ = data.folder_records(root)
     for thr, frac in [(128, 0.5 + 16 / 64), (200, 16 / 64), (64, 0.5 + 16 / 64)]:
         _, mask = data.CellDataset(recs, WBC_CLASSES, mask_threshold=thr).load(0)
         assert mask.float().mean().item() == pytest.approx(frac)
@@ -211,7 +211,7 @@ def test_jpeg_draft_decoding_matches_the_resize(tmp_path):
 
 def test_segwbc_loads_with_labels_and_masks():
     root = shared_or_skip("segwbc")
-    recs, d = data.folder_records(root / "dataset1")
+    recs, _ = data.folder_records(root / "dataset1")
     assert len(recs) == 300 and all(r.mask_path is not None for r in recs)
     counts = np.bincount([r.label for r in recs], minlength=5)
     assert counts.tolist() == [1, 22, 53, 48, 176]

@@ -7,6 +7,7 @@ without a traceback, with exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import WbcError
@@ -45,6 +46,8 @@ def cmd_train(a) -> int:
     config = config_from_args(a)
     metrics = train.fit(config, a.run_dir, resume=a.resume, progress=False if a.no_progress else None)
     acc = metrics.get("accuracy")
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun, rank 0 reports
     print(f"finished: {a.run_dir}" + (f"  {metrics['reported_split']} accuracy {acc:.4f}" if acc is not None else ""))
     return 0
 
@@ -52,7 +55,8 @@ def cmd_train(a) -> int:
 def cmd_synth(a) -> int:
     from . import synth
 
-    summary = synth.generate(a.out, scale=a.scale, seed=a.seed, progress=not a.no_progress)
+    summary = synth.generate(a.out, scale=a.scale, seed=a.seed, progress=not a.no_progress,
+                             cam16_scale=a.cam16_scale)
     print(f"synthetic course data at {a.out} (scale {a.scale:g}, seed {a.seed})")
     return 0 if summary is not None else 1
 
@@ -92,6 +96,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="write the synthetic stand-in of the course data")
     p.add_argument("--out", required=True)
     p.add_argument("--scale", type=float, default=1.0, help="fraction of the course's image counts")
+    p.add_argument("--cam16-scale", type=float, default=None, help="scale of the CAM16 part (default: --scale)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_synth)
@@ -105,6 +110,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--external", default=None, metavar="DIR", help="class-folder set to evaluate the models on")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
     p.add_argument("--no-book", action="store_true", help="skip the analysis notebook and the book")
+    p.add_argument("--book-root", default=None, help="folder the book is built in (default: the project)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     p.set_defaults(func=cmd_study)
 
@@ -125,6 +131,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("book", help="build the book from the executed notebooks in book/generated")
+    p.add_argument("--book-root", default=None, help="folder the book is built in (default: the project)")
     p.set_defaults(func=cmd_book)
     return ap
 

@@ -41,6 +41,7 @@ class RunConfig:
     subset: int = 100  # WBC subset: 1 | 10 | 50 | 100 (ignored for cam16/prcc)
     data_root: str | None = None  # course data root; None = the synthetic stand-in
     synthetic_scale: float = 0.02  # size of the synthetic stand-in (fraction of the course counts)
+    synthetic_cam16_scale: float | None = 0.1  # its CAM16 part (None: synthetic_scale)
     synthetic_seed: int = 0
     masks: bool = True  # train the mask head with the Generalized Dice Loss where masks exist
     init: str | None = None  # checkpoint file or run directory to start from (head swap)
@@ -114,6 +115,9 @@ class RunConfig:
             need(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0, f"{name} must be >= 0, got {v!r}")
         need(self.num_workers is None or (isinstance(self.num_workers, int) and self.num_workers >= 0),
              f"num_workers must be >= 0 or None, got {self.num_workers!r}")
+        cam = self.synthetic_cam16_scale
+        need(cam is None or (isinstance(cam, (int, float)) and cam > 0),
+             f"synthetic_cam16_scale must be > 0 or None, got {cam!r}")
         need(0 <= self.mask_threshold <= 255, f"mask_threshold must be in 0..255, got {self.mask_threshold!r}")
         if problems:
             raise ConfigError("invalid run config: " + "; ".join(problems))
@@ -134,10 +138,10 @@ FIELDS = {f.name: f for f in fields(RunConfig)}
 PROFILES: dict[str, dict[str, Any]] = {
     "paper": dict(profile="paper", input_size=384, resize=None, base_width=64, depth=4, batch_size=16, epochs=32,
                   lr=1e-3, lr_step=12, lr_gamma=0.1, grad_clip=1.0, lambda_ce=2.0, lambda_dice=1.0,
-                  synthetic_scale=1.0),
+                  synthetic_scale=1.0, synthetic_cam16_scale=None),
     "quick": dict(profile="quick", input_size=96, resize=144, base_width=16, depth=4, batch_size=8, epochs=6,
                   lr=2e-3, lr_step=None, lr_gamma=0.1, grad_clip=1.0, lambda_ce=2.0, lambda_dice=1.0,
-                  synthetic_scale=0.02),
+                  synthetic_scale=0.02, synthetic_cam16_scale=0.1),
 }
 
 

@@ -86,6 +86,9 @@ class MultiTaskLoss(torch.nn.Module):
     - cross-entropy on the samples that have a label (``labels >= 0``); 0 when none has;
     - Generalized Dice Loss on the samples that have a mask (``has_mask``); exactly 0 when none has, with
       no NaN in the gradients. Setting ``lambda_dice=0`` turns the mask term off entirely.
+
+    A term without data is ``0 * sum(its logits)`` rather than a constant: exactly 0 with zero gradients, and
+    every parameter stays in the graph (DistributedDataParallel requires it on every process).
     """
 
     def __init__(self, lambda_ce: float = 2.0, lambda_dice: float = 1.0):
@@ -94,11 +97,13 @@ class MultiTaskLoss(torch.nn.Module):
 
     def forward(self, output, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor,
                 has_mask: torch.Tensor) -> LossParts:
-        zero = images.new_zeros((), dtype=torch.float32)
         mse = F.mse_loss(output.reconstruction.float(), images.float())
 
         labelled = labels >= 0
-        ce = F.cross_entropy(output.class_logits[labelled].float(), labels[labelled]) if labelled.any() else zero
+        if labelled.any():
+            ce = F.cross_entropy(output.class_logits[labelled].float(), labels[labelled])
+        else:
+            ce = output.class_logits.float().sum() * 0.0
 
         with_mask = has_mask.bool() & labelled
         if self.lambda_dice and with_mask.any():
@@ -106,6 +111,6 @@ class MultiTaskLoss(torch.nn.Module):
             targets = mask_targets(masks[with_mask], labels[with_mask], logits.shape[1])
             dice = generalized_dice_loss(logits, targets)
         else:
-            dice = zero
+            dice = output.mask_logits.float().sum() * 0.0
         total = mse + self.lambda_ce * ce + self.lambda_dice * dice
         return LossParts(total, mse, ce, dice)

@@ -13,6 +13,7 @@ deepest encoder level has half the channels it would have in the original UNet (
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import NamedTuple
 
 import torch
@@ -106,7 +107,7 @@ class MultiTaskUNet(nn.Module):
         self.embedding_dim = bottleneck
 
         self.inc = DoubleConv(in_channels, widths[0])
-        self.downs = nn.ModuleList(Down(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.downs = nn.ModuleList(Down(a, b) for a, b in pairwise(widths))
         self.bottleneck = Down(widths[-1], bottleneck)
         # Each Up takes the upsampled map plus the skip of the same width, and halves towards the next skip.
         outs = [w // 2 for w in widths[1:]][::-1] + [widths[0]]
@@ -164,5 +165,14 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["DoubleConv", "Down", "Up", "ClassifierBranch", "MultiTaskUNet", "UNetOutput", "LoadReport",
-           "load_matching", "count_parameters"]
+__all__ = [
+    "ClassifierBranch",
+    "DoubleConv",
+    "Down",
+    "LoadReport",
+    "MultiTaskUNet",
+    "UNetOutput",
+    "Up",
+    "count_parameters",
+    "load_matching",
+]

@@ -17,13 +17,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import WbcError
+from . import WbcError, runs
 from . import config as cfg
-from . import runs
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-GENERATED = ROOT / "book" / "generated"
+BOOK_SOURCES = ("_config.yml", "_toc.yml", "book")
 KERNEL = "wbc-study"
 WBC_SUBSETS = (1, 10, 50, 100)
 #: The pretrained WBC runs start from this CAM16 configuration.
@@ -157,8 +156,8 @@ def run_grid(jobs: list[Job], profile: str, data_root: str | None, runs_dir: Pat
 
 def summary(jobs: list[Job]) -> str:
     counts = {s: sum(j.status == s for j in jobs) for s in ("finished", "reused", "failed", "skipped")}
-    lines = [f"study: {counts['finished']} finished, {counts['reused']} reused, {counts['failed']} failed, "
-             f"{counts['skipped']} skipped"]
+    lines = [(f"study: {counts['finished']} finished, {counts['reused']} reused, {counts['failed']} failed, "
+              f"{counts['skipped']} skipped")]
     for j in jobs:
         if j.status == "failed":
             lines.append(f"  FAILED {j.id}: {j.detail}\n         notebook: {j.notebook}")
@@ -169,9 +168,29 @@ def summary(jobs: list[Job]) -> str:
 
 # -- the book ---------------------------------------------------------------------------------------------
 
-def publish_runs(jobs: list[Job]) -> None:
+def generated(book_root: Path) -> Path:
+    """Where the study writes the book's generated pages."""
+    return Path(book_root) / "book" / "generated"
+
+
+def prepare_book_root(book_root: str | Path | None) -> Path:
+    """The project's book sources, or a copy of them in ``book_root`` (so a test or a second study can build
+    its own book without touching the project's)."""
+    book_root = Path(book_root).resolve() if book_root else ROOT
+    if book_root != ROOT:
+        for name in BOOK_SOURCES:
+            src, dst = ROOT / name, book_root / name
+            if src.is_dir():
+                shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("generated"))
+            else:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+    return book_root
+
+
+def publish_runs(jobs: list[Job], book_root: Path) -> None:
     """Copy the executed training notebooks of finished runs into the book's generated pages."""
-    out = GENERATED / "runs"
+    out = generated(book_root) / "runs"
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -180,13 +199,13 @@ def publish_runs(jobs: list[Job]) -> None:
             shutil.copyfile(j.notebook, out / f"{j.id}.ipynb")
 
 
-def write_data_summary(data_root: Path, synthetic: bool, scale: float | None) -> None:
+def write_data_summary(book_root: Path, data_root: Path, synthetic: bool, scale: str) -> None:
     """The data page's 'What this build used' section: where the data came from and its counts."""
     from . import data as d
 
     lines = []
     if synthetic:
-        lines.append(f"This build used the **synthetic stand-in** (`wbc synth`, scale {scale:g}), generated at "
+        lines.append(f"This build used the **synthetic stand-in** (`wbc synth`, {scale}), generated at "
                      f"`{data_root}`. Its numbers say nothing about real blood smears.\n")
     else:
         lines.append(f"This build used the course data at `{data_root}`.\n")
@@ -213,11 +232,10 @@ def write_data_summary(data_root: Path, synthetic: bool, scale: float | None) ->
             add(split, fn(), classes)
         except WbcError:
             rows.append(f"| {split} | missing | | |")
-    GENERATED.mkdir(parents=True, exist_ok=True)
-    runs.write_atomic(GENERATED / "data_summary.md", "\n".join(lines + rows) + "\n")
+    runs.write_atomic(generated(book_root) / "data_summary.md", "\n".join(lines + rows) + "\n")
 
 
-def write_performance_page() -> None:
+def write_performance_page(book_root: Path) -> None:
     """The performance page's table, from the benchmark JSON files (if any were recorded)."""
     results = sorted((ROOT / "benchmarks" / "results").glob("*.json"))
     rows = ["| device | profile | train images/s | model FLOP/s | matmul FLOP/s | % of matmul | loader images/s |",
@@ -232,15 +250,12 @@ def write_performance_page() -> None:
         except (KeyError, TypeError, ZeroDivisionError):
             continue
     text = "\n".join(rows) if len(rows) > 2 else "No benchmark has been recorded in `benchmarks/results/` yet."
-    GENERATED.mkdir(parents=True, exist_ok=True)
-    runs.write_atomic(GENERATED / "performance.md", text + "\n")
+    runs.write_atomic(generated(book_root) / "performance.md", text + "\n")
 
 
-def write_evaluation_page(runs_dir: Path, external: str | None) -> None:
+def write_evaluation_page(book_root: Path, runs_dir: Path, external: str | None) -> None:
     """The external-evaluation page: the executed evaluation notebook, or a note that none was requested."""
-    page = GENERATED / "evaluation.md"
-    if (GENERATED / "evaluation.ipynb").exists():
-        (GENERATED / "evaluation.ipynb").unlink()
+    page = generated(book_root) / "evaluation.md"
     text = ["# External evaluation", ""]
     text.append("No external set was given to this build. Run `wbc study --external DIR` with a class-folder set "
                 "(for example Raabin-WBC Test-A or the BCCD crops) to evaluate the trained models on it, or "
@@ -255,31 +270,36 @@ def notebook_errors(path: Path) -> list[str]:
             for o in c.get("outputs", []) if o.get("output_type") == "error"]
 
 
-def build_book(log=print) -> Path:
+def build_book(book_root: Path = ROOT, log=print) -> Path:
     """Build the HTML book from stored outputs (no notebook is executed); fail on warnings or errored pages."""
-    errors = [e for p in sorted(GENERATED.rglob("*.ipynb")) for e in notebook_errors(p)]
+    gen = generated(book_root)
+    errors = [e for p in sorted(gen.rglob("*.ipynb")) for e in notebook_errors(p)]
     if errors:
         raise WbcError("notebooks with errors cannot be published:\n  " + "\n  ".join(errors[:20]))
     missing = [p for p in ("results.ipynb", "data_summary.md", "evaluation.md", "performance.md")
-               if not (GENERATED / p).exists()]
+               if not (gen / p).exists()]
     if missing:
         raise WbcError(f"book/generated/ lacks {', '.join(missing)}: run `wbc study` first")
     exe = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(ROOT), "--warningiserror", "--keep-going",
-           "--quiet"]
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(book_root), "--warningiserror",
+           "--keep-going", "--quiet"]
     log("book: " + " ".join(cmd[1:]))
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=book_root, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
         raise WbcError(f"the book build failed (jupyter-book exit {proc.returncode}):\n{tail}")
-    index = ROOT / "_build" / "html" / "index.html"
-    return index
+    return Path(book_root) / "_build" / "html" / "index.html"
 
 
 def build_book_command(args) -> int:
-    index = build_book()
+    index = build_book(prepare_book_root(args.book_root))
     print(f"book: {index}")
     return 0
+
+
+def synthetic_scales(config: cfg.RunConfig) -> str:
+    cam = config.synthetic_cam16_scale or config.synthetic_scale
+    return f"scale {config.synthetic_scale:g}, CAM16 scale {cam:g}"
 
 
 # -- the command ------------------------------------------------------------------------------------------
@@ -304,9 +324,9 @@ def main(args) -> int:
         from .train import synthetic_root
 
         t = time.time()
-        root = synthetic_root(probe.synthetic_scale, probe.synthetic_seed, progress=sys.stderr.isatty())
+        root = synthetic_root(probe, progress=sys.stderr.isatty())
         print(f"data: no --data-root given: using the synthetic stand-in at {root} "
-              f"(scale {probe.synthetic_scale:g}, ready in {time.time() - t:.1f}s); numbers are not real results")
+              f"({synthetic_scales(probe)}, ready in {time.time() - t:.1f}s); numbers are not real results")
     else:
         root = Path(data_root)
         print(f"data: {root}")
@@ -314,20 +334,22 @@ def main(args) -> int:
     print(summary(jobs))
     failed = any(j.status in ("failed", "skipped") for j in jobs)
     if not args.no_book:
-        publish_runs(jobs)
-        write_data_summary(root, data_root is None, probe.synthetic_scale)
-        write_performance_page()
-        write_evaluation_page(runs_dir, args.external)
+        book_root = prepare_book_root(args.book_root)
+        gen = generated(book_root)
+        publish_runs(jobs, book_root)
+        write_data_summary(book_root, root, data_root is None, synthetic_scales(probe))
+        write_performance_page(book_root)
+        write_evaluation_page(book_root, runs_dir, args.external)
         t = time.time()
         print("analysis: executing notebooks/analysis.ipynb")
         try:
-            execute(NOTEBOOKS / "analysis.ipynb", GENERATED / "results.ipynb",
+            execute(NOTEBOOKS / "analysis.ipynb", gen / "results.ipynb",
                     {"runs_dir": str(runs_dir), "external": args.external}, NOTEBOOKS)
         except Exception as exc:
             raise WbcError(f"the analysis notebook failed ({type(exc).__name__}: "
                            f"{str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ''}); "
-                           f"see {GENERATED / 'results.ipynb'}") from None
-        index = build_book()
+                           f"see {gen / 'results.ipynb'}") from None
+        index = build_book(book_root)
         print(f"analysis and book: {time.time() - t:.1f}s")
         print(f"book: {index}")
     print(f"study: done in {time.time() - t0:.0f}s")

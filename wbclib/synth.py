@@ -97,13 +97,15 @@ _TWO_PI = 2.0 * math.pi
 
 
 # --------------------------------------------------------------------------------------------- counts
-def planned_counts(scale: float = 1.0) -> dict:
-    """The per dataset / split / class counts that ``generate(out, scale)`` writes.
+def planned_counts(scale: float = 1.0, cam16_scale: float | None = None) -> dict:
+    """The per dataset / split / class counts that ``generate(out, scale, cam16_scale=...)`` writes
+    (CAM16 follows ``cam16_scale`` when given, else ``scale``).
 
     ``counts[dataset][split][class] == {"data": n_images, "mask": n_masks}``, except
     ``counts["pRCC_nolabel"] == {"data": n_tiles, "side": tile_side_px}``.
     """
     scale = _check_scale(scale)
+    cam_scale = scale if cam16_scale is None else _check_scale(cam16_scale)
     counts: dict = {}
     n100 = {c: max(1, round(n * scale)) for c, n in WBC_TRAIN_COUNTS.items()}
     for name, pct in WBC_SUBSETS:
@@ -119,7 +121,7 @@ def planned_counts(scale: float = 1.0) -> dict:
     for split, ns in CAM16_COUNTS.items():
         cam[split] = {}
         for c, n in zip(CAM16_CLASSES, ns):
-            k = max(1, round(n * scale))
+            k = max(1, round(n * cam_scale))
             cam[split][c] = {"data": k, "mask": max(1, k // 10) if split == "train" else 0}
     counts[CAM16_DIR] = cam
     counts[PRCC_DIR] = {
@@ -176,7 +178,7 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, gy: int, gx: int | N
         g = np.concatenate([g[:, :1], (g[:, :-2] + 2 * g[:, 1:-1] + g[:, 2:]) * 0.25, g[:, -1:]], 1)
     g = g[3:-3, 3:-3]
     g = (g - g.mean()) * (0.22 / (g.std() + 1e-6)) + 0.5
-    return np.asarray(Image.fromarray(g, mode="F").resize((w, h), Image.BICUBIC), dtype=np.float32)
+    return np.asarray(Image.fromarray(g).resize((w, h), Image.BICUBIC), dtype=np.float32)
 
 
 def _local(cx: float, cy: float, r: float, h: int, w: int, pad: int = 2):
@@ -266,7 +268,7 @@ def _finish(img: np.ndarray, rng: np.random.Generator, blur=(0.3, 1.2), noise=(1
     img *= contrast
     img += grain
     np.clip(img, 0, 255, out=img)
-    im = Image.fromarray(img.astype(np.uint8), "RGB")
+    im = Image.fromarray(img.astype(np.uint8))
     return im.filter(ImageFilter.BoxBlur(rng.uniform(*blur)))
 
 
@@ -434,7 +436,7 @@ def render_wbc(cls: str, rng: np.random.Generator, size: int = WBC_SIZE) -> tupl
     lx = np.linspace(-0.5, 0.5, n, dtype=np.float32)[None, :]
     light = 1.0 + gx * lx + gy * ly - rng.uniform(0.0, 0.12) * (lx * lx + ly * ly)
     light = light * (0.97 + 0.06 * _smooth_noise(rng, n, n, 5))
-    light = np.asarray(Image.fromarray(light, "F").resize((S, S), Image.BILINEAR))
+    light = np.asarray(Image.fromarray(light).resize((S, S), Image.BILINEAR))
     img = bg[None, None, :] * light[..., None]
 
     # leukocytes: one centred, sometimes a second smaller one off-centre
@@ -475,7 +477,7 @@ def render_wbc(cls: str, rng: np.random.Generator, size: int = WBC_SIZE) -> tupl
     for x, y, r in cells:
         sl, cell = _leukocyte(img, cls, x, y, r, rng, stain)
         mask[sl] = np.maximum(mask[sl], np.where(cell > 0.5, 255, 0).astype(np.uint8))
-    return _finish(img, rng), Image.fromarray(mask, "L")
+    return _finish(img, rng), Image.fromarray(mask)
 
 
 # ----------------------------------------------------------------------------------------------- CAM16
@@ -538,7 +540,7 @@ def render_cam16(
         _over(img, tn, stain((62, 26, 104))[None, None, :] * chrom[..., None])
 
     mask = np.where(region > 0.5, 255, 0).astype(np.uint8)
-    return _finish(img, rng, blur=(0.3, 0.9), noise=(1.5, 4.0)), Image.fromarray(mask, "L")
+    return _finish(img, rng, blur=(0.3, 0.9), noise=(1.5, 4.0)), Image.fromarray(mask)
 
 
 # ------------------------------------------------------------------------------------------------ pRCC
@@ -572,7 +574,7 @@ def render_prcc(side: int, rng: np.random.Generator) -> Image.Image:
     stroma_a = np.clip((_smooth_noise(rng, L, L, 5) - rng.uniform(0.25, 0.6)) * 4.0, 0, 1)[..., None]
     back = stain((246, 238, 244)) * (1 - stroma_a) + stain((234, 180, 210)) * stroma_a
     back = np.clip(back, 0, 255).astype(np.uint8)
-    img = Image.fromarray(back, "RGB").resize((S, S), Image.BILINEAR)
+    img = Image.fromarray(back).resize((S, S), Image.BILINEAR)
     draw = ImageDraw.Draw(img, "RGBA")
 
     tissue_c, lining_c, lumen_c = stain((222, 140, 188)), stain((206, 128, 182)), stain((244, 234, 242))
@@ -632,7 +634,7 @@ def render_prcc(side: int, rng: np.random.Generator) -> Image.Image:
     T = max(64, S // 3)
     tex = _smooth_noise(rng, T, T, T // 5) + 0.5 * _smooth_noise(rng, T, T, T // 12)
     tex = (255 * (0.86 + 0.14 * np.clip(tex / 1.5, 0, 1))).astype(np.uint8)
-    tex_l = Image.fromarray(tex, "L").resize((S, S), Image.BILINEAR)
+    tex_l = Image.fromarray(tex).resize((S, S), Image.BILINEAR)
     img = ImageChops.multiply(img, Image.merge("RGB", (tex_l, tex_l, tex_l)))
     blur = rng.uniform(0.5, 1.0)
     if S != side:
@@ -818,7 +820,7 @@ def _exclusive(out: Path):
         return
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(out.parent / f".{out.name}.synth-lock", "a")  # noqa: SIM115
+        fh = open(out.parent / f".{out.name}.synth-lock", "a")
     except OSError:  # e.g. a read-only parent folder: go on without a lock
         yield
         return
@@ -831,7 +833,8 @@ def _exclusive(out: Path):
 
 
 def generate(
-    out: str | Path, scale: float = 1.0, seed: int = 0, progress: bool = True, *, workers: int | None = None
+    out: str | Path, scale: float = 1.0, seed: int = 0, progress: bool = True, *,
+    cam16_scale: float | None = None, workers: int | None = None
 ) -> dict:
     """Write the full course layout of synthetic data under `out`; return its summary.
 
@@ -847,29 +850,33 @@ def generate(
     Concurrent calls for the same `out` are serialised with a lock file beside it
     (``.<name>.synth-lock``), so the tree is generated once. `workers` processes render in parallel
     (default: the usable CPU cores, at most 8; 1 = in this process); the output does not depend on it.
-    `progress` shows a tqdm bar over the images.
+    `progress` shows a tqdm bar over the images. `cam16_scale` sizes CAM16 separately (its test set is
+    only 216 images: a small `scale` would leave a handful).
     """
     scale = _check_scale(scale)
+    cam16_scale = scale if cam16_scale is None else _check_scale(cam16_scale)
     seed = _check_seed(seed)
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise WbcError(f"synthetic data: {out} exists and is not a folder")
-    info = _finished(out, scale, seed)
+    info = _finished(out, scale, seed, cam16_scale)
     if info is not None:  # the cache: nothing is written, not even a lock file
         return info
     with _exclusive(out):
-        info = _finished(out, scale, seed)  # another process may have just finished it
-        return info if info is not None else _generate(out, scale, seed, progress, workers)
+        info = _finished(out, scale, seed, cam16_scale)  # another process may have just finished it
+        return info if info is not None else _generate(out, scale, seed, progress, workers, cam16_scale)
 
 
-def _finished(out: Path, scale: float, seed: int) -> dict | None:
+def _finished(out: Path, scale: float, seed: int, cam16_scale: float) -> dict | None:
     info = read_marker(out) if out.is_dir() else None
-    if info and info.get("version") == VERSION and info.get("scale") == scale and info.get("seed") == seed:
+    if (info and info.get("version") == VERSION and info.get("scale") == scale and info.get("seed") == seed
+            and info.get("cam16_scale", scale) == cam16_scale):
         return info
     return None
 
 
-def _generate(out: Path, scale: float, seed: int, progress: bool, workers: int | None) -> dict:
+def _generate(out: Path, scale: float, seed: int, progress: bool, workers: int | None,
+              cam16_scale: float) -> dict:
     info = read_marker(out) if out.is_dir() else None
     if out.is_dir() and any(out.iterdir()):
         ours = info is not None or (out / SENTINEL).exists()
@@ -882,7 +889,7 @@ def _generate(out: Path, scale: float, seed: int, progress: bool, workers: int |
             )
         _clear_partial(out)  # an interrupted run, or another scale / seed: start again
 
-    counts = planned_counts(scale)
+    counts = planned_counts(scale, cam16_scale)
     out.mkdir(parents=True, exist_ok=True)
     (out / SENTINEL).write_text("generation in progress or interrupted; delete this folder or rerun\n")
     items, dirs = _plan(out, counts, seed)
@@ -910,6 +917,7 @@ def _generate(out: Path, scale: float, seed: int, progress: bool, workers: int |
         "generator": GENERATOR,
         "version": VERSION,
         "scale": scale,
+        "cam16_scale": cam16_scale,
         "seed": seed,
         "images": len(items),
         "counts": counts,

@@ -28,9 +28,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import CAM16_CLASSES, WBC_CLASSES, WbcError, __version__
+from . import CAM16_CLASSES, WBC_CLASSES, WbcError, __version__, data, distributed, metrics, runs, transforms
 from . import config as cfg
-from . import data, metrics, runs, transforms
 from .losses import MultiTaskLoss
 from .model import MultiTaskUNet, load_matching
 
@@ -50,19 +49,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("WBC_CACHE") or Path.home() / ".cache" / "wbc-study")
 
 
-def synthetic_root(scale: float, seed: int = 0, progress: bool = False) -> Path:
-    """Generate (once) and return the synthetic stand-in of the course data at ``scale``."""
+def synthetic_root(config: cfg.RunConfig, progress: bool = False) -> Path:
+    """Generate (once) and return the synthetic stand-in of the course data that ``config`` asks for."""
     from . import synth
 
-    root = cache_dir() / f"synthetic-scale{scale:g}-seed{seed}"
-    synth.generate(root, scale=scale, seed=seed, progress=progress)
+    scale, seed = config.synthetic_scale, config.synthetic_seed
+    cam = config.synthetic_cam16_scale or scale
+    root = cache_dir() / f"synthetic-scale{scale:g}-cam16{cam:g}-seed{seed}"
+    synth.generate(root, scale=scale, seed=seed, progress=progress, cam16_scale=cam)
     return root
 
 
 def data_root(config: cfg.RunConfig, progress: bool = False) -> Path:
     if config.data_root:
         return Path(config.data_root).expanduser()
-    return synthetic_root(config.synthetic_scale, config.synthetic_seed, progress)
+    return synthetic_root(config, progress)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -130,23 +131,23 @@ class Splits:
     records: list
 
 
-def build_splits(config: cfg.RunConfig, root: Path) -> Splits:
-    """Index and validate every split a run needs, before any training starts."""
+def build_splits(config: cfg.RunConfig, root: Path, check: bool = True) -> Splits:
+    """Index and validate (``check``: decode every file) each split a run needs, before any training starts."""
     skip = config.skip_bad
     if config.dataset == "wbc":
         classes = WBC_CLASSES
-        tr = data.wbc_records(root, config.subset, "train", skip)
-        va = data.wbc_records(root, config.subset, "val", skip)
+        tr = data.wbc_records(root, config.subset, "train", skip, check)
+        va = data.wbc_records(root, config.subset, "val", skip, check)
         rep, rep_name = va, "val"
     elif config.dataset == "cam16":
         classes = CAM16_CLASSES
-        tr = data.cam16_records(root, "train", skip)
-        va = data.cam16_records(root, "val", skip)
-        rep, rep_name = data.cam16_records(root, "test", skip), "test"
+        tr = data.cam16_records(root, "train", skip, check)
+        va = data.cam16_records(root, "val", skip, check)
+        rep, rep_name = data.cam16_records(root, "test", skip, check), "test"
     else:
         classes = ("tissue",)
-        tr = data.prcc_records(root, "train", skip_bad=skip)
-        va = data.prcc_records(root, "val", skip_bad=skip)
+        tr = data.prcc_records(root, "train", skip_bad=skip, check=check)
+        va = data.prcc_records(root, "val", skip_bad=skip, check=check)
         rep, rep_name = va, "val"
     if not config.masks:
         tr = [data.Record(r.path, r.label, None) for r in tr]
@@ -160,10 +161,19 @@ def build_splits(config: cfg.RunConfig, root: Path) -> Splits:
     return Splits(make(tr, True), val, report, rep_name, classes, root, [*tr, *va, *(rep if rep is not va else [])])
 
 
-def make_loader(dataset, config: cfg.RunConfig, rt: Runtime, shuffle: bool, generator=None) -> DataLoader:
-    return DataLoader(dataset, batch_size=config.batch_size, shuffle=shuffle, drop_last=False,
-                      num_workers=rt.num_workers, pin_memory=rt.device.type == "cuda",
-                      worker_init_fn=_seed_worker, generator=generator, persistent_workers=False)
+def make_loader(dataset, config: cfg.RunConfig, rt: Runtime, shuffle: bool = False, generator=None,
+                ctx: distributed.Context | None = None) -> DataLoader:
+    """Evaluation loader (in order), or the training loader: shuffled global batches, this process's share.
+
+    Workers are not persistent: they are re-seeded from ``generator`` every epoch, which keeps resume exact.
+    """
+    common = dict(num_workers=rt.num_workers, pin_memory=rt.device.type == "cuda", worker_init_fn=_seed_worker,
+                  generator=generator, persistent_workers=False)
+    if not shuffle:
+        return DataLoader(dataset, batch_size=config.batch_size, shuffle=False, **common)
+    sampler = distributed.ShardedBatchSampler(len(dataset), config.batch_size, ctx or distributed.Context(),
+                                              generator)
+    return DataLoader(dataset, batch_sampler=sampler, **common)
 
 
 def to_device(batch: dict, rt: Runtime):
@@ -195,7 +205,8 @@ def load_model(run_or_file: str | Path, device: str | torch.device = "cpu") -> t
 
 class Averages:
     """Running sample-weighted means of the loss components; the Dice term is averaged over the samples
-    that have a mask only (batches without one would otherwise dilute it towards 0)."""
+    that have a mask only (batches without one would otherwise dilute it towards 0). ``reduce`` sums the
+    running totals of all processes of a distributed run."""
 
     def __init__(self):
         self.sums = dict.fromkeys(LOSS_PARTS, 0.0)
@@ -207,6 +218,11 @@ class Averages:
         self.sums["dice"] += parts["dice"] * n_masked
         self.n += n
         self.n_masked += n_masked
+
+    def reduce(self, ctx: distributed.Context) -> Averages:
+        *sums, self.n, self.n_masked = ctx.sum([*self.sums.values(), self.n, self.n_masked])
+        self.sums = dict(zip(self.sums, sums))
+        return self
 
     def means(self) -> dict[str, float]:
         out = {k: self.sums[k] / max(self.n, 1) for k in ("total", "mse", "ce")}
@@ -223,7 +239,8 @@ def _check_finite(parts, epoch: int, step: int) -> dict[str, float]:
     return values
 
 
-def train_epoch(model, loader, loss_fn, optimizer, config, rt, epoch: int, bar=None) -> dict[str, float]:
+def train_epoch(model, loader, loss_fn, optimizer, config, rt, epoch: int, bar=None,
+                ctx: distributed.Context | None = None) -> dict[str, float]:
     model.train()
     avg = Averages()
     for step, batch in enumerate(loader, start=1):
@@ -241,7 +258,7 @@ def train_epoch(model, loader, loss_fn, optimizer, config, rt, epoch: int, bar=N
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{values['total']:.3f}", refresh=False)
-    return avg.means()
+    return avg.reduce(ctx or distributed.Context()).means()
 
 
 @torch.no_grad()
@@ -286,7 +303,7 @@ def predict(model, loader, rt: Runtime, loss_fn=None, keep_images: int = 0) -> d
 
 def summarise(pred: dict, classes: tuple[str, ...], majority_class: int | None) -> dict:
     """Classification, reconstruction and mask metrics of one split, JSON-ready."""
-    out = {"n": int(len(pred["label"])), "psnr": pred["psnr"]}
+    out = {"n": len(pred["label"]), "psnr": pred["psnr"]}
     if pred["losses"] is not None:
         out["loss"] = pred["losses"]
     if len(classes) > 1 and (pred["label"] >= 0).any():
@@ -304,12 +321,16 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
     """Train one configuration into ``run_dir`` and return its final metrics.
 
     With ``resume``, continue from ``run_dir/checkpoint.pt`` (whose config must match). ``progress`` shows
-    tqdm bars (default: when stderr is a terminal). ``log`` receives one line per epoch.
+    tqdm bars (default: when stderr is a terminal). ``log`` receives one line per epoch. Under torchrun the
+    processes train one model together (see :mod:`wbclib.distributed`); rank 0 alone writes.
     """
     t_start = time.time()
     run_dir = Path(run_dir)
-    progress = sys.stderr.isatty() if progress is None else progress
     rt = Runtime.from_config(config)
+    ctx, rt.device = distributed.setup(rt.device)
+    main = ctx.is_main
+    progress = (sys.stderr.isatty() if progress is None else progress) and main
+    log = log if main else (lambda line: None)
     torch.use_deterministic_algorithms(rt.device.type == "cpu", warn_only=True)
 
     root = data_root(config, progress)
@@ -327,10 +348,11 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
             raise WbcError(f"cannot resume {run_dir}: its checkpoint was trained with a different config")
     elif ckpt_path.exists() and not resume:
         log(f"note: {run_dir} already holds a checkpoint; starting over (use --resume to continue it)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    runs.write_atomic(run_dir / "config.json", config.to_json())
-    for stale in ("metrics.json", "embeddings.npz"):
-        (run_dir / stale).unlink(missing_ok=True)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        runs.write_atomic(run_dir / "config.json", config.to_json())
+        for stale in ("metrics.json", "embeddings.npz"):
+            (run_dir / stale).unlink(missing_ok=True)
 
     seed_everything(config.seed)
     model = build_model(config)
@@ -344,7 +366,8 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
     model.to(rt.device)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
-    step_model = torch.compile(model) if config.compile else model
+    step_model = torch.nn.parallel.DistributedDataParallel(model) if ctx.active else model
+    step_model = torch.compile(step_model) if config.compile else step_model
 
     fused = rt.device.type == "cuda"
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=fused or None)
@@ -362,8 +385,9 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
         log(f"resume: continuing after epoch {state['epoch']} of {config.epochs}")
 
     generator = torch.Generator()
-    train_loader = make_loader(splits.train, config, rt, shuffle=True, generator=generator)
-    val_loader = make_loader(splits.val, config, rt, shuffle=False)
+    local = config.replace(batch_size=distributed.local_batch_size(config.batch_size, ctx))
+    train_loader = make_loader(splits.train, config, rt, shuffle=True, generator=generator, ctx=ctx)
+    val_loader = make_loader(splits.val, local, rt)
     val_pred = None
     bar_epochs = tqdm(total=config.epochs, initial=start_epoch - 1, desc="epochs", disable=not progress,
                       position=0, leave=True)
@@ -374,7 +398,7 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
         lr = optimizer.param_groups[0]["lr"]
         with tqdm(total=len(train_loader), desc=f"epoch {epoch}", disable=not progress, position=1,
                   leave=False) as bar:
-            train = train_epoch(step_model, train_loader, loss_fn, optimizer, config, rt, epoch, bar)
+            train = train_epoch(step_model, train_loader, loss_fn, optimizer, config, rt, epoch, bar, ctx)
         scheduler.step()
         val_pred = predict(step_model, val_loader, rt, loss_fn)
         val_acc = (float((val_pred["logits"].argmax(1) == val_pred["label"]).mean())
@@ -383,12 +407,14 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
                **{f"val_{k}": v for k, v in val_pred["losses"].items()}, "val_accuracy": val_acc,
                "seconds": time.time() - t0}
         history.append(row)
-        runs.save_checkpoint(ckpt_path, {
-            "format": 1, "epoch": epoch, "config": config.to_dict(), "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history,
-            "init_report": init_report, "rng": rng_state(), "classes": list(splits.classes),
-            "wbclib_version": __version__})
-        write_history(run_dir / "history.csv", history)
+        if main:
+            runs.save_checkpoint(ckpt_path, {
+                "format": 1, "epoch": epoch, "config": config.to_dict(), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history,
+                "init_report": init_report, "rng": rng_state(), "classes": list(splits.classes),
+                "wbclib_version": __version__})
+            write_history(run_dir / "history.csv", history)
+        ctx.barrier()
         bar_epochs.update(1)
         acc = "" if math.isnan(val_acc) else f"  val acc {val_acc:.4f}"
         log(f"epoch {epoch}/{config.epochs}  train {train['total']:.4f} (mse {train['mse']:.4f} ce {train['ce']:.4f} "
@@ -401,7 +427,7 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
     majority = int(np.bincount(splits.train.labels[splits.train.labels >= 0]).argmax()) \
         if config.num_classes > 1 else None
     report_pred = val_pred if splits.report is splits.val else predict(step_model, make_loader(
-        splits.report, config, rt, shuffle=False), rt, loss_fn)
+        splits.report, local, rt), rt, loss_fn)
     final = {"run": run_dir.name, "dataset": config.dataset, "subset": config.subset if config.dataset == "wbc" else None,
              "reported_split": splits.report_name, "epochs": config.epochs, "classes": list(splits.classes),
              splits.report_name: summarise(report_pred, splits.classes, majority)}
@@ -411,9 +437,14 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
     if masked and config.num_classes > 1:
         mask_set = data.CellDataset(masked, splits.classes, transforms.build(config.input_size, config.resize, False),
                                     config.mask_threshold, config.resize, root)
-        seg = predict(step_model, make_loader(mask_set, config, rt, shuffle=False), rt)["segmentation"]
+        seg = predict(step_model, make_loader(mask_set, local, rt), rt)["segmentation"]
         final["train_masks"] = {**seg, "note": "training images that have masks, centre-cropped (no held-out masks)"}
     final["accuracy"] = final[splits.report_name].get("accuracy")
+    final["processes"] = ctx.world
+    if not main:
+        ctx.barrier()
+        ctx.close()
+        return final
     if config.export_embeddings and config.num_classes > 1:
         buf = io.BytesIO()
         np.savez_compressed(buf, embedding=report_pred["embedding"].astype(np.float32), label=report_pred["label"],
@@ -424,6 +455,8 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
     runs.write_json(run_dir / "manifest.json", manifest(config, rt, splits, wall, init_report))
     final["wall_time_s"] = wall
     runs.write_json(run_dir / "metrics.json", final)
+    ctx.barrier()
+    ctx.close()
     return final
 
 
@@ -484,7 +517,7 @@ def examples(run_dir: str | Path, n: int = 8, device: str = "cpu") -> dict:
     model, config = load_model(run_dir, device)
     config = config.replace(device=str(device), num_workers=0, precision="fp32", channels_last=False)
     rt = Runtime.from_config(config)
-    splits = build_splits(config, data_root(config))
+    splits = build_splits(config, data_root(config), check=False)  # validated when the run trained
     sets = {splits.report_name: data.CellDataset(splits.report.records[:n], splits.classes,
                                                  splits.report.transform, config.mask_threshold, config.resize,
                                                  splits.root)}
@@ -506,3 +539,9 @@ def examples(run_dir: str | Path, n: int = 8, device: str = "cpu") -> dict:
                         "pred_masks": (probs > 0.5).float().cpu(), "labels": batch["label"],
                         "predictions": pred.cpu(), "paths": list(batch["path"])}
     return result
+
+
+if __name__ == "__main__":  # `torchrun --nproc_per_node=N -m wbclib.train --dataset wbc ...` = `wbc train ...`
+    from .cli import main as _cli_main
+
+    sys.exit(_cli_main(["train", *sys.argv[1:]]))

@@ -1,0 +1,217 @@
+"""Training throughput, achieved model FLOP/s and data-loader throughput, measured in one run.
+
+    python benchmarks/throughput.py --profile quick --json benchmarks/results/cpu-quick.json
+
+Measures, on the current device:
+
+- the machine's matmul FLOP/s (square fp32 matmuls on the CPU; bf16 on a GPU), the yardstick;
+- training steps of the profile's model on random tensors (no data loading) for each variant that can run
+  here: eager fp32 NCHW (the baseline), channels_last, bf16 autocast, torch.compile; FLOPs per image are
+  counted with ``torch.utils.flop_counter`` over one forward + backward pass;
+- JPEG decoding of 575 x 575 images with PIL (full and draft-mode) and ``torchvision.io.decode_jpeg``;
+- what the data loader delivers alone (decode + joint augmentation + collate) with the run's workers.
+
+Prints a table and writes a JSON file with the keys ``device``, ``profile``, ``train_images_per_s``,
+``model_flops_per_s``, ``matmul_flops_per_s``, ``loader_images_per_s`` (for the default variant) plus every
+variant's figures. This is a measurement, not a test: timings on a shared machine are noisy, so compare
+ratios from the same run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from wbclib import config as cfg
+from wbclib import data, train
+from wbclib.losses import MultiTaskLoss
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_flops(device: torch.device, seconds: float = 2.0) -> float:
+    """Best sustained FLOP/s of square matmuls (fp32 on the CPU, bf16 on a GPU)."""
+    n = 2048 if device.type == "cpu" else 8192
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    best = 0.0
+    torch.matmul(a, b)
+    sync(device)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        for _ in range(3):
+            torch.matmul(a, b)
+        sync(device)
+        best = max(best, 3 * 2 * n**3 / (time.perf_counter() - t))
+    return best
+
+
+def flops_per_image(config: cfg.RunConfig) -> float:
+    """Forward + backward FLOPs of one training image (counted, not estimated)."""
+    model = train.build_model(config)
+    x = torch.rand(2, 3, config.input_size, config.input_size)
+    with FlopCounterMode(display=False) as counter:
+        out = model(x)
+        (out.reconstruction.mean() + out.class_logits.mean() + out.mask_logits.mean()).backward()
+    return counter.get_total_flops() / 2
+
+
+def step_throughput(config: cfg.RunConfig, variant: dict, device: torch.device, steps: int, warmup: int) -> float:
+    """Images per second of full training steps (forward, multi-task loss, backward, clip, Adam) on random
+    tensors resident on the device."""
+    c = config.replace(device=str(device), channels_last=variant["channels_last"],
+                       precision=variant["precision"], compile=variant["compile"])
+    rt = train.Runtime.from_config(c)
+    torch.manual_seed(0)
+    model = train.build_model(c).to(device)
+    fmt = torch.channels_last if rt.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    step_model = torch.compile(model) if c.compile else model
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
+    loss_fn = MultiTaskLoss()
+    b, s = c.batch_size, c.input_size
+    images = torch.rand(b, 3, s, s, device=device).contiguous(memory_format=fmt)
+    labels = torch.randint(0, c.num_classes, (b,), device=device)
+    masks = (torch.rand(b, 1, s, s, device=device) > 0.5).to(torch.uint8)
+    has_mask = torch.arange(b, device=device) % 4 == 0
+
+    def one_step():
+        with rt.autocast():
+            out = step_model(images)
+        parts = loss_fn(out, images, labels, masks, has_mask)
+        opt.zero_grad(set_to_none=True)
+        parts.total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    for _ in range(warmup):
+        one_step()
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        one_step()
+    sync(device)
+    return steps * b / (time.perf_counter() - t)
+
+
+def decode_rates(paths: list[Path], resize: int | None) -> dict[str, float]:
+    """Images per second of decoding 575 x 575 JPEGs three ways (single process)."""
+    from PIL import Image
+    from torchvision.io import decode_jpeg, read_file
+
+    def rate(fn):
+        t = time.perf_counter()
+        for p in paths:
+            fn(p)
+        return len(paths) / (time.perf_counter() - t)
+
+    out = {"pil_full": rate(lambda p: Image.open(p).convert("RGB").load()),
+           "torchvision_decode_jpeg": rate(lambda p: decode_jpeg(read_file(str(p))))}
+    if resize:
+        out["pil_draft"] = rate(lambda p: data.open_image(p, draft_size=resize))
+    return out
+
+
+def loader_throughput(config: cfg.RunConfig, rt: train.Runtime, root: Path, seconds: float = 8.0) -> float:
+    """Images per second that the training DataLoader delivers alone (decode + augmentation + collate)."""
+    splits = train.build_splits(config, root, check=False)
+    loader = train.make_loader(splits.train, config, rt, shuffle=True, generator=torch.Generator().manual_seed(0))
+    n, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        for batch in loader:
+            n += len(batch["image"])
+            if time.perf_counter() - t >= seconds:
+                break
+    return n / (time.perf_counter() - t)
+
+
+def variants_for(device: torch.device, with_compile: bool) -> list[dict]:
+    base = {"name": "eager fp32 NCHW", "channels_last": False, "precision": "fp32", "compile": False}
+    out = [base, {**base, "name": "channels_last", "channels_last": True}]
+    bf16_ok = device.type == "cuda" or "AVX512_BF16" in torch.backends.cpu.get_cpu_capability() or \
+        "AMX" in torch.backends.cpu.get_cpu_capability()
+    out.append({**base, "name": "bf16 autocast" + ("" if bf16_ok else " (no bf16 instructions)"),
+                "precision": "bf16"})
+    out.append({**base, "name": "channels_last + bf16", "channels_last": True, "precision": "bf16"})
+    if with_compile:
+        out.append({**base, "name": "torch.compile", "compile": True})
+        out.append({**base, "name": "torch.compile + channels_last + bf16", "compile": True,
+                    "channels_last": True, "precision": "bf16"})
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", choices=sorted(cfg.PROFILES), default="quick")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--steps", type=int, default=None, help="timed training steps per variant")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    ap.add_argument("--data-root", default=None, help="course data for the loader measurement (default: synthetic)")
+    ap.add_argument("--json", default=None, help="write the results here")
+    a = ap.parse_args(argv)
+
+    config = cfg.from_profile(a.profile, device=a.device, data_root=a.data_root)
+    rt = train.Runtime.from_config(config)
+    device = rt.device
+    steps = a.steps or (20 if device.type == "cpu" and a.profile == "quick" else 3 if device.type == "cpu" else 50)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"device {device} ({name}), {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"cpu capability {torch.backends.cpu.get_cpu_capability()}")
+
+    mm = matmul_flops(device)
+    fpi = flops_per_image(config)
+    print(f"matmul: {mm / 1e9:.1f} GFLOP/s; model: {fpi / 1e9:.3f} GFLOP per training image "
+          f"(forward + backward, {config.input_size}px, width {config.base_width})")
+    results = []
+    for v in variants_for(device, not a.no_compile):
+        try:
+            ips = step_throughput(config, v, device, steps, warmup=3 if v["compile"] else 2)
+        except Exception as exc:  # e.g. no compiler toolchain for torch.compile
+            print(f"  {v['name']:40s} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}")
+            continue
+        results.append({**v, "images_per_s": ips, "model_flops_per_s": ips * fpi,
+                        "fraction_of_matmul": ips * fpi / mm})
+        print(f"  {v['name']:40s} {ips:8.1f} img/s  {ips * fpi / 1e9:8.1f} GFLOP/s  {100 * ips * fpi / mm:5.1f} % "
+              "of matmul")
+    default = next(r for r in results if not r["compile"]
+                   and r["channels_last"] == rt.channels_last
+                   and r["precision"] == ("bf16" if rt.amp_dtype else "fp32"))
+
+    root = train.data_root(config)
+    jpegs = sorted((root / "WBC_100" / "train" / "data").rglob("*.jpg"))[:64]
+    decode = decode_rates(jpegs, config.resize) if jpegs else {}
+    for k, v in decode.items():
+        print(f"  decode {k:28s} {v:8.1f} img/s")
+    loader = loader_throughput(config, rt, root)
+    print(f"loader ({rt.num_workers} workers): {loader:.1f} img/s = {loader / default['images_per_s']:.1f}x the "
+          f"training step's {default['images_per_s']:.1f} img/s")
+
+    out = {"device": f"{device} ({name})", "profile": a.profile, "train_images_per_s": default["images_per_s"],
+           "model_flops_per_s": default["model_flops_per_s"], "matmul_flops_per_s": mm,
+           "loader_images_per_s": loader, "default_variant": default["name"], "flops_per_image": fpi,
+           "threads": torch.get_num_threads(), "loader_workers": rt.num_workers, "batch_size": config.batch_size,
+           "input_size": config.input_size, "base_width": config.base_width, "variants": results,
+           "decode_images_per_s": decode, "torch": torch.__version__,
+           "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
+        print(f"written: {a.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""The run config: profiles, JSON round trip, clear rejections, and the command line mapping."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from wbclib import cli
+from wbclib import config as cfg
+
+
+def test_paper_profile_is_the_reports_recipe():
+    c = cfg.from_profile("paper")
+    assert (c.input_size, c.resize, c.base_width, c.epochs, c.step_size) == (384, None, 64, 32, 12)
+    assert (c.lambda_ce, c.lambda_dice) == (2.0, 1.0) and c.grad_clip > 0
+
+
+def test_quick_profile_decays_at_the_papers_fraction():
+    c = cfg.from_profile("quick")
+    assert (c.input_size, c.resize, c.base_width) == (96, 144, 16)
+    assert c.step_size < c.epochs  # the schedule decays within the run
+    assert cfg.from_profile("quick", epochs=32).step_size == 12
+    assert cfg.from_profile("quick", epochs=8).step_size == 3
+    assert cfg.from_profile("quick", epochs=8, lr_step=5).step_size == 5
+
+
+def test_json_round_trip(tmp_path):
+    c = cfg.from_profile("quick", dataset="cam16", masks=False, seed=3)
+    (tmp_path / "c.json").write_text(c.to_json())
+    assert cfg.load(tmp_path / "c.json") == c
+
+
+def test_unknown_keys_are_named():
+    with pytest.raises(cfg.ConfigError, match=r"unknown config key.*learning_rate"):
+        cfg.from_dict({"learning_rate": 1})
+
+
+@pytest.mark.parametrize("change,fragment", [
+    ({"dataset": "mnist"}, "dataset must be one of"),
+    ({"subset": 20}, "subset must be 1, 10, 50 or 100"),
+    ({"input_size": 100}, "input_size 100 is not divisible by 32"),
+    ({"epochs": 0}, "epochs must be a positive integer"),
+    ({"lr": -1.0}, "lr must be > 0"),
+    ({"precision": "fp8"}, "precision must be one of"),
+    ({"lambda_dice": float("nan")}, "lambda_dice must be >= 0"),
+])
+def test_impossible_values_are_rejected(change, fragment):
+    with pytest.raises(cfg.ConfigError, match=fragment):
+        cfg.from_profile("quick", **change)
+
+
+def test_set_assignments_are_typed():
+    assert cfg.parse_assignment("lr=3e-4") == ("lr", 3e-4)
+    assert cfg.parse_assignment("resize=none") == ("resize", None)
+    assert cfg.parse_assignment("compile=true") == ("compile", True)
+    assert cfg.parse_assignment("base-width=32") == ("base_width", 32)
+    with pytest.raises(cfg.ConfigError, match="unknown config key 'nope'"):
+        cfg.parse_assignment("nope=1")
+
+
+def test_every_train_flag_maps_onto_the_config():
+    a = cli.parser().parse_args(["train", "--profile", "paper", "--data-root", "/d", "--dataset", "cam16",
+                                 "--subset", "10", "--epochs", "5", "--run-dir", "r", "--seed", "7", "--no-masks",
+                                 "--init", "runs/prcc-s0", "--skip-bad", "--set", "lr=0.01", "--set", "epochs=9"])
+    c = cli.config_from_args(a)
+    assert (c.profile, c.data_root, c.dataset, c.subset, c.epochs, c.seed, c.masks, c.init, c.skip_bad, c.lr) == \
+        ("paper", "/d", "cam16", 10, 5, 7, False, "runs/prcc-s0", True, 0.01)
+
+
+def test_parameters_cell_and_runner_build_the_same_config():
+    c = cfg.from_parameters("quick", {"lr": 0.01}, dataset="wbc", subset=1, masks=True, init=None, seed=2)
+    assert c.lr == 0.01 and c.subset == 1 and c.seed == 2 and c.init is None
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["train", "--data-root", "/nonexistent/root", "--run-dir", "{tmp}/r"], "data root not found: /nonexistent/root"),
+    (["train", "--run-dir", "{tmp}/r", "--set", "input_size=100"], "input_size 100 is not divisible by 32"),
+    (["evaluate", "--checkpoint", "{tmp}/none", "--data", "{tmp}", "--out", "{tmp}/o"], "checkpoint not found"),
+])
+def test_user_errors_exit_2_with_one_message_and_no_traceback(tmp_path, args, fragment):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    p = subprocess.run([sys.executable, "-m", "wbclib.cli", *args], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.startswith("wbc: error: ") and fragment in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+    _ = json

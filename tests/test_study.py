@@ -1,0 +1,97 @@
+"""The grid runner and the book: ids, dependencies, reuse, failures that don't stop the study, the whole chain."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wbclib import study
+
+TINY = ["--set", "epochs=1", "--set", "input_size=32", "--set", "resize=48", "--set", "base_width=4", "--set",
+        "depth=2", "--set", "batch_size=4"]
+
+
+def test_grid_ids_and_dependencies():
+    jobs = study.grid([0])
+    ids = [j.id for j in jobs]
+    assert len(ids) == 21 and len(set(ids)) == 21
+    assert ids[0] == "prcc-s0"
+    assert {"cam16-ce-s0", "cam16-ce-prcc-s0", "cam16-ce-dice-s0", "cam16-ce-prcc-dice-s0"} <= set(ids)
+    for n in (1, 10, 50, 100):
+        for init in ("scratch", "pretrained"):
+            for mask in ("nomask", "mask"):
+                assert f"wbc{n}-{init}-{mask}-s0" in ids
+    deps = {j.id: j.depends for j in jobs}
+    assert deps["cam16-ce-prcc-s0"] == "prcc-s0" and deps["cam16-ce-s0"] is None
+    assert deps["wbc10-pretrained-mask-s0"] == "cam16-ce-prcc-dice-s0" and deps["wbc10-scratch-mask-s0"] is None
+    assert all(ids.index(d) < ids.index(i) for i, d in deps.items() if d)
+    assert len(study.grid([0, 1, 2])) == 63
+
+
+def test_only_pulls_in_dependencies():
+    ids = [j.id for j in study.select(study.grid([0, 1]), "wbc1-pretrained-mask-s1")]
+    assert ids == ["prcc-s1", "cam16-ce-prcc-dice-s1", "wbc1-pretrained-mask-s1"]
+    with pytest.raises(study.WbcError, match="matches no run id"):
+        study.select(study.grid([0]), "nothing-*")
+
+
+def test_dry_run_plans_without_running(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "wbclib.cli", "study", "--dry-run", "--seeds", "2", "--only",
+                        "cam16-*", "--runs-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "cam16-ce-prcc-s1  (starts from prcc-s1)" in p.stdout and not any(tmp_path.iterdir())
+
+
+def wbc(args, tmp_path, timeout=900):
+    env = {**os.environ, "WBC_CACHE": str(tmp_path / "cache")}
+    return subprocess.run([sys.executable, "-m", "wbclib.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.mark.slow
+def test_a_failed_configuration_does_not_stop_the_others(tmp_path):
+    from wbclib import synth
+
+    root = tmp_path / "data"
+    synth.generate(root, scale=0.003, seed=0, progress=False)
+    bad = next((root / "CAM16_100cls_10mask/train/data/tumor").iterdir())
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated JPEG
+    p = wbc(["study", "--data-root", str(root), "--only", "wbc1-*", "--runs-dir", str(tmp_path / "runs"),
+             "--no-book", *TINY], tmp_path)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "FAILED cam16-ce-prcc-dice-s0: DatasetError" in p.stdout
+    assert str(tmp_path / "runs" / "cam16-ce-prcc-dice-s0" / "train.ipynb") in p.stdout
+    assert "skipped wbc1-pretrained-mask-s0" in p.stdout
+    for rid in ("prcc-s0", "wbc1-scratch-mask-s0", "wbc1-scratch-nomask-s0"):
+        assert (tmp_path / "runs" / rid / "metrics.json").is_file(), rid
+    # a second invocation reuses what finished and retries only what failed
+    p2 = wbc(["study", "--data-root", str(root), "--only", "wbc1-scratch-*", "--runs-dir", str(tmp_path / "runs"),
+              "--no-book", *TINY], tmp_path)
+    assert p2.returncode == 0 and p2.stdout.count(" reused ") == 2, p2.stdout
+
+
+@pytest.mark.slow
+def test_the_whole_chain_at_a_tiny_size_builds_tables_and_the_site(tmp_path):
+    book = tmp_path / "book"
+    p = wbc(["study", "--runs-dir", str(tmp_path / "runs"), "--book-root", str(book), "--set",
+             "synthetic_scale=0.003", *TINY], tmp_path, timeout=1200)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    assert "synthetic stand-in" in p.stdout
+    index = book / "_build" / "html" / "index.html"
+    assert index.is_file() and str(index) in p.stdout
+    results = (book / "_build" / "html" / "book" / "generated" / "results.html").read_text()
+    for fragment in ("Table 1", "Table 2", "CE + pRCC + Dice", "WBC_100", "Synthetic data", "0.9826"):
+        assert fragment in results, fragment
+    pages = sorted(p.name for p in (book / "_build" / "html" / "book" / "generated" / "runs").glob("*.html"))
+    assert len(pages) == 21 and "wbc100-pretrained-mask-s0.html" in pages
+    nb = json.loads((book / "book" / "generated" / "results.ipynb").read_text())
+    assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert "This build used the **synthetic stand-in**" in (book / "book/generated/data_summary.md").read_text()
+    shutil.rmtree(book / "_build" / "html" / "_static", ignore_errors=True)
+    _ = Path

@@ -1,0 +1,177 @@
+"""The training engine: determinism, exact resume, atomic checkpoints, NaN stops, head swap, safe loading."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import make_wbc_tree
+from wbclib import WbcError, runs, train
+from wbclib import config as cfg
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return make_wbc_tree(tmp_path_factory.mktemp("data") / "root", per_class=4, val_per_class=2, size=(48, 48))
+
+
+def tiny(root, **kw):
+    base = dict(data_root=str(root), input_size=32, resize=None, base_width=4, depth=2, batch_size=4, epochs=3,
+                lr=1e-2)
+    return cfg.from_profile("quick", **{**base, **kw})
+
+
+def comparable(run_dir: Path):
+    h = pd.read_csv(run_dir / "history.csv").drop(columns="seconds")
+    m = json.loads((run_dir / "metrics.json").read_text())
+    m.pop("wall_time_s")
+    m.pop("run")
+    return h, m
+
+
+def test_run_directory_contents(root, tmp_path):
+    m = train.fit(tiny(root), tmp_path / "r", progress=False, log=lambda s: None)
+    for name in ("config.json", "history.csv", "metrics.json", "manifest.json", "checkpoint.pt", "embeddings.npz"):
+        assert (tmp_path / "r" / name).is_file(), name
+    h = pd.read_csv(tmp_path / "r" / "history.csv")
+    assert list(h.columns) == train.HISTORY_COLUMNS and len(h) == 3
+    assert cfg.load(tmp_path / "r" / "config.json") == tiny(root)
+    assert set(m["val"]) >= {"accuracy", "balanced_accuracy", "macro_f1", "confusion_matrix", "majority_baseline",
+                             "psnr", "per_class"}
+    assert m["train_masks"]["n"] == 5 and 0 <= m["train_masks"]["dice"] <= 1
+    man = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert man["device"] == "cpu" and man["data_fingerprint"]["files"] == 20 + 5 + 10
+    assert len(man["data_fingerprint"]["sha256"]) == 64 and man["packages"]["torch"]
+    import numpy as np
+    z = np.load(tmp_path / "r" / "embeddings.npz")
+    assert z["embedding"].shape == (10, 8) and z["label"].shape == (10,) and len(z["path"]) == 10
+
+
+def test_same_seed_same_numbers_and_other_seed_differs(root, tmp_path):
+    quiet = dict(progress=False, log=lambda s: None)
+    train.fit(tiny(root), tmp_path / "a", **quiet)
+    train.fit(tiny(root), tmp_path / "b", **quiet)
+    train.fit(tiny(root, seed=1), tmp_path / "c", **quiet)
+    ha, ma = comparable(tmp_path / "a")
+    hb, mb = comparable(tmp_path / "b")
+    hc, _ = comparable(tmp_path / "c")
+    pd.testing.assert_frame_equal(ha, hb, check_exact=True)
+    assert ma == mb
+    assert not ha.equals(hc)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(root, tmp_path):
+    config = tiny(root, epochs=4)
+    train.fit(config, tmp_path / "full", progress=False, log=lambda s: None)
+
+    def kill_after_epoch_2(line):
+        if line.startswith("epoch 2/"):
+            raise Killed  # after epoch 2's checkpoint and history were written
+
+    with pytest.raises(Killed):
+        train.fit(config, tmp_path / "cut", progress=False, log=kill_after_epoch_2)
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+    assert runs.load_checkpoint(tmp_path / "cut")["epoch"] == 2
+    lines = []
+    train.fit(config, tmp_path / "cut", resume=True, progress=False, log=lines.append)
+    assert any("resume: continuing after epoch 2" in s for s in lines)
+    hf, mf = comparable(tmp_path / "full")
+    hc, mc = comparable(tmp_path / "cut")
+    pd.testing.assert_frame_equal(hf, hc, check_exact=True)
+    assert mf == mc
+
+
+def test_resume_refuses_a_different_config(root, tmp_path):
+    train.fit(tiny(root, epochs=1), tmp_path / "r", progress=False, log=lambda s: None)
+    with pytest.raises(WbcError, match="different config"):
+        train.fit(tiny(root, epochs=2), tmp_path / "r", resume=True, progress=False, log=lambda s: None)
+
+
+def test_nan_loss_stops_with_epoch_step_and_component_and_keeps_the_checkpoint(root, tmp_path, monkeypatch):
+    real = train.MultiTaskLoss
+
+    class Poisoned(real):
+        calls = 0
+
+        def forward(self, *args):
+            parts = super().forward(*args)
+            Poisoned.calls += 1
+            if Poisoned.calls == 10:  # epoch 2, step 2 (an epoch is 5 training + 3 validation batches)
+                return parts._replace(ce=parts.ce * float("nan"), total=parts.total * float("nan"))
+            return parts
+
+    monkeypatch.setattr(train, "MultiTaskLoss", Poisoned)
+    with pytest.raises(train.TrainingDiverged, match=r"epoch 2, step 2 \(component: ce\)"):
+        train.fit(tiny(root), tmp_path / "r", progress=False, log=lambda s: None)
+    state = runs.load_checkpoint(tmp_path / "r")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_pretrained_start_records_loaded_and_skipped_keys(root, tmp_path):
+    cam = tiny(root, epochs=1)
+    train.fit(cam, tmp_path / "src", progress=False, log=lambda s: None)
+    # reload as a 2-class checkpoint to exercise the head swap 2 -> 5 classes
+    state = runs.load_checkpoint(tmp_path / "src")
+    model2 = train.MultiTaskUNet(2, 4, 2)
+    state["model"] = model2.state_dict()
+    torch.save(state, tmp_path / "two.pt")
+    lines = []
+    train.fit(tiny(root, epochs=1, init=str(tmp_path / "two.pt")), tmp_path / "dst", progress=False,
+              log=lines.append)
+    man = json.loads((tmp_path / "dst" / "manifest.json").read_text())
+    skipped = {s.split(" ")[0] for s in man["init"]["skipped"]}
+    assert skipped == {"classifier.fc.weight", "classifier.fc.bias", "mask_head.weight", "mask_head.bias"}
+    assert man["init"]["loaded"] == len(model2.state_dict()) - 4
+    assert any(s.startswith("init:") for s in lines)
+
+
+def test_checkpoint_needing_code_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    torch.save({"model": {}, "payload": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(WbcError, match=r"refusing to load .*evil\.pt"):
+        runs.load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_training_on_the_cpu_with_channels_last_and_bf16_paths(root, tmp_path):
+    """The GPU defaults (channels_last, bf16 autocast) are exercised on the CPU too."""
+    m = train.fit(tiny(root, epochs=1, channels_last=True, precision="bf16"), tmp_path / "r", progress=False,
+                  log=lambda s: None)
+    assert m["val"]["n"] == 10
+    man = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert man["precision"] == "bf16" and man["channels_last"] is True
+
+
+@pytest.mark.slow
+def test_sigkill_never_leaves_a_broken_checkpoint(root, tmp_path):
+    """Kill -9 a real `wbc train` process while it checkpoints; the checkpoint on disk always loads and resumes."""
+    run = tmp_path / "r"
+    cmd = [sys.executable, "-m", "wbclib.cli", "train", "--data-root", str(root), "--run-dir", str(run),
+           "--epochs", "40", "--no-progress", "--set", "input_size=32", "--set", "resize=null", "--set",
+           "base_width=4", "--set", "depth=2", "--set", "batch_size=4"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.7)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = runs.load_checkpoint(run)
+    assert 1 <= state["epoch"] < 40
+    assert not list(run.glob("*.tmp")) or all(p.name.startswith(".") for p in run.glob("*.tmp"))
