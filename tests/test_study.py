@@ -63,8 +63,9 @@ def test_a_failed_configuration_does_not_stop_the_others(tmp_path):
     bad = next((root / "CAM16_100cls_10mask/train/data/tumor").iterdir())
     bad.write_bytes(bad.read_bytes()[:200])  # truncated JPEG
     p = wbc(["study", "--data-root", str(root), "--only", "wbc1-*", "--runs-dir", str(tmp_path / "runs"),
-             "--no-book", *TINY], tmp_path)
+             "--no-book", "--jobs", "2", *TINY], tmp_path)  # two at a time, each in its own papermill process
     assert p.returncode == 1, p.stdout + p.stderr
+    assert "up to 2 configurations at a time" in p.stdout
     assert "FAILED cam16-ce-prcc-dice-s0: DatasetError" in p.stdout
     assert str(tmp_path / "runs" / "cam16-ce-prcc-dice-s0" / "train.ipynb") in p.stdout
     assert "skipped wbc1-pretrained-mask-s0" in p.stdout

@@ -149,13 +149,29 @@ def test_checkpoint_needing_code_is_refused(tmp_path):
         runs.load_checkpoint(tmp_path / "evil.pt")
 
 
-def test_training_on_the_cpu_with_channels_last_and_bf16_paths(root, tmp_path):
-    """The GPU defaults (channels_last, bf16 autocast) are exercised on the CPU too."""
-    m = train.fit(tiny(root, epochs=1, channels_last=True, precision="bf16"), tmp_path / "r", progress=False,
-                  log=lambda s: None)
-    assert m["val"]["n"] == 10
+@pytest.mark.parametrize("precision,channels_last", [("bf16", True), ("fp32", False)])
+def test_precision_and_memory_format_switches(root, tmp_path, precision, channels_last):
+    """The speed defaults (bf16 autocast, channels_last) and their off switches both train, on the CPU too."""
+    m = train.fit(tiny(root, epochs=1, channels_last=channels_last, precision=precision), tmp_path / "r",
+                  progress=False, log=lambda s: None)
+    assert m["val"]["n"] == 10 and 0 <= m["val"]["accuracy"] <= 1
     man = json.loads((tmp_path / "r" / "manifest.json").read_text())
-    assert man["precision"] == "bf16" and man["channels_last"] is True
+    assert man["precision"] == precision and man["channels_last"] is channels_last
+
+
+def test_auto_picks_bf16_only_where_it_is_native(monkeypatch):
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    assert train.Runtime.from_config(cfg.from_profile("quick")).amp_dtype is None
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
+    assert train.Runtime.from_config(cfg.from_profile("quick")).amp_dtype == torch.bfloat16
+
+
+@pytest.mark.slow
+def test_torch_compile_path_trains_on_the_cpu(root, tmp_path):
+    m = train.fit(tiny(root, epochs=1, compile=True), tmp_path / "r", progress=False, log=lambda s: None)
+    assert m["val"]["n"] == 10
+    state = runs.load_checkpoint(tmp_path / "r")
+    assert not any(k.startswith("_orig_mod") for k in state["model"])  # saved from the uncompiled module
 
 
 @pytest.mark.slow

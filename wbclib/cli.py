@@ -107,6 +107,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=None, help="seeds per configuration (quick: 1, paper: 3)")
     p.add_argument("--only", default=None, metavar="PATTERN", help="glob over run ids, e.g. 'wbc10-*'")
     p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="configurations run side by side (default: one per GPU when there are several, else 1)")
     p.add_argument("--external", default=None, metavar="DIR", help="class-folder set to evaluate the models on")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
     p.add_argument("--no-book", action="store_true", help="skip the analysis notebook and the book")

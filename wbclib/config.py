@@ -59,8 +59,8 @@ class RunConfig:
     lambda_dice: float = 1.0
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
-    channels_last: bool | None = None  # None = on for CUDA, off on CPU
+    precision: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16, else fp32) | fp32 | bf16
+    channels_last: bool | None = None  # None = on (measured faster on CPU and GPU); False = NCHW
     compile: bool = False  # torch.compile the model
     num_workers: int | None = None  # loader processes; None = 0 on CPU, min(8, cores - 1) on CUDA
     skip_bad: bool = False  # leave unreadable files out instead of stopping

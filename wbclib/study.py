@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -115,42 +116,127 @@ def execute(notebook: Path, output: Path, parameters: dict, cwd: Path) -> None:
                                cwd=str(cwd), progress_bar=False, log_output=False, request_save_on_cell_execute=False)
 
 
-def run_grid(jobs: list[Job], profile: str, data_root: str | None, runs_dir: Path, overrides: dict,
-             log=print) -> list[Job]:
-    """Execute each job's training notebook, skipping finished runs with the same config; never stop early."""
+def _decide(job: Job, status: dict, config: cfg.RunConfig, run_dir: Path) -> bool:
+    """Mark a job skipped (its starting point failed) or reused (finished with this config); else True: run it."""
+    if job.depends and status.get(job.depends) not in ("finished", "reused"):
+        job.status, job.detail = "skipped", f"its starting point {job.depends} did not finish"
+        return False
+    if runs.is_finished(run_dir, json.loads(config.to_json())) and job.notebook.is_file():
+        job.status = "reused"
+        return False
+    old = runs.read_json(run_dir / "config.json")
+    if old is not None and old != json.loads(config.to_json()):
+        (run_dir / runs.CHECKPOINT).unlink(missing_ok=True)  # another config: start over, don't resume
+    return True
+
+
+def _run_here(job: Job, params: dict) -> None:
+    """Execute the job's notebook in a kernel started from this process."""
     from papermill.exceptions import PapermillExecutionError
+
+    try:
+        execute(NOTEBOOKS / "train.ipynb", job.notebook, params, NOTEBOOKS)
+        job.status = "finished"
+    except PapermillExecutionError as exc:
+        job.status, job.detail = "failed", f"{exc.ename}: {str(exc.evalue).splitlines()[0][:200]}"
+    except Exception as exc:  # a kernel that died, a missing notebook: record it, keep going
+        job.status, job.detail = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+
+
+def _run_apart(job: Job, params: dict, env: dict) -> None:
+    """Execute the job's notebook with the papermill command in its own process (parallel runs, one GPU each)."""
+    job.notebook.parent.mkdir(parents=True, exist_ok=True)
+    param_file = job.notebook.parent / ".parameters.json"  # JSON is YAML, which papermill -f reads
+    param_file.write_text(json.dumps(params))
+    cmd = [sys.executable, "-m", "papermill", str(NOTEBOOKS / "train.ipynb"), str(job.notebook), "-f",
+           str(param_file), "-k", KERNEL, "--cwd", str(NOTEBOOKS), "--no-progress-bar"]
+    proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, check=False)
+    if proc.returncode == 0:
+        job.status = "finished"
+        return
+    errors = notebook_errors(job.notebook) if job.notebook.is_file() else []
+    last = errors[0].split(": ", 2)[-1] if errors else (proc.stderr.strip().splitlines() or ["papermill failed"])[-1]
+    job.status, job.detail = "failed", last[:200]
+
+
+def default_jobs() -> int:
+    """One configuration at a time, or one per GPU when there are several."""
+    import torch
+
+    return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
+
+
+def run_grid(jobs: list[Job], profile: str, data_root: str | None, runs_dir: Path, overrides: dict,
+             parallel: int = 1, log=print) -> list[Job]:
+    """Execute each job's training notebook, skipping finished runs with the same config; never stop early.
+
+    With ``parallel`` > 1, independent configurations run side by side (a job starts once its starting point
+    has finished), each in its own process pinned to one GPU (``CUDA_VISIBLE_DEVICES``) or, without GPUs,
+    to its share of the CPU threads.
+    """
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
     from tqdm import tqdm
 
     ensure_kernel()
-    status = {}
-    bar = tqdm(jobs, desc="study", unit="run", disable=not sys.stderr.isatty())
-    for job in bar:
-        bar.set_postfix_str(job.id)
-        run_dir = runs_dir / job.id
-        job.notebook = run_dir / "train.ipynb"
-        config = job_config(job, profile, data_root, runs_dir, overrides)
-        if job.depends and status.get(job.depends) not in ("finished", "reused"):
-            job.status, job.detail = "skipped", f"its starting point {job.depends} did not finish"
-        elif runs.is_finished(run_dir, json.loads(config.to_json())) and job.notebook.is_file():
-            job.status = "reused"
-        else:
-            t0 = time.time()
-            old = runs.read_json(run_dir / "config.json")
-            if old is not None and old != json.loads(config.to_json()):
-                (run_dir / runs.CHECKPOINT).unlink(missing_ok=True)  # another config: start over, don't resume
-            params = notebook_params(job, profile, data_root, runs_dir, overrides)
-            try:
-                execute(NOTEBOOKS / "train.ipynb", job.notebook, params, NOTEBOOKS)
-                job.status = "finished"
-            except PapermillExecutionError as exc:
-                job.status, job.detail = "failed", f"{exc.ename}: {str(exc.evalue).splitlines()[0][:200]}"
-            except Exception as exc:  # kernel died, notebook missing...: record it, keep going
-                job.status, job.detail = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-            job.seconds = time.time() - t0
+    status: dict[str, str] = {}
+    bar = tqdm(total=len(jobs), desc="study", unit="run", disable=not sys.stderr.isatty())
+
+    def report(job: Job) -> None:
         status[job.id] = job.status
-        acc = (runs.read_json(run_dir / "metrics.json") or {}).get("accuracy") if job.status != "failed" else None
+        acc = (runs.read_json(runs_dir / job.id / "metrics.json") or {}).get("accuracy") \
+            if job.status in ("finished", "reused") else None
+        bar.update(1)
         log(f"  {job.id:32s} {job.status:9s} {job.seconds:6.1f}s" + (f"  accuracy {acc:.4f}" if acc is not None
                                                                        else "") + (f"  {job.detail}" if job.detail else ""))
+
+    def start(job: Job) -> bool:
+        job.notebook = runs_dir / job.id / "train.ipynb"
+        config = job_config(job, profile, data_root, runs_dir, overrides)
+        if _decide(job, status, config, runs_dir / job.id):
+            return True
+        report(job)
+        return False
+
+    if parallel <= 1:
+        for job in jobs:
+            if start(job):
+                t0 = time.time()
+                _run_here(job, notebook_params(job, profile, data_root, runs_dir, overrides))
+                job.seconds = time.time() - t0
+                report(job)
+        bar.close()
+        return jobs
+
+    gpus = default_jobs() > 1
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    pending, running, free = list(jobs), {}, list(range(parallel))
+
+    def timed(job, env):
+        t0 = time.time()
+        _run_apart(job, notebook_params(job, profile, data_root, runs_dir, overrides), env)
+        job.seconds = time.time() - t0
+
+    with ThreadPoolExecutor(parallel) as pool:
+        while pending or running:
+            for job in list(pending):
+                if not free:
+                    break
+                if job.depends and job.depends not in status:
+                    continue  # its starting point is still pending or running
+                pending.remove(job)
+                if start(job):
+                    slot = free.pop(0)
+                    env = {"CUDA_VISIBLE_DEVICES": str(slot)} if gpus else {"OMP_NUM_THREADS": str(threads)}
+                    running[pool.submit(timed, job, env)] = (job, slot)
+            if running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    job, slot = running.pop(future)
+                    future.result()
+                    free.append(slot)
+                    report(job)
+    bar.close()
     return jobs
 
 
@@ -255,7 +341,14 @@ def write_performance_page(book_root: Path) -> None:
 
 def write_evaluation_page(book_root: Path, runs_dir: Path, external: str | None) -> None:
     """The external-evaluation page: the executed evaluation notebook, or a note that none was requested."""
-    page = generated(book_root) / "evaluation.md"
+    gen = generated(book_root)
+    for stale in ("evaluation.md", "evaluation.ipynb"):
+        (gen / stale).unlink(missing_ok=True)
+    if external:
+        execute(NOTEBOOKS / "evaluation.ipynb", gen / "evaluation.ipynb",
+                {"runs_dir": str(runs_dir), "external": str(Path(external).resolve())}, NOTEBOOKS)
+        return
+    page = gen / "evaluation.md"
     text = ["# External evaluation", ""]
     text.append("No external set was given to this build. Run `wbc study --external DIR` with a class-folder set "
                 "(for example Raabin-WBC Test-A or the BCCD crops) to evaluate the trained models on it, or "
@@ -276,8 +369,8 @@ def build_book(book_root: Path = ROOT, log=print) -> Path:
     errors = [e for p in sorted(gen.rglob("*.ipynb")) for e in notebook_errors(p)]
     if errors:
         raise WbcError("notebooks with errors cannot be published:\n  " + "\n  ".join(errors[:20]))
-    missing = [p for p in ("results.ipynb", "data_summary.md", "evaluation.md", "performance.md")
-               if not (gen / p).exists()]
+    missing = [p for p in ("results.ipynb", "data_summary.md", "evaluation", "performance.md")
+               if not (gen / p).exists() and not list(gen.glob(p + ".*"))]
     if missing:
         raise WbcError(f"book/generated/ lacks {', '.join(missing)}: run `wbc study` first")
     exe = Path(sys.executable).with_name("jupyter-book")
@@ -330,7 +423,10 @@ def main(args) -> int:
     else:
         root = Path(data_root)
         print(f"data: {root}")
-    run_grid(jobs, args.profile, data_root, runs_dir, overrides)
+    parallel = args.jobs or default_jobs()
+    if parallel > 1:
+        print(f"study: up to {parallel} configurations at a time")
+    run_grid(jobs, args.profile, data_root, runs_dir, overrides, parallel)
     print(summary(jobs))
     failed = any(j.status in ("failed", "skipped") for j in jobs)
     if not args.no_book:
@@ -339,16 +435,17 @@ def main(args) -> int:
         publish_runs(jobs, book_root)
         write_data_summary(book_root, root, data_root is None, synthetic_scales(probe))
         write_performance_page(book_root)
-        write_evaluation_page(book_root, runs_dir, args.external)
         t = time.time()
-        print("analysis: executing notebooks/analysis.ipynb")
-        try:
-            execute(NOTEBOOKS / "analysis.ipynb", gen / "results.ipynb",
-                    {"runs_dir": str(runs_dir), "external": args.external}, NOTEBOOKS)
-        except Exception as exc:
-            raise WbcError(f"the analysis notebook failed ({type(exc).__name__}: "
-                           f"{str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ''}); "
-                           f"see {gen / 'results.ipynb'}") from None
+        external = str(Path(args.external).resolve()) if args.external else None
+        for what, call in (("notebooks/analysis.ipynb", lambda: execute(
+                NOTEBOOKS / "analysis.ipynb", gen / "results.ipynb", {"runs_dir": str(runs_dir), "external": external},
+                NOTEBOOKS)), ("the external evaluation", lambda: write_evaluation_page(book_root, runs_dir, external))):
+            print(f"analysis: executing {what}")
+            try:
+                call()
+            except Exception as exc:
+                msg = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ""
+                raise WbcError(f"{what} failed ({type(exc).__name__}: {msg}); see the notebooks in {gen}") from None
         index = build_book(book_root)
         print(f"analysis and book: {time.time() - t:.1f}s")
         print(f"book: {index}")

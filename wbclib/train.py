@@ -75,6 +75,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AMX or AVX512-BF16); emulated bf16 is slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 @dataclass
 class Runtime:
     """Device-dependent choices resolved from the config's 'auto' values."""
@@ -86,10 +95,14 @@ class Runtime:
 
     @classmethod
     def from_config(cls, config: cfg.RunConfig) -> Runtime:
+        """'auto' picks what benchmarks/throughput.py measured to be fastest: bf16 autocast on GPUs and on
+        CPUs with native bf16 (fp32 elsewhere), channels_last everywhere."""
         device = resolve_device(config.device)
         cuda = device.type == "cuda"
-        precision = config.precision if config.precision != "auto" else ("bf16" if cuda else "fp32")
-        channels_last = cuda if config.channels_last is None else config.channels_last
+        precision = config.precision
+        if precision == "auto":
+            precision = "bf16" if cuda or cpu_has_native_bf16() else "fp32"
+        channels_last = True if config.channels_last is None else config.channels_last
         workers = config.num_workers
         if workers is None:
             workers = min(8, max(0, (os.cpu_count() or 1) - 1)) if cuda else 0
