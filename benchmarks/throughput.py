@@ -158,6 +158,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--steps", type=int, default=None, help="timed training steps per variant")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    ap.add_argument("--default-only", action="store_true", help="measure the device's default variant only")
     ap.add_argument("--data-root", default=None, help="course data for the loader measurement (default: synthetic)")
     ap.add_argument("--json", default=None, help="write the results here")
     a = ap.parse_args(argv)
@@ -165,7 +166,7 @@ def main(argv=None) -> int:
     config = cfg.from_profile(a.profile, device=a.device, data_root=a.data_root)
     rt = train.Runtime.from_config(config)
     device = rt.device
-    steps = a.steps or (20 if device.type == "cpu" and a.profile == "quick" else 3 if device.type == "cpu" else 50)
+    steps = a.steps or (20 if device.type == "cpu" and a.profile == "quick" else 2 if device.type == "cpu" else 50)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"device {device} ({name}), {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"cpu capability {torch.backends.cpu.get_cpu_capability()}")
@@ -179,9 +180,13 @@ def main(argv=None) -> int:
     print(f"matmul: {mm / 1e9:.1f} GFLOP/s; model: {fpi / 1e9:.3f} GFLOP per training image "
           f"(forward + backward, {config.input_size}px, width {config.base_width})")
     results = []
-    for v in variants_for(device, not a.no_compile):
+    variants = variants_for(device, not a.no_compile)
+    if a.default_only:
+        variants = [v for v in variants if not v["compile"] and v["channels_last"] == rt.channels_last
+                    and v["precision"] == ("bf16" if rt.amp_dtype else "fp32")]
+    for v in variants:
         try:
-            ips = step_throughput(config, v, device, steps, warmup=3 if v["compile"] else 2)
+            ips = step_throughput(config, v, device, steps, warmup=3 if v["compile"] else 1 if steps < 5 else 2)
         except Exception as exc:  # e.g. no compiler toolchain for torch.compile
             print(f"  {v['name']:40s} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}")
             continue

@@ -79,9 +79,14 @@ def test_a_failed_configuration_does_not_stop_the_others(tmp_path):
 
 @pytest.mark.slow
 def test_the_whole_chain_at_a_tiny_size_builds_tables_and_the_site(tmp_path):
+    from wbclib import synth
+
     book = tmp_path / "book"
+    external = tmp_path / "external"  # any class-folder set: here a second synthetic validation set
+    synth.generate(tmp_path / "other", scale=0.003, seed=1, progress=False)
+    (tmp_path / "other" / "WBC_100" / "val" / "data").rename(external)
     p = wbc(["study", "--runs-dir", str(tmp_path / "runs"), "--book-root", str(book), "--set",
-             "synthetic_scale=0.003", *TINY], tmp_path, timeout=1200)
+             "synthetic_scale=0.003", "--external", str(external), *TINY], tmp_path, timeout=1200)
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     assert "synthetic stand-in" in p.stdout
     index = book / "_build" / "html" / "index.html"
@@ -94,5 +99,21 @@ def test_the_whole_chain_at_a_tiny_size_builds_tables_and_the_site(tmp_path):
     nb = json.loads((book / "book" / "generated" / "results.ipynb").read_text())
     assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert "This build used the **synthetic stand-in**" in (book / "book/generated/data_summary.md").read_text()
+    evaluation = (book / "_build" / "html" / "book" / "generated" / "evaluation.html").read_text()
+    assert "wbc100-scratch-mask-s0" in evaluation and "balanced accuracy" in evaluation
+    assert (tmp_path / "runs" / "wbc100-scratch-mask-s0" / "external-external" / "metrics.json").is_file()
+    assert "external" in results  # the external set placed into the t-SNE map (legend)
     shutil.rmtree(book / "_build" / "html" / "_static", ignore_errors=True)
     _ = Path
+
+
+def test_runner_passes_every_notebook_parameter():
+    """The runner's config must be the notebook's: no default of the parameters cell may leak into a run."""
+    import nbformat
+
+    nb = nbformat.read(study.NOTEBOOKS / "train.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    names = {line.split("=")[0].strip() for line in cell.source.splitlines() if "=" in line and
+             not line.lstrip().startswith("#")}
+    for job in study.grid([0]):
+        assert set(study.notebook_params(job, "quick", None, Path("runs"), {})) == names, job.id

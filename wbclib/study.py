@@ -84,8 +84,9 @@ def select(jobs: list[Job], pattern: str | None) -> list[Job]:
 def notebook_params(job: Job, profile: str, data_root: str | None, runs_dir: Path, overrides: dict) -> dict:
     """The parameters papermill injects into the training notebook for this job."""
     init = str((runs_dir / job.depends).resolve()) if job.depends else None
+    # Every parameter of the notebook is passed, so none of its interactive defaults leaks into a run.
     return {"profile": profile, "run_dir": str((runs_dir / job.id).resolve()), "data_root": data_root, "init": init,
-            **job.params, "overrides": overrides}
+            "subset": 100, "epochs": None, **job.params, "overrides": overrides}
 
 
 def job_config(job: Job, profile: str, data_root: str | None, runs_dir: Path, overrides: dict) -> cfg.RunConfig:
@@ -274,6 +275,34 @@ def prepare_book_root(book_root: str | Path | None) -> Path:
     return book_root
 
 
+def describe(job_id: str) -> str:
+    """A run id in words, e.g. 'WBC_10, pretrained, with masks, seed 0'."""
+    config, _, seed = job_id.rpartition("-s")
+    parts = config.split("-")
+    if parts[0] == "prcc":
+        words = ["pRCC pretraining (reconstruction only)"]
+    elif parts[0] == "cam16":
+        words = ["CAM16, cross-entropy" + (" after pRCC pretraining" if "prcc" in parts else "")
+                 + (" + Dice" if "dice" in parts else "")]
+    else:
+        words = [f"WBC_{parts[0][3:]}", "pretrained on pRCC + CAM16" if parts[1] == "pretrained" else "from scratch",
+                 "with masks" if parts[2] == "mask" else "without masks"]
+    return ", ".join([*words, f"seed {seed}"])
+
+
+def tidy_for_book(notebook: Path, destination: Path, title: str | None = None, subtitle: str | None = None) -> None:
+    """Copy an executed notebook for the book: drop the default-parameters cell (the injected cell shows the
+    values used) and, for run pages, title the page with the run id."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    nb.cells = [c for c in nb.cells if "parameters" not in c.metadata.get("tags", [])]
+    if title and nb.cells and nb.cells[0].cell_type == "markdown":
+        nb.cells[0].source = f"# {title}\n\n*{subtitle}*\n" if subtitle else f"# {title}\n"
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, destination)
+
+
 def publish_runs(jobs: list[Job], book_root: Path) -> None:
     """Copy the executed training notebooks of finished runs into the book's generated pages."""
     out = generated(book_root) / "runs"
@@ -282,7 +311,7 @@ def publish_runs(jobs: list[Job], book_root: Path) -> None:
     out.mkdir(parents=True)
     for j in jobs:
         if j.status in ("finished", "reused") and j.notebook and j.notebook.is_file():
-            shutil.copyfile(j.notebook, out / f"{j.id}.ipynb")
+            tidy_for_book(j.notebook, out / f"{j.id}.ipynb", j.id, describe(j.id))
 
 
 def write_data_summary(book_root: Path, data_root: Path, synthetic: bool, scale: str) -> None:
@@ -347,6 +376,7 @@ def write_evaluation_page(book_root: Path, runs_dir: Path, external: str | None)
     if external:
         execute(NOTEBOOKS / "evaluation.ipynb", gen / "evaluation.ipynb",
                 {"runs_dir": str(runs_dir), "external": str(Path(external).resolve())}, NOTEBOOKS)
+        tidy_for_book(gen / "evaluation.ipynb", gen / "evaluation.ipynb")
         return
     page = gen / "evaluation.md"
     text = ["# External evaluation", ""]
@@ -437,9 +467,13 @@ def main(args) -> int:
         write_performance_page(book_root)
         t = time.time()
         external = str(Path(args.external).resolve()) if args.external else None
-        for what, call in (("notebooks/analysis.ipynb", lambda: execute(
-                NOTEBOOKS / "analysis.ipynb", gen / "results.ipynb", {"runs_dir": str(runs_dir), "external": external},
-                NOTEBOOKS)), ("the external evaluation", lambda: write_evaluation_page(book_root, runs_dir, external))):
+        def analyse():
+            execute(NOTEBOOKS / "analysis.ipynb", gen / "results.ipynb", {"runs_dir": str(runs_dir),
+                                                                           "external": external}, NOTEBOOKS)
+            tidy_for_book(gen / "results.ipynb", gen / "results.ipynb")
+
+        for what, call in (("notebooks/analysis.ipynb", analyse),
+                           ("the external evaluation", lambda: write_evaluation_page(book_root, runs_dir, external))):
             print(f"analysis: executing {what}")
             try:
                 call()

@@ -55,7 +55,7 @@ def synthetic_root(config: cfg.RunConfig, progress: bool = False) -> Path:
 
     scale, seed = config.synthetic_scale, config.synthetic_seed
     cam = config.synthetic_cam16_scale or scale
-    root = cache_dir() / f"synthetic-scale{scale:g}-cam16{cam:g}-seed{seed}"
+    root = cache_dir() / f"synthetic-scale{scale:g}-cam16-{cam:g}-seed{seed}"
     synth.generate(root, scale=scale, seed=seed, progress=progress, cam16_scale=cam)
     return root
 
