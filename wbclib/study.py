@@ -351,20 +351,29 @@ def write_data_summary(book_root: Path, data_root: Path, synthetic: bool, scale:
 
 
 def write_performance_page(book_root: Path) -> None:
-    """The performance page's table, from the benchmark JSON files (if any were recorded)."""
-    results = sorted((ROOT / "benchmarks" / "results").glob("*.json"))
-    rows = ["| device | profile | train images/s | model FLOP/s | matmul FLOP/s | % of matmul | loader images/s |",
-            "|---|---|---|---|---|---|---|"]
-    for p in results:
+    """The performance page's tables, from the benchmark JSON files (if any were recorded)."""
+    steps = ["| device | profile | variant | train images/s | model GFLOP/s | % of matmul |", "|---|---|---|---|---|---|"]
+    feed = ["| device | profile | matmul GFLOP/s (bf16) | GFLOP per image | loader images/s | loader ÷ step |",
+            "|---|---|---|---|---|---|"]
+    for p in sorted((ROOT / "benchmarks" / "results").glob("*.json")):
         r = runs.read_json(p) or {}
         try:
-            rows.append(f"| {r['device']} | {r['profile']} | {r['train_images_per_s']:.1f} | "
-                        f"{r['model_flops_per_s'] / 1e9:.1f} G | {r['matmul_flops_per_s'] / 1e9:.1f} G | "
-                        f"{100 * r['model_flops_per_s'] / r['matmul_flops_per_s']:.0f} % | "
-                        f"{r['loader_images_per_s']:.1f} |")
+            for v in r["variants"]:
+                mark = "**" if v["name"] == r["default_variant"] else ""
+                steps.append(f"| {r['device']} | {r['profile']} | {mark}{v['name']}{mark} | {v['images_per_s']:.1f} | "
+                             f"{v['model_flops_per_s'] / 1e9:.0f} | {100 * v['fraction_of_matmul']:.0f} % |")
+            bf16 = f" ({r['matmul_bf16_flops_per_s'] / 1e9:.0f})" if r.get("matmul_bf16_flops_per_s") else ""
+            feed.append(f"| {r['device']} | {r['profile']} | {r['matmul_flops_per_s'] / 1e9:.0f}{bf16} | "
+                        f"{r['flops_per_image'] / 1e9:.2f} | {r['loader_images_per_s']:.0f} | "
+                        f"{r['loader_images_per_s'] / r['train_images_per_s']:.1f}x |")
         except (KeyError, TypeError, ZeroDivisionError):
             continue
-    text = "\n".join(rows) if len(rows) > 2 else "No benchmark has been recorded in `benchmarks/results/` yet."
+    if len(steps) > 2:
+        text = ("Training steps (the default variant of each device in bold; % of the fp32 matmul FLOP/s on a "
+                "CPU, of the bf16 matmul FLOP/s on a GPU):\n\n" + "\n".join(steps) +
+                "\n\nThe yardstick and the data pipeline:\n\n" + "\n".join(feed))
+    else:
+        text = "No benchmark has been recorded in `benchmarks/results/` yet."
     runs.write_atomic(generated(book_root) / "performance.md", text + "\n")
 
 
