@@ -162,8 +162,8 @@ def ablation_tests(df: pd.DataFrame) -> pd.DataFrame:
         rows.append({"set": group, "comparison": f"{name_a} vs {name_b}", "difference (points)": 100 * t["diff"],
                      "95 % CI": f"{100 * t['low']:+.1f} to {100 * t['high']:+.1f}",
                      "McNemar p": t["mcnemar"]["p_value"], "bootstrap p": t["p_value"],
-                     "images": t.get("n"), "verdict": metrics.describe_difference(name_a, name_b, t)})
-    return pd.DataFrame(rows)
+                     "images": t.get("n"), "verdict": f"{group}: " + metrics.describe_difference(name_a, name_b, t)})
+    return pd.DataFrame(rows).set_index("set") if rows else pd.DataFrame(rows)
 
 
 def representative(df: pd.DataFrame, config: str) -> Path | None:
