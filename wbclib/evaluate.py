@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from . import WBC_CLASSES, WbcError, data, metrics, runs, transforms
-from .train import Runtime, load_model, make_loader, predict
+from .train import Runtime, class_mask, load_model, make_loader, predict
 
 
 def _model(checkpoint):
@@ -129,8 +129,7 @@ def predict_images(checkpoint, inputs, out=None, progress: bool = False) -> str:
             logits.append(o.class_logits.float().cpu())
             if out_dir:
                 pred = o.class_logits.argmax(1)
-                probs = torch.sigmoid(o.mask_logits.float()).gather(
-                    1, pred[:, None, None, None].expand(-1, 1, *images.shape[2:]))
+                probs = torch.sigmoid(class_mask(o.mask_logits, pred))
                 for j in range(len(images)):
                     name = f"{done + j:05d}_{Path(batch['path'][j]).stem}.png"
                     fig = plots.reconstruction_grid(images[j:j + 1].cpu(), o.reconstruction[j:j + 1].float().cpu(),

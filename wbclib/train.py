@@ -274,13 +274,19 @@ def train_epoch(model, loader, loss_fn, optimizer, config, rt, epoch: int, bar=N
     return avg.reduce(ctx or distributed.Context()).means()
 
 
+def class_mask(mask_logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """The mask-logit channel of each sample's class: (B, C, H, W), (B,) -> (B, 1, H, W)."""
+    index = classes.clamp(min=0)[:, None, None, None].expand(-1, 1, *mask_logits.shape[2:])
+    return mask_logits.float().gather(1, index)
+
+
 @torch.no_grad()
-def predict(model, loader, rt: Runtime, loss_fn=None, keep_images: int = 0) -> dict:
+def predict(model, loader, rt: Runtime, loss_fn=None) -> dict:
     """Run ``model`` over ``loader``: logits, embeddings, labels, paths, loss means, PSNR, mask Dice/IoU."""
     model.eval()
     avg = Averages()
     out_lists = {k: [] for k in ("logits", "embedding", "label", "path")}
-    seg_pred, seg_true, psnrs, kept = [], [], [], []
+    seg_pred, seg_true, psnrs = [], [], []
     for batch in loader:
         images, labels, masks, has_mask = to_device(batch, rt)
         with rt.autocast():
@@ -297,20 +303,14 @@ def predict(model, loader, rt: Runtime, loss_fn=None, keep_images: int = 0) -> d
         out_lists["path"] += list(batch["path"])
         sel = has_mask.bool() & (labels >= 0)
         if sel.any():
-            pm = out.mask_logits.float()[sel].gather(1, labels[sel][:, None, None, None].expand(-1, 1,
-                                                                                               *images.shape[2:]))
-            seg_pred.append((pm > 0).squeeze(1).cpu().numpy())
+            seg_pred.append((class_mask(out.mask_logits[sel], labels[sel]) > 0).squeeze(1).cpu().numpy())
             seg_true.append(masks[sel].squeeze(1).bool().cpu().numpy())
-        if len(kept) < keep_images:
-            kept.append((images.float().cpu(), recon.cpu(), masks.cpu(), has_mask.cpu(),
-                         torch.sigmoid(out.mask_logits.float()).cpu(), labels.cpu()))
     result = {k: torch.cat(v).numpy() for k, v in out_lists.items() if k != "path"}
     result["path"] = np.array(out_lists["path"])
     result["losses"] = avg.means() if loss_fn is not None else None
     result["psnr"] = float(sum(psnrs) / max(len(result["label"]), 1))
     result["segmentation"] = (metrics.segmentation_metrics(np.concatenate(seg_pred), np.concatenate(seg_true))
                               if seg_pred else None)
-    result["kept"] = kept
     return result
 
 
@@ -544,9 +544,7 @@ def examples(run_dir: str | Path, n: int = 8, device: str = "cpu") -> dict:
         images = batch["image"].to(rt.device)
         out = model(images)
         pred = out.class_logits.argmax(1)
-        channel = pred if config.num_classes > 1 else torch.zeros_like(pred)
-        probs = torch.sigmoid(out.mask_logits.float()).gather(
-            1, channel[:, None, None, None].expand(-1, 1, *images.shape[2:]))
+        probs = torch.sigmoid(class_mask(out.mask_logits, pred))
         result[name] = {"images": images.cpu(), "reconstructions": out.reconstruction.float().clamp(0, 1).cpu(),
                         "masks": batch["mask"].float(), "has_mask": batch["has_mask"],
                         "pred_masks": (probs > 0.5).float().cpu(), "labels": batch["label"],
