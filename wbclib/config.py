@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from . import WbcError
+from . import CAM16_CLASSES, WBC_CLASSES, WbcError
 
 DATASETS = ("wbc", "cam16", "prcc")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -74,8 +74,13 @@ class RunConfig:
         return self.lr_step or max(1, round(self.epochs * PAPER_DECAY_FRACTION))
 
     @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names in index order (pRCC has one placeholder class: it is unlabeled)."""
+        return {"wbc": WBC_CLASSES, "cam16": CAM16_CLASSES, "prcc": ("tissue",)}[self.dataset]
+
+    @property
     def num_classes(self) -> int:
-        return {"wbc": 5, "cam16": 2, "prcc": 1}[self.dataset]
+        return len(self.classes)
 
     @property
     def uses_dice(self) -> bool:

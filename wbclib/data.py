@@ -244,6 +244,10 @@ class CellDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def with_records(self, records: list[Record]) -> CellDataset:
+        """The same classes, transform and mask handling over other records."""
+        return CellDataset(records, self.classes, self.transform, self.mask_threshold, self.decode_size, self.root)
+
     @property
     def labels(self) -> np.ndarray:
         return np.array([r.label for r in self.records])

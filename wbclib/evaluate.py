@@ -14,17 +14,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import WBC_CLASSES, WbcError, data, metrics, runs, transforms
+from . import WbcError, data, metrics, runs, transforms
 from .train import Runtime, class_mask, load_model, make_loader, predict
 
 
 def _model(checkpoint):
     model, config = load_model(checkpoint)
-    state = runs.load_checkpoint(checkpoint)
-    classes = tuple(state.get("classes") or (WBC_CLASSES if config.num_classes == 5 else range(config.num_classes)))
     config = config.replace(device="auto", num_workers=0, channels_last=None, precision="auto")
     rt = Runtime.from_config(config)
-    return model.to(rt.device), config, classes, rt
+    return model.to(rt.device), config, config.classes, rt
 
 
 def _dataset(records, classes, config, root=None, mask_threshold=None):
@@ -33,8 +31,13 @@ def _dataset(records, classes, config, root=None, mask_threshold=None):
                             config.resize, root)
 
 
+def _loader(ds, config, rt):
+    """In-order batches of at least 32 images (inference has no reason for the training batch size)."""
+    return make_loader(ds, config.replace(batch_size=max(config.batch_size, 32)), rt)
+
+
 def _run(model, ds, config, rt, progress: bool) -> dict:
-    loader = make_loader(ds, config.replace(batch_size=max(config.batch_size, 32)), rt, shuffle=False)
+    loader = _loader(ds, config, rt)
     if progress:
         loader = tqdm(loader, desc="images", unit="batch", total=len(loader))
     return predict(model, loader, rt)
@@ -116,7 +119,7 @@ def predict_images(checkpoint, inputs, out=None, progress: bool = False) -> str:
     model, config, classes, rt = _model(checkpoint)
     files = image_files(inputs)
     ds = _dataset([data.Record(f) for f in files], classes, config)
-    loader = make_loader(ds, config.replace(batch_size=max(config.batch_size, 32)), rt, shuffle=False)
+    loader = _loader(ds, config, rt)
     logits, out_dir = [], Path(out) if out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -95,6 +95,10 @@ class MultiTaskLoss(torch.nn.Module):
         super().__init__()
         self.lambda_ce, self.lambda_dice = lambda_ce, lambda_dice
 
+    def dice_samples(self, labels: torch.Tensor, has_mask: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: the samples the Dice term uses (labelled, with a mask; none when it is off)."""
+        return has_mask.bool() & (labels >= 0) & bool(self.lambda_dice)
+
     def forward(self, output, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor,
                 has_mask: torch.Tensor) -> LossParts:
         mse = F.mse_loss(output.reconstruction.float(), images.float())
@@ -105,8 +109,8 @@ class MultiTaskLoss(torch.nn.Module):
         else:
             ce = output.class_logits.float().sum() * 0.0
 
-        with_mask = has_mask.bool() & labelled
-        if self.lambda_dice and with_mask.any():
+        with_mask = self.dice_samples(labels, has_mask)
+        if with_mask.any():
             logits = output.mask_logits[with_mask]
             targets = mask_targets(masks[with_mask], labels[with_mask], logits.shape[1])
             dice = generalized_dice_loss(logits, targets)

@@ -122,11 +122,12 @@ def _decide(job: Job, status: dict, config: cfg.RunConfig, run_dir: Path) -> boo
     if job.depends and status.get(job.depends) not in ("finished", "reused"):
         job.status, job.detail = "skipped", f"its starting point {job.depends} did not finish"
         return False
-    if runs.is_finished(run_dir, json.loads(config.to_json())) and job.notebook.is_file():
+    wanted = json.loads(config.to_json())
+    if runs.is_finished(run_dir, wanted) and job.notebook.is_file():
         job.status = "reused"
         return False
     old = runs.read_json(run_dir / "config.json")
-    if old is not None and old != json.loads(config.to_json()):
+    if old is not None and old != wanted:
         (run_dir / runs.CHECKPOINT).unlink(missing_ok=True)  # another config: start over, don't resume
     return True
 

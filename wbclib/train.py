@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import CAM16_CLASSES, WBC_CLASSES, WbcError, __version__, data, distributed, metrics, runs, transforms
+from . import WbcError, __version__, data, distributed, metrics, runs, transforms
 from . import config as cfg
 from .losses import MultiTaskLoss
 from .model import MultiTaskUNet, load_matching
@@ -146,19 +146,16 @@ class Splits:
 
 def build_splits(config: cfg.RunConfig, root: Path, check: bool = True) -> Splits:
     """Index and validate (``check``: decode every file) each split a run needs, before any training starts."""
-    skip = config.skip_bad
+    skip, classes = config.skip_bad, config.classes
     if config.dataset == "wbc":
-        classes = WBC_CLASSES
         tr = data.wbc_records(root, config.subset, "train", skip, check)
         va = data.wbc_records(root, config.subset, "val", skip, check)
         rep, rep_name = va, "val"
     elif config.dataset == "cam16":
-        classes = CAM16_CLASSES
         tr = data.cam16_records(root, "train", skip, check)
         va = data.cam16_records(root, "val", skip, check)
         rep, rep_name = data.cam16_records(root, "test", skip, check), "test"
     else:
-        classes = ("tissue",)
         tr = data.prcc_records(root, "train", skip_bad=skip, check=check)
         va = data.prcc_records(root, "val", skip_bad=skip, check=check)
         rep, rep_name = va, "val"
@@ -267,7 +264,7 @@ def train_epoch(model, loader, loss_fn, optimizer, config, rt, epoch: int, bar=N
         if config.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-        avg.add(values, len(images), int((has_mask.bool() & (labels >= 0)).sum()) if loss_fn.lambda_dice else 0)
+        avg.add(values, len(images), int(loss_fn.dice_samples(labels, has_mask).sum()))
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{values['total']:.3f}", refresh=False)
@@ -294,7 +291,7 @@ def predict(model, loader, rt: Runtime, loss_fn=None) -> dict:
         if loss_fn is not None:
             parts = loss_fn(out, images, labels, masks, has_mask)
             avg.add({k: float(getattr(parts, k)) for k in LOSS_PARTS}, len(images),
-                    int((has_mask.bool() & (labels >= 0)).sum()) if loss_fn.lambda_dice else 0)
+                    int(loss_fn.dice_samples(labels, has_mask).sum()))
         recon = out.reconstruction.float().clamp(0, 1)
         psnrs.append(metrics.psnr(recon.cpu().numpy(), images.float().cpu().numpy()) * len(images))
         out_lists["logits"].append(out.class_logits.float().cpu())
@@ -448,8 +445,7 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
         final["val"] = summarise(val_pred, splits.classes, majority)
     masked = [r for r in splits.train.records if r.mask_path is not None]
     if masked and config.num_classes > 1:
-        mask_set = data.CellDataset(masked, splits.classes, transforms.build(config.input_size, config.resize, False),
-                                    config.mask_threshold, config.resize, root)
+        mask_set = splits.report.with_records(masked)  # the evaluation transform
         seg = predict(step_model, make_loader(mask_set, local, rt), rt)["segmentation"]
         final["train_masks"] = {**seg, "note": "training images that have masks, centre-cropped (no held-out masks)"}
     final["accuracy"] = final[splits.report_name].get("accuracy")
@@ -531,13 +527,10 @@ def examples(run_dir: str | Path, n: int = 8, device: str = "cpu") -> dict:
     config = config.replace(device=str(device), num_workers=0, precision="fp32", channels_last=False)
     rt = Runtime.from_config(config)
     splits = build_splits(config, data_root(config), check=False)  # validated when the run trained
-    sets = {splits.report_name: data.CellDataset(splits.report.records[:n], splits.classes,
-                                                 splits.report.transform, config.mask_threshold, config.resize,
-                                                 splits.root)}
+    sets = {splits.report_name: splits.report.with_records(splits.report.records[:n])}
     masked = [r for r in splits.train.records if r.mask_path is not None][:n]
     if masked:
-        sets["train_masks"] = data.CellDataset(masked, splits.classes, splits.report.transform,
-                                               config.mask_threshold, config.resize, splits.root)
+        sets["train_masks"] = splits.report.with_records(masked)
     result = {}
     for name, ds in sets.items():
         batch = torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
