@@ -1,10 +1,13 @@
 """The run config: profiles, JSON round trip, clear rejections, and the command line mapping."""
 
+import itertools
 import json
+import math
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from wbclib import cli
 from wbclib import config as cfg
@@ -16,13 +19,32 @@ def test_paper_profile_is_the_reports_recipe():
     assert (c.lambda_ce, c.lambda_dice) == (2.0, 1.0) and c.grad_clip > 0
 
 
-def test_quick_profile_decays_at_the_papers_fraction():
+def test_quick_profile_and_the_step_schedules_fraction():
     c = cfg.from_profile("quick")
-    assert (c.input_size, c.resize, c.base_width) == (96, 144, 16)
-    assert c.step_size < c.epochs  # the schedule decays within the run
+    assert (c.input_size, c.resize, c.base_width, c.batch_size, c.lr_schedule) == (64, 96, 16, 32, "cosine")
+    # With the report's StepLR, a scaled run decays at the paper's fraction of its epochs (12/32).
     assert cfg.from_profile("quick", epochs=32).step_size == 12
     assert cfg.from_profile("quick", epochs=8).step_size == 3
     assert cfg.from_profile("quick", epochs=8, lr_step=5).step_size == 5
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    from wbclib import train
+
+    c = cfg.from_profile("quick", epochs=4, warmup_epochs=1, lr=1.0)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=c.lr)
+    sched = train.make_scheduler(opt, c, steps_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # linear warm-up over one epoch
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))  # then never increases
+    assert lrs[-1] < 0.01 and lrs[24] == pytest.approx(0.5 * (1 + math.cos(math.pi * 14 / 30)))
+    step = train.make_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0),
+                                cfg.from_profile("paper"), 10)
+    assert isinstance(step, torch.optim.lr_scheduler.StepLR) and step.step_size == 12
 
 
 def test_json_round_trip(tmp_path):
@@ -86,3 +108,50 @@ def test_user_errors_exit_2_with_one_message_and_no_traceback(tmp_path, args, fr
     assert "Traceback" not in p.stderr
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
     _ = json
+
+
+def test_runconfig_defaults_are_the_quick_profile():
+    assert cfg.RunConfig() == cfg.from_profile("quick")
+    assert cfg.RunConfig().data == "embedded" and cfg.RunConfig().data_root is None
+
+
+@pytest.mark.parametrize("text", ["resize=none", "resize=null", "init=none", "lr_step=null"])
+def test_set_key_none_reaches_the_config(text):
+    """`--set KEY=none` sets the field to None, even where the profile has a value (paper: lr_step=12)."""
+    key = text.split("=")[0]
+    for profile in ("quick", "paper"):
+        a = cli.parser().parse_args(["train", "--profile", profile, "--run-dir", "r", "--set", text])
+        assert getattr(cli.config_from_args(a), key) is None
+    assert cfg.from_parameters("quick", {"resize": None}).resize is None
+
+
+def test_resize_none_trains_at_native_resolution(tmp_path):
+    """With resize=None the training transform has no Resize: a 40 px image padded to 48 keeps its pixels."""
+    from torchvision.transforms import v2
+
+    from conftest import make_wbc_tree
+    from wbclib import train
+
+    root = make_wbc_tree(tmp_path / "root", per_class=1, size=(48, 48))
+    a = cli.parser().parse_args(["train", "--data-root", str(root), "--run-dir", "r", "--set", "resize=none",
+                                 "--set", "input_size=48", "--set", "depth=2"])
+    splits = train.build_splits(cli.config_from_args(a), root)
+    steps = splits.train.transform.transforms
+    assert not any(isinstance(t, v2.Resize) for t in steps)
+    item = splits.val[0]
+    assert item["image"].shape == (3, 48, 48)
+    raw = splits.val.load(0)[0].float() / 255
+    assert torch.allclose(item["image"], raw)  # centre crop of the same size: the very pixels, not a resample
+
+
+def test_data_sources(tmp_path):
+    from wbclib import train
+
+    assert train.data_source(cfg.from_profile("quick")) == "embedded"
+    assert train.data_source(cfg.from_profile("quick", dataset="prcc")) == "embedded"
+    assert train.data_source(cfg.from_profile("quick", dataset="cam16")) == "synthetic"  # no real CAM16 source
+    assert train.data_source(cfg.from_profile("quick", data="synthetic")) == "synthetic"
+    assert train.data_source(cfg.from_profile("quick", data_root=str(tmp_path))) == "data-root"
+    assert train.data_root(cfg.from_profile("quick")) == train.EMBEDDED
+    with pytest.raises(cfg.ConfigError, match="data must be one of"):
+        cfg.from_profile("quick", data="course")

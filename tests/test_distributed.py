@@ -14,7 +14,8 @@ import torch
 from conftest import make_wbc_tree
 from wbclib.distributed import Context, ShardedBatchSampler
 
-ARGS = ["--epochs", "2", "--no-progress", "--no-masks", "--set", "input_size=32", "--set", "resize=null", "--set", "base_width=4",
+ARGS = ["--epochs", "2", "--no-progress", "--no-masks", "--set", "input_size=32", "--set", "resize=null",
+        "--set", "base_width=4", "--set", "min_steps=0", "--set", "rot90=false", "--set", "color_jitter=0",
         "--set", "depth=2", "--set", "batch_size=4", "--set", "lr=1e-4", "--set", "grad_clip=0"]
 
 

@@ -19,7 +19,7 @@ def run(tmp_path_factory):
     base = tmp_path_factory.mktemp("eval")
     root = make_wbc_tree(base / "data", per_class=3, val_per_class=1, size=(48, 48))
     config = cfg.from_profile("quick", data_root=str(root), input_size=32, resize=None, base_width=4, depth=2,
-                              batch_size=4, epochs=1)
+                              batch_size=4, epochs=1, min_steps=0)
     train.fit(config, base / "run", progress=False, log=lambda s: None)
     return base / "run"
 

@@ -14,7 +14,7 @@ import pytest
 from wbclib import study
 
 TINY = ["--set", "epochs=1", "--set", "input_size=32", "--set", "resize=48", "--set", "base_width=4", "--set",
-        "depth=2", "--set", "batch_size=4"]
+        "depth=2", "--set", "batch_size=4", "--set", "min_steps=0"]
 
 
 def test_grid_ids_and_dependencies():
@@ -85,8 +85,8 @@ def test_the_whole_chain_at_a_tiny_size_builds_tables_and_the_site(tmp_path):
     external = tmp_path / "external"  # any class-folder set: here a second synthetic validation set
     synth.generate(tmp_path / "other", scale=0.003, seed=1, progress=False)
     (tmp_path / "other" / "WBC_100" / "val" / "data").rename(external)
-    p = wbc(["study", "--runs-dir", str(tmp_path / "runs"), "--book-root", str(book), "--set",
-             "synthetic_scale=0.003", "--external", str(external), *TINY], tmp_path, timeout=1200)
+    p = wbc(["study", "--data", "synthetic", "--runs-dir", str(tmp_path / "runs"), "--book-root", str(book),
+             "--set", "synthetic_scale=0.003", "--external", str(external), *TINY], tmp_path, timeout=1200)
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     assert "synthetic stand-in" in p.stdout
     index = book / "_build" / "html" / "index.html"
@@ -98,7 +98,8 @@ def test_the_whole_chain_at_a_tiny_size_builds_tables_and_the_site(tmp_path):
     assert len(pages) == 21 and "wbc100-pretrained-mask-s0.html" in pages
     nb = json.loads((book / "book" / "generated" / "results.ipynb").read_text())
     assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert "This build used the **synthetic stand-in**" in (book / "book/generated/data_summary.md").read_text()
+    summary = (book / "book/generated/data_summary.md").read_text()
+    assert "- **WBC**: the **synthetic stand-in**" in summary and "embedded" not in summary
     evaluation = (book / "_build" / "html" / "book" / "generated" / "evaluation.html").read_text()
     assert "wbc100-scratch-mask-s0" in evaluation and "balanced accuracy" in evaluation
     assert (tmp_path / "runs" / "wbc100-scratch-mask-s0" / "external-external" / "metrics.json").is_file()

@@ -26,7 +26,7 @@ def root(tmp_path_factory):
 
 def tiny(root, **kw):
     base = dict(data_root=str(root), input_size=32, resize=None, base_width=4, depth=2, batch_size=4, epochs=3,
-                lr=1e-2)
+                lr=1e-2, min_steps=0)
     return cfg.from_profile("quick", **{**base, **kw})
 
 
@@ -88,6 +88,29 @@ def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(root, tmp
     lines = []
     train.fit(config, tmp_path / "cut", resume=True, progress=False, log=lines.append)
     assert any("resume: continuing after epoch 2" in s for s in lines)
+    hf, mf = comparable(tmp_path / "full")
+    hc, mc = comparable(tmp_path / "cut")
+    pd.testing.assert_frame_equal(hf, hc, check_exact=True)
+    assert mf == mc
+
+
+def test_small_sets_train_min_steps_validating_at_a_cadence_and_resume_exactly(root, tmp_path):
+    """20 images at batch 4 are 5 steps an epoch: min_steps=20 trains 4 epochs instead of 2, validates (and
+    checkpoints) every 2nd epoch, and a run killed after its first validation resumes to the same end."""
+    config = tiny(root, epochs=2, min_steps=20)
+    m = train.fit(config, tmp_path / "full", progress=False, log=lambda s: None)
+    h = pd.read_csv(tmp_path / "full" / "history.csv")
+    assert m["epochs"] == 4 and list(h["epoch"]) == [1, 2, 3, 4]
+    assert list(h["val_total"].notna()) == [False, True, False, True]
+
+    def kill_after_first_validation(line):
+        if line.startswith("epoch 2/4"):
+            raise Killed
+
+    with pytest.raises(Killed):
+        train.fit(config, tmp_path / "cut", progress=False, log=kill_after_first_validation)
+    assert runs.load_checkpoint(tmp_path / "cut")["epoch"] == 2
+    train.fit(config, tmp_path / "cut", resume=True, progress=False, log=lambda s: None)
     hf, mf = comparable(tmp_path / "full")
     hc, mc = comparable(tmp_path / "cut")
     pd.testing.assert_frame_equal(hf, hc, check_exact=True)
@@ -180,7 +203,7 @@ def test_sigkill_never_leaves_a_broken_checkpoint(root, tmp_path):
     run = tmp_path / "r"
     cmd = [sys.executable, "-m", "wbclib.cli", "train", "--data-root", str(root), "--run-dir", str(run),
            "--epochs", "40", "--no-progress", "--set", "input_size=32", "--set", "resize=null", "--set",
-           "base_width=4", "--set", "depth=2", "--set", "batch_size=4"]
+           "base_width=4", "--set", "depth=2", "--set", "batch_size=4", "--set", "min_steps=0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (run / "checkpoint.pt").exists() and time.time() < deadline:

@@ -45,24 +45,57 @@ def load_runs(runs_dir: str | Path) -> pd.DataFrame:
             "split": m.get("reported_split"), "n": split.get("n"), "accuracy": split.get("accuracy"),
             "balanced_accuracy": split.get("balanced_accuracy"), "macro_f1": split.get("macro_f1"),
             "majority_baseline": split.get("majority_baseline"), "psnr": split.get("psnr"),
-            "train_mask_dice": (m.get("train_masks") or {}).get("dice"), "minutes": m.get("wall_time_s", 0) / 60,
-            "synthetic": manifest.get("synthetic"), "path": str(run_dir),
+            "train_mask_dice": (m.get("train_masks") or {}).get("dice"), "train_images": m.get("train_images"),
+            "train_masks": m.get("train_masks_available"), "minutes": m.get("wall_time_s", 0) / 60,
+            "synthetic": manifest.get("synthetic"), "data_source": manifest.get("data_source") or (
+                "synthetic" if manifest.get("synthetic") else "data-root"), "path": str(run_dir),
         })
-    return pd.DataFrame(rows)
+    columns = ["run", "config", "seed", "dataset", "split", "n", "accuracy", "balanced_accuracy", "macro_f1",
+               "majority_baseline", "psnr", "train_mask_dice", "train_images", "train_masks", "minutes", "synthetic", "data_source", "path"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+#: What each data source is, in words, for the note at the top of a results page.
+SOURCE_WORDS = {
+    "embedded": "real cells embedded in the project (PBC images with a masked share of segwbc cells); not the "
+                "course data",
+    "embedded-prcc": "real, unlabelled tiles of BCCD blood-smear photographs embedded in the project (instead of "
+                     "pRCC kidney tissue)",
+    "synthetic": "the synthetic stand-in (procedurally drawn images, not real cells)",
+    "data-root": "the course data given with `--data-root`",
+}
+TABLE_DATASETS = (("Table 1", "cam16", "CAM16 test split"), ("Table 2", "wbc", "WBC validation split"),
+                  ("pretraining", "prcc", "pRCC stage, reconstruction only"))
 
 
 def is_synthetic(df: pd.DataFrame) -> bool:
     return bool(len(df)) and bool(df["synthetic"].fillna(False).any())
 
 
+def _sources(df: pd.DataFrame, dataset: str) -> list[str]:
+    return sorted(df.loc[df["dataset"] == dataset, "data_source"].dropna().unique()) if len(df) else []
+
+
 def banner(df: pd.DataFrame) -> str:
-    """A MyST admonition for pages whose numbers come from the synthetic stand-in."""
-    if not is_synthetic(df):
+    """A MyST admonition for the top of a results page: where each table's images come from (a warning when
+    every number comes from the synthetic stand-in)."""
+    if not len(df):
         return ""
-    return (":::{warning} Synthetic data\nThese numbers come from the **synthetic stand-in** of the course data "
-            "(procedurally drawn cells), trained with the CPU `quick` profile. They show that the pipeline works "
-            "end to end; they are not results about real blood smears. Rerun with `wbc study --profile paper "
-            "--data-root PATH` on the course data for real numbers.\n:::")
+    if set(df["data_source"].dropna()) <= {"synthetic"}:
+        return (":::{warning} Synthetic data\nThese numbers come from the **synthetic stand-in** of the course data "
+                "(procedurally drawn cells), trained with the CPU `quick` profile. They show that the pipeline "
+                "works end to end; they are not results about real blood smears. Rerun `wbc study` without "
+                "`--data synthetic` for the embedded real cells, or with `--data-root PATH` for the course data.\n:::")
+    lines = []
+    for table, dataset, what in TABLE_DATASETS:
+        sources = _sources(df, dataset)
+        if not sources:
+            continue
+        n = df.loc[df["dataset"] == dataset, "n"].dropna()
+        size = f", {int(n.iloc[0])} images" if len(n) and dataset != "prcc" else ""
+        words = [SOURCE_WORDS.get(f"{s}-{dataset}", SOURCE_WORDS.get(s, s)) for s in sources]
+        lines.append(f"- **{table}** ({what}{size}): " + "; ".join(words) + ".")
+    return ":::{note} Where these numbers come from\n" + "\n".join(lines) + "\n:::" if lines else ""
 
 
 def _ci_cell(values: pd.Series, digits: int = 4) -> str:
@@ -113,6 +146,25 @@ def table2(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
     out = pd.DataFrame(rows).set_index("dataset")
     out.columns = pd.MultiIndex.from_tuples(out.columns)
     return out
+
+
+def learning_points(df: pd.DataFrame, metric: str = "balanced_accuracy") -> pd.DataFrame:
+    """One row per (Table 2 setting, subset) with a finished run: training-set size, mean ``metric`` over seeds
+    and its 95 % t-interval (NaN for one seed): the data of the learning-curve figure."""
+    rows = []
+    for init, mask in TABLE2_COLUMNS:
+        for n in (1, 10, 50, 100):
+            sub = df[df["config"] == f"wbc{n}-{init}-{mask}"]
+            values = sub[metric].dropna().to_numpy()
+            if not len(values):
+                continue
+            ci = metrics.mean_ci(values)
+            images = sub["train_images"].dropna()
+            rows.append({"setting": COLUMN_NAMES[(init, mask)], "subset": f"WBC_{n}",
+                         "images": int(images.iloc[0]) if len(images) else n, "mean": ci["mean"],
+                         "low": np.nan if ci["low"] is None else ci["low"],
+                         "high": np.nan if ci["high"] is None else ci["high"], "seeds": len(values)})
+    return pd.DataFrame(rows, columns=["setting", "subset", "images", "mean", "low", "high", "seeds"])
 
 
 def pooled_correct(df: pd.DataFrame, config: str) -> tuple[np.ndarray, np.ndarray] | None:

@@ -1,4 +1,4 @@
-"""The ``wbc`` command: ``synth``, ``train``, ``study``, ``evaluate``, ``predict``, ``book``.
+"""The ``wbc`` command: ``synth``, ``prepare``, ``train``, ``study``, ``evaluate``, ``predict``, ``book``.
 
 User errors (a broken data root, a bad config value, a missing checkpoint) are printed as ``wbc: error: ...``
 without a traceback, with exit status 2.
@@ -16,7 +16,9 @@ from . import config as cfg
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", choices=sorted(cfg.PROFILES), default="quick", help="recipe defaults (quick: CPU)")
-    p.add_argument("--data-root", help="course data root (default: the synthetic stand-in, generated once)")
+    p.add_argument("--data-root", help="course data root (default: the embedded real cells, see --data)")
+    p.add_argument("--data", choices=cfg.DATA_SOURCES, default=None,
+                   help="without --data-root: embedded real cells (default) or the synthetic stand-in")
     p.add_argument("--dataset", choices=cfg.DATASETS, default="wbc")
     p.add_argument("--subset", type=int, choices=(1, 10, 50, 100), default=None, help="WBC subset (default 100)")
     p.add_argument("--epochs", type=int, default=None)
@@ -32,10 +34,32 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _add_prepare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", choices=("pbc", "raabin", "segwbc", "folders"), help="layout of --from")
+    p.add_argument("--from", dest="from_dir", required=True, metavar="DIR", help="the source dataset folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="new (or empty) folder for the course layout")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="every random choice follows from it (default 0)")
+    p.add_argument("--val-fraction", type=float, default=0.2, metavar="F", help="validation share per class (default 0.2)")
+    p.add_argument("--per-class", type=int, default=None, metavar="K", help="at most K images per class")
+    p.add_argument("--balanced", action="store_true", help="cap every class at the smallest class's size")
+    p.add_argument("--masked", default=None, metavar="KIND=DIR",
+                   help="extra labelled set with masks (segwbc or folders): part held out, the rest trains")
+    p.add_argument("--masked-held-out", type=float, default=0.3, metavar="F",
+                   help="share of --masked per class kept as external/<KIND> (default 0.3)")
+    p.add_argument("--external", action="append", default=[], metavar="NAME=DIR",
+                   help="class-folder set copied to external/NAME (repeatable)")
+    p.add_argument("--tiles", default=None, metavar="DIR", help="smear photographs cut into pRCC_nolabel tiles")
+    p.add_argument("--tiles-per-image", type=int, default=None, metavar="K", help="at most K tiles per photo")
+    p.add_argument("--size", type=int, default=None, metavar="N", help="resize so the shorter side is N")
+    p.add_argument("--quality", type=int, default=90, metavar="Q", help="JPEG quality of re-encoded images (default 90)")
+    p.add_argument("--skip-bad", action="store_true", help="leave unusable source files out")
+    p.add_argument("--no-progress", action="store_true")
+
+
 def config_from_args(a: argparse.Namespace) -> cfg.RunConfig:
     """Map ``wbc train`` flags onto a RunConfig (flags override --set, which overrides the profile)."""
     extra = dict(cfg.parse_assignment(s) for s in a.set)
-    flags = {"data_root": a.data_root, "dataset": a.dataset, "subset": a.subset, "epochs": a.epochs,
+    flags = {"data_root": a.data_root, "data": a.data, "dataset": a.dataset, "subset": a.subset, "epochs": a.epochs,
              "seed": a.seed, "masks": a.masks, "init": a.init, "skip_bad": a.skip_bad}
     return cfg.from_profile(a.profile, **{**extra, **{k: v for k, v in flags.items() if v is not None}})
 
@@ -59,6 +83,47 @@ def cmd_synth(a) -> int:
                              cam16_scale=a.cam16_scale)
     print(f"synthetic course data at {a.out} (scale {a.scale:g}, seed {a.seed})")
     return 0 if summary is not None else 1
+
+
+def cmd_prepare(a) -> int:
+    from . import prepare as prep
+
+    external: dict[str, str] = {}
+    for text in a.external:
+        name, path = prep.split_pair(text, "--external")
+        if name in external:
+            raise WbcError(f"--external {name} is given twice")
+        external[name] = path
+    summary = prep.prepare(
+        a.source, a.from_dir, a.out, seed=a.seed, val_fraction=a.val_fraction, per_class=a.per_class,
+        balanced=a.balanced, masked=prep.split_pair(a.masked, "--masked") if a.masked else None,
+        masked_held_out=a.masked_held_out, external=external, tiles=a.tiles, tiles_per_image=a.tiles_per_image,
+        size=a.size, quality=a.quality, skip_bad=a.skip_bad, progress=False if a.no_progress else None)
+    print(_prepare_table(summary))
+    return 0
+
+
+def _prepare_table(summary: dict) -> str:
+    """Images per split and class (masks in brackets), then what was left out and where the manifest is."""
+    from . import WBC_CLASSES
+
+    names = [c[:10] for c in WBC_CLASSES]
+    lines = [f"prepared {summary['out']} ({summary['files']} files)",
+             f"{'split':<22}" + "".join(f"{n:>14}" for n in names) + f"{'total':>14}"]
+    for key, per_class in summary["counts"].items():
+        cells = [per_class.get(c) for c in WBC_CLASSES]
+        total = {k: sum(v[k] for v in per_class.values()) for k in ("images", "masks")}
+        row = ["" if v is None else f"{v['images']} ({v['masks']})" if v["masks"] else str(v["images"])
+               for v in cells + [total]]
+        lines.append(f"{key:<22}" + "".join(f"{r:>14}" for r in row))
+    if any(v["masks"] for per_class in summary["counts"].values() for v in per_class.values()):
+        lines.append("(masks in brackets)")
+    left = ", ".join(f"{k} {n}" for k, n in summary["left_out"].items())
+    lines.append(f"left out (not one of the five classes): {left or 'none'}")
+    if summary["skipped"]:
+        lines.append(f"bad files left out: {summary['skipped']} (listed in the manifest)")
+    lines.append(f"manifest: {summary['manifest']}")
+    return "\n".join(lines)
 
 
 def cmd_study(a) -> int:
@@ -101,15 +166,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_synth)
 
+    p = sub.add_parser("prepare", help="turn a public WBC dataset into the course layout")
+    _add_prepare_args(p)
+    p.set_defaults(func=cmd_prepare)
+
     p = sub.add_parser("study", help="run the report's grid of configurations and build the book")
     p.add_argument("--profile", choices=sorted(cfg.PROFILES), default="quick")
-    p.add_argument("--data-root", help="course data root (default: the synthetic stand-in)")
+    p.add_argument("--data-root", help="course data root (default: the embedded real cells, see --data)")
+    p.add_argument("--data", choices=cfg.DATA_SOURCES, default="embedded",
+                   help="without --data-root: embedded real cells (default) or the synthetic stand-in")
     p.add_argument("--seeds", type=int, default=None, help="seeds per configuration (quick: 1, paper: 3)")
     p.add_argument("--only", default=None, metavar="PATTERN", help="glob over run ids, e.g. 'wbc10-*'")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--jobs", type=int, default=None,
-                   help="configurations run side by side (default: one per GPU when there are several, else 1)")
-    p.add_argument("--external", default=None, metavar="DIR", help="class-folder set to evaluate the models on")
+                   help="configurations run side by side (default: one per GPU; two on a CPU with two or more cores)")
+    p.add_argument("--external", action="append", default=None, metavar="DIR",
+                   help="class-folder set to evaluate the models on (repeatable; default with the embedded data: "
+                        "its BCCD crops and held-out segwbc cells)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
     p.add_argument("--no-book", action="store_true", help="skip the analysis notebook and the book")
     p.add_argument("--book-root", default=None, help="folder the book is built in (default: the project)")

@@ -56,14 +56,15 @@ def loss_curves(history: pd.DataFrame, title: str | None = None) -> Figure:
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.0), squeeze=False, layout="constrained")
     axes = axes[0]
     for ax, (comp, train, val) in zip(axes, panels):
-        if train.notna().any():
-            ax.plot(epochs, train, marker=".", label="train")
-        if val.notna().any():
-            ax.plot(epochs, val, marker=".", label="validation")
+        for name, values in (("train", train), ("validation", val)):
+            ok = values.notna()  # validation may run at a cadence: join the epochs that have it
+            if ok.any():
+                ax.plot(epochs[ok], values[ok], marker=".", label=name)
         ax.set(title=LOSS_COMPONENTS[comp], xlabel="epoch", ylabel="loss")
     if has_acc:
         ax = axes[len(panels)]
-        ax.plot(epochs, accuracy, marker=".", color="C1", label="validation")
+        ok = accuracy.notna()
+        ax.plot(epochs[ok], accuracy[ok], marker=".", color="C1", label="validation")
         ax.set(title="validation accuracy", xlabel="epoch", ylabel="accuracy")
     if not panels and not has_acc:
         axes[0].text(0.5, 0.5, "nothing recorded", ha="center", va="center", transform=axes[0].transAxes)
@@ -216,3 +217,25 @@ __all__ = [
     "reconstruction_grid",
     "tsne_plot",
 ]
+
+
+def learning_curve(points: pd.DataFrame, metric: str = "balanced accuracy", title: str | None = None) -> Figure:
+    """Metric against the number of training images, one line per setting, with the seeds' 95 % interval.
+
+    ``points`` has one row per (setting, subset): columns ``setting``, ``images``, ``mean``, ``low``, ``high``
+    (``low``/``high`` NaN for a single seed)."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (setting, sub) in enumerate(points.sort_values("images").groupby("setting", sort=False)):
+        colour = _BASE[i % len(_BASE)]
+        ax.plot(sub["images"], sub["mean"], marker="o", color=colour, label=setting)
+        if sub["low"].notna().any():
+            ax.fill_between(sub["images"], sub["low"], sub["high"], color=colour, alpha=0.15, linewidth=0)
+    ax.set_xscale("log")
+    ax.set_xlabel("training images (WBC_1, WBC_10, WBC_50, WBC_100)")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=9)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig

@@ -60,9 +60,34 @@ def synthetic_root(config: cfg.RunConfig, progress: bool = False) -> Path:
     return root
 
 
-def data_root(config: cfg.RunConfig, progress: bool = False) -> Path:
+#: The real cells that ship with the project (made by `wbc prepare`; see embedded/README.md).
+EMBEDDED = Path(__file__).resolve().parents[1] / "embedded"
+
+
+def embedded_root() -> Path:
+    """The embedded real data set, or a clear error where this installation lacks it."""
+    if not (EMBEDDED / "manifest.json").is_file():
+        raise data.DatasetError(f"the embedded real data is not at {EMBEDDED} (it ships with a checkout of the "
+                                "project); pass --data-root PATH for your own copy or --data synthetic")
+    return EMBEDDED
+
+
+def data_source(config: cfg.RunConfig) -> str:
+    """Where a run's images come from: 'data-root' (a user's copy), 'embedded' (real cells shipped with the
+    project; it has no CAM16 part, so CAM16 runs use the synthetic stand-in) or 'synthetic'."""
     if config.data_root:
+        return "data-root"
+    if config.data == "embedded" and config.dataset != "cam16":
+        return "embedded"
+    return "synthetic"
+
+
+def data_root(config: cfg.RunConfig, progress: bool = False) -> Path:
+    source = data_source(config)
+    if source == "data-root":
         return Path(config.data_root).expanduser()
+    if source == "embedded":
+        return embedded_root()
     return synthetic_root(config, progress)
 
 
@@ -163,7 +188,8 @@ def build_splits(config: cfg.RunConfig, root: Path, check: bool = True) -> Split
         tr = [data.Record(r.path, r.label, None) for r in tr]
 
     def make(records, train):
-        return data.CellDataset(records, classes, transforms.build(config.input_size, config.resize, train),
+        tf = transforms.build(config.input_size, config.resize, train, config.rot90, config.color_jitter)
+        return data.CellDataset(records, classes, tf,
                                 config.mask_threshold, config.resize, root)
 
     report = make(rep, False)
@@ -211,6 +237,31 @@ def load_model(run_or_file: str | Path, device: str | torch.device = "cpu") -> t
     return model.to(device).eval(), config
 
 
+def total_epochs(config: cfg.RunConfig, steps_per_epoch: int) -> int:
+    """The epochs a run trains: ``config.epochs``, or more where a small training set would otherwise give
+    fewer than ``config.min_steps`` optimiser steps."""
+    return max(config.epochs, math.ceil(config.min_steps / max(1, steps_per_epoch)))
+
+
+def make_scheduler(optimizer, config: cfg.RunConfig, steps_per_epoch: int, epochs: int | None = None):
+    """The learning-rate schedule over ``epochs`` (default ``config.epochs``): the report's StepLR (stepped
+    per epoch, decaying at 12/32 of the run unless ``lr_step`` is set), or a linear warm-up followed by a
+    cosine decay to zero (stepped per batch)."""
+    epochs = epochs or config.epochs
+    if config.lr_schedule == "step":
+        step = config.lr_step or max(1, round(epochs * cfg.PAPER_DECAY_FRACTION))
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=config.lr_gamma)
+    total = max(1, epochs * steps_per_epoch)
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 # -- one epoch --------------------------------------------------------------------------------------------
 
 class Averages:
@@ -250,7 +301,8 @@ def _check_finite(parts, epoch: int, step: int) -> dict[str, float]:
 
 
 def train_epoch(model, loader, loss_fn, optimizer, config, rt, epoch: int, bar=None,
-                ctx: distributed.Context | None = None) -> dict[str, float]:
+                ctx: distributed.Context | None = None, batch_scheduler=None) -> dict[str, float]:
+    """One pass over the training loader; ``batch_scheduler`` (if any) steps after every batch."""
     model.train()
     avg = Averages()
     for step, batch in enumerate(loader, start=1):
@@ -264,6 +316,8 @@ def train_epoch(model, loader, loss_fn, optimizer, config, rt, epoch: int, bar=N
         if config.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
+        if batch_scheduler is not None:
+            batch_scheduler.step()
         avg.add(values, len(images), int(loss_fn.dice_samples(labels, has_mask).sum()))
         if bar is not None:
             bar.update(1)
@@ -344,8 +398,11 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
     torch.use_deterministic_algorithms(rt.device.type == "cpu", warn_only=True)
 
     root = data_root(config, progress)
-    if config.data_root is None:
-        log(f"data: synthetic stand-in at {root} (scale {config.synthetic_scale:g}); pass --data-root for real data")
+    source = data_source(config)
+    if source == "synthetic":
+        log(f"data: synthetic stand-in at {root} (scale {config.synthetic_scale:g}); not real cells")
+    elif source == "embedded":
+        log("data: the embedded real cells (embedded/, see its README); pass --data-root for the course data")
     splits = build_splits(config, root)
     log(f"data: {len(splits.train)} training images ({splits.train.num_masks} with masks), "
         f"{len(splits.val)} validation, reported split '{splits.report_name}' ({len(splits.report)})")
@@ -381,8 +438,16 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
 
     fused = rt.device.type == "cuda"
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=fused or None)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.lr_gamma)
     loss_fn = MultiTaskLoss(config.lambda_ce, config.lambda_dice if config.uses_dice else 0.0)
+    generator = torch.Generator()
+    local = config.replace(batch_size=distributed.local_batch_size(config.batch_size, ctx))
+    train_loader = make_loader(splits.train, config, rt, shuffle=True, generator=generator, ctx=ctx)
+    epochs = total_epochs(config, len(train_loader))
+    val_every = math.ceil(epochs / config.epochs)  # about config.epochs validations, always the last epoch
+    if epochs > config.epochs:
+        log(f"schedule: {epochs} epochs of {len(train_loader)} step(s) to reach min_steps={config.min_steps}; "
+            f"validation every {val_every} epoch(s)")
+    scheduler = make_scheduler(optimizer, config, len(train_loader), epochs)
     history: list[dict] = []
     start_epoch = 1
     if state is not None:
@@ -392,42 +457,43 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
         history = list(state["history"])
         init_report = state.get("init_report")
         start_epoch = int(state["epoch"]) + 1
-        log(f"resume: continuing after epoch {state['epoch']} of {config.epochs}")
+        log(f"resume: continuing after epoch {state['epoch']} of {epochs}")
 
-    generator = torch.Generator()
-    local = config.replace(batch_size=distributed.local_batch_size(config.batch_size, ctx))
-    train_loader = make_loader(splits.train, config, rt, shuffle=True, generator=generator, ctx=ctx)
     val_loader = make_loader(splits.val, local, rt)
     val_pred = None
-    bar_epochs = tqdm(total=config.epochs, initial=start_epoch - 1, desc="epochs", disable=not progress,
+    bar_epochs = tqdm(total=epochs, initial=start_epoch - 1, desc="epochs", disable=not progress,
                       position=0, leave=True)
-    for epoch in range(start_epoch, config.epochs + 1):
+    for epoch in range(start_epoch, epochs + 1):
         t0 = time.time()
         seed_everything(epoch_seed(config.seed, epoch))
         generator.manual_seed(epoch_seed(config.seed, epoch))
         lr = optimizer.param_groups[0]["lr"]
         with tqdm(total=len(train_loader), desc=f"epoch {epoch}", disable=not progress, position=1,
                   leave=False) as bar:
-            train = train_epoch(step_model, train_loader, loss_fn, optimizer, config, rt, epoch, bar, ctx)
-        scheduler.step()
+            train = train_epoch(step_model, train_loader, loss_fn, optimizer, config, rt, epoch, bar, ctx,
+                                scheduler if config.lr_schedule == "cosine" else None)
+        if config.lr_schedule == "step":
+            scheduler.step()
+        row = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in train.items()}}
+        bar_epochs.update(1)
+        if epoch % val_every and epoch != epochs:
+            history.append({**row, "seconds": time.time() - t0})
+            continue  # validation, checkpoint and log line at the cadence only
         val_pred = predict(step_model, val_loader, rt, loss_fn)
         val_acc = (float((val_pred["logits"].argmax(1) == val_pred["label"]).mean())
                    if config.num_classes > 1 else float("nan"))
-        row = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in train.items()},
-               **{f"val_{k}": v for k, v in val_pred["losses"].items()}, "val_accuracy": val_acc,
-               "seconds": time.time() - t0}
+        row.update({f"val_{k}": v for k, v in val_pred["losses"].items()}, val_accuracy=val_acc,
+                   seconds=time.time() - t0)
         history.append(row)
         if main:
             runs.save_checkpoint(ckpt_path, {
                 "format": 1, "epoch": epoch, "config": config.to_dict(), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history,
-                "init_report": init_report, "rng": rng_state(), "classes": list(splits.classes),
-                "wbclib_version": __version__})
+                "init_report": init_report, "classes": list(splits.classes), "wbclib_version": __version__})
             write_history(run_dir / "history.csv", history)
         ctx.barrier()
-        bar_epochs.update(1)
         acc = "" if math.isnan(val_acc) else f"  val acc {val_acc:.4f}"
-        log(f"epoch {epoch}/{config.epochs}  train {train['total']:.4f} (mse {train['mse']:.4f} ce {train['ce']:.4f} "
+        log(f"epoch {epoch}/{epochs}  train {train['total']:.4f} (mse {train['mse']:.4f} ce {train['ce']:.4f} "
             f"dice {train['dice']:.4f})  val {val_pred['losses']['total']:.4f}{acc}  lr {lr:.1e}  {row['seconds']:.1f}s")
     bar_epochs.close()
     if val_pred is None:  # resumed after the last epoch's checkpoint: only the final evaluation was missing
@@ -439,7 +505,8 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
     report_pred = val_pred if splits.report is splits.val else predict(step_model, make_loader(
         splits.report, local, rt), rt, loss_fn)
     final = {"run": run_dir.name, "dataset": config.dataset, "subset": config.subset if config.dataset == "wbc" else None,
-             "reported_split": splits.report_name, "epochs": config.epochs, "classes": list(splits.classes),
+             "reported_split": splits.report_name, "epochs": epochs, "classes": list(splits.classes),
+             "train_images": len(splits.train), "train_masks_available": splits.train.num_masks,
              splits.report_name: summarise(report_pred, splits.classes, majority)}
     if splits.report is not splits.val:
         final["val"] = summarise(val_pred, splits.classes, majority)
@@ -467,15 +534,6 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
     ctx.barrier()
     ctx.close()
     return final
-
-
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2])}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
 
 
 def write_history(path: Path, history: list[dict]) -> None:
@@ -510,7 +568,8 @@ def manifest(config, rt: Runtime, splits: Splits, wall: float, init_report) -> d
         "device": str(rt.device), "device_name": torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda"
         else platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
         "precision": "bf16" if rt.amp_dtype else "fp32", "channels_last": rt.channels_last,
-        "num_workers": rt.num_workers, "data_root": str(splits.root), "synthetic": config.data_root is None,
+        "num_workers": rt.num_workers, "data_root": str(splits.root), "synthetic": data_source(config) == "synthetic",
+        "data_source": data_source(config),
         "data_fingerprint": data.fingerprint(splits.records, splits.root), "wall_time_s": wall,
         "init": init_report and {"source": init_report["source"], "loaded": len(init_report["loaded"]),
                                  "skipped": init_report["skipped"]},
