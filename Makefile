@@ -7,13 +7,17 @@ BIN    := $(VENV)/bin
 KERNEL := wbc-study
 PYTEST_ARGS ?=
 
-.PHONY: study test install install-dev book benchmark clean
+.PHONY: study test lab install install-dev book benchmark clean
 
 study: $(VENV)/.installed
 	$(BIN)/wbc study $(STUDY_ARGS)
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# JupyterLab on the notebooks, with the project's kernel (the one the study's papermill runs use).
+lab: $(VENV)/.installed
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
 
 book: $(VENV)/.installed
 	$(BIN)/wbc book

@@ -117,3 +117,17 @@ def is_finished(run_dir: Path, config_dict: dict | None = None) -> bool:
     if config_dict is None:
         return True
     return read_json(run_dir / "config.json") == config_dict
+
+
+def config_digest(config_dict: dict) -> str:
+    """Eight hex digits that identify a run config (same config, same digest)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(config_dict, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def default_run_dir(config, parent: str | Path = "runs") -> Path:
+    """A run directory named from the config, e.g. ``runs/notebook-wbc100-3f2a9c1d``: changing any parameter
+    gives a new directory, so a notebook rerun never resumes another configuration's checkpoint."""
+    what = f"{config.dataset}{config.subset}" if config.dataset == "wbc" else config.dataset
+    return Path(parent) / f"notebook-{what}-{config_digest(config.to_dict())}"
