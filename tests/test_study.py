@@ -89,6 +89,7 @@ def test_the_whole_chain_at_a_tiny_size_builds_tables_and_the_site(tmp_path):
              "--set", "synthetic_scale=0.003", "--external", str(external), *TINY], tmp_path, timeout=1200)
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     assert "synthetic stand-in" in p.stdout
+    assert "training steps" in p.stdout and (tmp_path / "runs" / "study-time.json").is_file()
     index = book / "_build" / "html" / "index.html"
     assert index.is_file() and str(index) in p.stdout
     results = (book / "_build" / "html" / "book" / "generated" / "results.html").read_text()
@@ -118,3 +119,17 @@ def test_runner_passes_every_notebook_parameter():
              not line.lstrip().startswith("#")}
     for job in study.grid([0]):
         assert set(study.notebook_params(job, "quick", None, Path("runs"), {})) == names, job.id
+
+
+def test_time_breakdown_adds_the_parts_of_trained_runs_only(tmp_path):
+    jobs = [study.Job("a-s0", {}, status="finished", seconds=10.0), study.Job("b-s0", {}, status="reused"),
+            study.Job("c-s0", {}, status="failed", seconds=3.0)]
+    for j, timing in (("a-s0", {"setup": 1.0, "train_steps": 6.0, "validation": 1.0, "checkpoints": 0.5,
+                                "final_evaluation": 0.5}), ("b-s0", {"train_steps": 100.0})):
+        (tmp_path / j).mkdir()
+        (tmp_path / j / "metrics.json").write_text(json.dumps({"timing_s": timing, "wall_time_s": 9.0}))
+    b = study.time_breakdown(jobs, tmp_path, book_seconds=5.0, wall=20.0)
+    assert b["parts_s"]["train_steps"] == 6.0 and b["parts_s"]["notebook"] == 1.0 and b["parts_s"]["book"] == 5.0
+    assert b["work_s"] == 15.0 and b["shares"]["train_steps"] == 6.0 / 15.0
+    text = study.describe_time(b)
+    assert text.startswith("time: 20 s wall, 15 s of work") and "training steps" in text and "40.0 %" in text

@@ -34,6 +34,7 @@ def comparable(run_dir: Path):
     h = pd.read_csv(run_dir / "history.csv").drop(columns="seconds")
     m = json.loads((run_dir / "metrics.json").read_text())
     m.pop("wall_time_s")
+    m.pop("timing_s")
     m.pop("run")
     return h, m
 

@@ -253,6 +253,41 @@ def run_grid(jobs: list[Job], profile: str, data_root: str | None, runs_dir: Pat
     return jobs
 
 
+#: Where a study's time goes, in the order printed: the keys of a run's timing_s, then the runner's own parts.
+TIME_PARTS = {"train_steps": "training steps", "validation": "validation during training",
+              "checkpoints": "checkpoints and history", "setup": "data checks and set-up",
+              "final_evaluation": "final evaluation and export", "notebook": "notebook kernels and figures",
+              "book": "analysis, external evaluation and book"}
+
+
+def time_breakdown(jobs: list[Job], runs_dir: Path, book_seconds: float, wall: float) -> dict:
+    """Seconds spent in each part of the study by the runs it trained now (reused runs cost nothing), the
+    notebook around each run (kernel start-up, figures) and the pages. Runs side by side add up, so the
+    parts are shares of the work done, which can exceed the wall time."""
+    parts = dict.fromkeys(TIME_PARTS, 0.0)
+    for j in jobs:
+        m = runs.read_json(runs_dir / j.id / "metrics.json") if j.status == "finished" else None
+        if not m or "timing_s" not in m:
+            continue
+        for key, seconds in m["timing_s"].items():
+            parts[key] = parts.get(key, 0.0) + seconds
+        parts["notebook"] += max(0.0, j.seconds - m.get("wall_time_s", 0.0))
+    parts["book"] = book_seconds
+    work = sum(parts.values())
+    return {"wall_s": wall, "work_s": work, "parts_s": parts,
+            "shares": {k: (v / work if work else 0.0) for k, v in parts.items()}}
+
+
+def describe_time(breakdown: dict) -> str:
+    """The breakdown as the lines ``wbc study`` ends with."""
+    head = f"time: {breakdown['wall_s']:.0f} s wall, {breakdown['work_s']:.0f} s of work (parallel runs add up):"
+    lines = [head]
+    for key, name in TIME_PARTS.items():
+        seconds = breakdown["parts_s"].get(key, 0.0)
+        lines.append(f"  {name:40s} {seconds:7.1f} s  {100 * breakdown['shares'].get(key, 0.0):5.1f} %")
+    return "\n".join(lines)
+
+
 def summary(jobs: list[Job]) -> str:
     counts = {s: sum(j.status == s for j in jobs) for s in ("finished", "reused", "failed", "skipped")}
     lines = [(f"study: {counts['finished']} finished, {counts['reused']} reused, {counts['failed']} failed, "
@@ -407,7 +442,22 @@ def write_performance_page(book_root: Path) -> None:
                 "\n\nThe yardstick and the data pipeline:\n\n" + "\n".join(feed))
     else:
         text = "No benchmark has been recorded in `benchmarks/results/` yet."
-    runs.write_atomic(generated(book_root) / "performance.md", text + "\n")
+    runs.write_atomic(generated(book_root) / "performance.md", text + "\n\n" + study_time_tables() + "\n")
+
+
+def study_time_tables() -> str:
+    """'Where the study's time goes', from the breakdowns recorded in benchmarks/results/study-*.json."""
+    blocks = []
+    for p in sorted((ROOT / "benchmarks" / "results").glob("study-*.json")):
+        r = runs.read_json(p) or {}
+        if "parts_s" not in r:
+            continue
+        rows = [f"| {name} | {r['parts_s'].get(key, 0.0):.0f} s | {100 * r['shares'].get(key, 0.0):.0f} % |"
+                for key, name in TIME_PARTS.items()]
+        blocks.append(f"**{r.get('what', p.stem)}** ({r.get('device', 'device not recorded')}): "
+                      f"{r['wall_s']:.0f} s wall, {r['work_s']:.0f} s of work.\n\n| part | time | share |\n"
+                      "|---|---|---|\n" + "\n".join(rows))
+    return ("### Where the study's time goes\n\n" + "\n\n".join(blocks)) if blocks else ""
 
 
 def write_evaluation_page(book_root: Path, runs_dir: Path, external: list[str] | None) -> None:
@@ -502,6 +552,7 @@ def main(args) -> int:
     run_grid(jobs, args.profile, data_root, runs_dir, overrides, parallel, data=args.data)
     print(summary(jobs))
     failed = any(j.status in ("failed", "skipped") for j in jobs)
+    book_seconds = 0.0
     if not args.no_book:
         book_root = prepare_book_root(args.book_root)
         gen = generated(book_root)
@@ -524,7 +575,11 @@ def main(args) -> int:
                 msg = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ""
                 raise WbcError(f"{what} failed ({type(exc).__name__}: {msg}); see the notebooks in {gen}") from None
         index = build_book(book_root)
-        print(f"analysis and book: {time.time() - t:.1f}s")
+        book_seconds = time.time() - t
+        print(f"analysis and book: {book_seconds:.1f}s")
         print(f"book: {index}")
+    breakdown = time_breakdown(jobs, runs_dir, book_seconds, time.time() - t0)
+    runs.write_json(runs_dir / "study-time.json", breakdown)
+    print(describe_time(breakdown))
     print(f"study: done in {time.time() - t0:.0f}s")
     return 1 if failed else 0

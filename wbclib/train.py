@@ -461,6 +461,7 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
 
     val_loader = make_loader(splits.val, local, rt)
     val_pred = None
+    timing = {"setup": time.time() - t_start, "train_steps": 0.0, "validation": 0.0, "checkpoints": 0.0}
     bar_epochs = tqdm(total=epochs, initial=start_epoch - 1, desc="epochs", disable=not progress,
                       position=0, leave=True)
     for epoch in range(start_epoch, epochs + 1):
@@ -472,6 +473,7 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
                   leave=False) as bar:
             train = train_epoch(step_model, train_loader, loss_fn, optimizer, config, rt, epoch, bar, ctx,
                                 scheduler if config.lr_schedule == "cosine" else None)
+        timing["train_steps"] += time.time() - t0
         if config.lr_schedule == "step":
             scheduler.step()
         row = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in train.items()}}
@@ -479,23 +481,28 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
         if epoch % val_every and epoch != epochs:
             history.append({**row, "seconds": time.time() - t0})
             continue  # validation, checkpoint and log line at the cadence only
+        t1 = time.time()
         val_pred = predict(step_model, val_loader, rt, loss_fn)
+        timing["validation"] += time.time() - t1
         val_acc = (float((val_pred["logits"].argmax(1) == val_pred["label"]).mean())
                    if config.num_classes > 1 else float("nan"))
         row.update({f"val_{k}": v for k, v in val_pred["losses"].items()}, val_accuracy=val_acc,
                    seconds=time.time() - t0)
         history.append(row)
+        t1 = time.time()
         if main:
             runs.save_checkpoint(ckpt_path, {
                 "format": 1, "epoch": epoch, "config": config.to_dict(), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history,
                 "init_report": init_report, "classes": list(splits.classes), "wbclib_version": __version__})
             write_history(run_dir / "history.csv", history)
+        timing["checkpoints"] += time.time() - t1
         ctx.barrier()
         acc = "" if math.isnan(val_acc) else f"  val acc {val_acc:.4f}"
         log(f"epoch {epoch}/{epochs}  train {train['total']:.4f} (mse {train['mse']:.4f} ce {train['ce']:.4f} "
             f"dice {train['dice']:.4f})  val {val_pred['losses']['total']:.4f}{acc}  lr {lr:.1e}  {row['seconds']:.1f}s")
     bar_epochs.close()
+    t_final = time.time()
     if val_pred is None:  # resumed after the last epoch's checkpoint: only the final evaluation was missing
         val_pred = predict(step_model, val_loader, rt, loss_fn)
 
@@ -530,6 +537,7 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
     wall = time.time() - t_start
     runs.write_json(run_dir / "manifest.json", manifest(config, rt, splits, wall, init_report))
     final["wall_time_s"] = wall
+    final["timing_s"] = {**timing, "final_evaluation": time.time() - t_final}  # where this session's time went
     runs.write_json(run_dir / "metrics.json", final)
     ctx.barrier()
     ctx.close()
