@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="timed training steps per variant")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     ap.add_argument("--default-only", action="store_true", help="measure the device's default variant only")
-    ap.add_argument("--data-root", default=None, help="course data for the loader measurement (default: synthetic)")
+    ap.add_argument("--data-root", default=None, help="course data for the loader measurement (default: the embedded real cells)")
     ap.add_argument("--json", default=None, help="write the results here")
     a = ap.parse_args(argv)
 

@@ -383,3 +383,11 @@ def test_prepared_pbc_trains_and_its_val_folder_evaluates(tmp_path):
                tmp_path / "eval", "--no-progress")
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["n"] == 5
+
+
+def test_pbc_source_needs_pbcs_own_folder(tmp_path):
+    """A class-folder set that is not PBC is refused as `pbc` (its manifest would credit PBC's license)."""
+    src = folders_tree(tmp_path / "other", masks=False)
+    with pytest.raises(DatasetError, match="use the 'folders' source"):
+        run("pbc", src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

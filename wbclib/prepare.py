@@ -351,6 +351,8 @@ def _class_tree(base: Path, s: Source, left_prefix: str = "", name_prefix: str =
 
 def _read_pbc(s: Source) -> None:
     base = s.root / PBC_FOLDER if (s.root / PBC_FOLDER).is_dir() else s.root
+    if base.name != PBC_FOLDER:  # the PBC license and citation go into the manifest: only for PBC's own folder
+        raise s.layout_error(f"no {PBC_FOLDER} folder (for another class-folder set, use the 'folders' source)")
     if not any(d.is_dir() and _course_class(d.name) for d in _entries(base)):
         raise s.layout_error("no class folder of basophil, eosinophil, lymphocyte, monocyte or neutrophil")
     s.license_dirs = [s.root] if base != s.root else [s.root, s.root.parent]
