@@ -23,7 +23,7 @@ book: $(VENV)/.installed
 	$(BIN)/wbc book
 
 benchmark: $(VENV)/.installed
-	$(BIN)/python benchmarks/throughput.py --profile quick --json benchmarks/results/cpu-quick.json
+	$(BIN)/python benchmarks/throughput.py --profile quick --json benchmarks/results/cpu-quick-epyc.json
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev

@@ -420,7 +420,8 @@ def data_sources(probe: cfg.RunConfig, data_root: str | None, data: str) -> tupl
 
 def write_performance_page(book_root: Path) -> None:
     """The performance page's tables, from the benchmark JSON files (if any were recorded)."""
-    steps = ["| device | profile | variant | train images/s | model GFLOP/s | % of matmul |", "|---|---|---|---|---|---|"]
+    steps = ["| device | profile | variant | train images/s | model GFLOP/s | % of fp32 matmul | % of bf16 matmul |",
+             "|---|---|---|---|---|---|---|"]
     feed = ["| device | profile | matmul GFLOP/s (bf16) | GFLOP per image | loader images/s | loader ÷ step |",
             "|---|---|---|---|---|---|"]
     for p in sorted((ROOT / "benchmarks" / "results").glob("*.json")):
@@ -428,8 +429,13 @@ def write_performance_page(book_root: Path) -> None:
         try:
             for v in r["variants"]:
                 mark = "**" if v["name"] == r["default_variant"] else ""
+                fp32 = v.get("fraction_of_fp32_matmul", v["fraction_of_matmul"])  # older files: one ratio
+                bf16_share = v.get("fraction_of_bf16_matmul") or (
+                    v["model_flops_per_s"] / r["matmul_bf16_flops_per_s"] if r.get("matmul_bf16_flops_per_s") else None)
+                flag = " ⚠" if v.get("flag") else ""
                 steps.append(f"| {r['device']} | {r['profile']} | {mark}{v['name']}{mark} | {v['images_per_s']:.1f} | "
-                             f"{v['model_flops_per_s'] / 1e9:.0f} | {100 * v['fraction_of_matmul']:.0f} % |")
+                             f"{v['model_flops_per_s'] / 1e9:.0f} | {100 * fp32:.0f} %{flag} | "
+                             + (f"{100 * bf16_share:.0f} % |" if bf16_share else "– |"))
             bf16 = f" ({r['matmul_bf16_flops_per_s'] / 1e9:.0f})" if r.get("matmul_bf16_flops_per_s") else ""
             feed.append(f"| {r['device']} | {r['profile']} | {r['matmul_flops_per_s'] / 1e9:.0f}{bf16} | "
                         f"{r['flops_per_image'] / 1e9:.2f} | {r['loader_images_per_s']:.0f} | "
@@ -437,8 +443,10 @@ def write_performance_page(book_root: Path) -> None:
         except (KeyError, TypeError, ZeroDivisionError):
             continue
     if len(steps) > 2:
-        text = ("Training steps (the default variant of each device in bold; % of the fp32 matmul FLOP/s on a "
-                "CPU, of the bf16 matmul FLOP/s on a GPU):\n\n" + "\n".join(steps) +
+        text = ("Training steps (the default variant of each device in bold). Each share is taken against the matmul "
+                "FLOP/s measured just before and after that variant (median of five bursts each). A bf16 step is "
+                "judged against bf16 matmuls, so its share of the fp32 rate may exceed 100 %; ⚠ marks a share of "
+                "its own precision's rate that stayed above 100 % when measured twice, which cannot be real:\n\n" + "\n".join(steps) +
                 "\n\nThe yardstick and the data pipeline:\n\n" + "\n".join(feed))
     else:
         text = "No benchmark has been recorded in `benchmarks/results/` yet."
