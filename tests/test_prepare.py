@@ -81,7 +81,7 @@ def test_pbc_counts_and_left_out_classes(pbc_full):
     assert info["left_out"] == summary["left_out"] and info["skipped"] == []
     assert info["sources"][0]["license"] == "CC BY 4.0" and "Data in Brief" in info["sources"][0]["citation"]
     assert (out / "licenses" / "pbc-PROVENANCE.md").is_file()
-    assert "NOT the course data" in (out / "ATTRIBUTION.md").read_text()
+    assert "NOT the course data" in (out / "PROVENANCE.md").read_text()
     for n in WBC_SUBSETS:  # the course readers take it as it is
         assert len(data.wbc_records(out, n, "train")) == 5 * expected[f"WBC_{n}/train"]
         assert len(data.wbc_records(out, n, "val")) == 400
@@ -125,7 +125,7 @@ def test_same_seed_same_tree_other_seed_other_split(tmp_path):
     assert manifest(tmp_path / "a")["files"] != manifest(tmp_path / "c")["files"]
     assert names(tmp_path / "a/WBC_100/val") != names(tmp_path / "c/WBC_100/val")
     run("pbc", src / PBC, tmp_path / "d")  # the upstream folder itself is accepted too
-    same = {k: v for k, v in manifest(tmp_path / "a")["files"].items() if k != "ATTRIBUTION.md"}  # names the path
+    same = {k: v for k, v in manifest(tmp_path / "a")["files"].items() if k != "PROVENANCE.md"}  # names the path
     assert same.items() <= manifest(tmp_path / "d")["files"].items()
     assert snapshot(src) == before  # nothing written into the source
     for f in (tmp_path / "a/WBC_100").rglob("*.jpg"):  # without --size a JPEG is copied as it is

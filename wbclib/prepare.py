@@ -18,7 +18,7 @@ What is written under ``--out``::
     WBC_100/val/data/<Class>/<name>.jpg      the shared validation split
     external/<NAME>/...                      class-folder sets kept apart from training
     pRCC_nolabel/<stem>_t<k>.jpg             square tiles of whole smear photographs (--tiles)
-    manifest.json, ATTRIBUTION.md, licenses/
+    manifest.json, PROVENANCE.md, licenses/
 
 Every choice follows from ``--seed``; the same command gives a byte-identical tree. All source files are
 checked before anything is written (one error lists the bad ones), nothing is ever written inside a source,
@@ -682,7 +682,7 @@ def _build(out: Path, plan: Plan, sources: list[Source], args: dict, skipped: li
         files = _write_jobs(tmp, plan, opts, progress)
         _copy_licenses(tmp, sources, files)
         text = _attribution(sources, plan).encode()
-        _put(tmp, "ATTRIBUTION.md", text, _sha(text), files)
+        _put(tmp, "PROVENANCE.md", text, _sha(text), files)
         manifest = _manifest(args, sources, plan, skipped, files)
         write_json(tmp / "manifest.json", manifest)
         if out.exists():
