@@ -110,6 +110,7 @@ def test_manifest_hashes_every_file(pbc_full):
     on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     assert set(files) == on_disk - {"manifest.json"}
     assert all(hashlib.sha256((out / rel).read_bytes()).hexdigest() == sha for rel, sha in files.items())
+    assert "**pbc**" in (out / "LICENSE.md").read_text() and "CC BY 4.0" in (out / "LICENSE.md").read_text()
 
 
 # -------------------------------------------------------------------------------- determinism, refusals

@@ -18,7 +18,7 @@ What is written under ``--out``::
     WBC_100/val/data/<Class>/<name>.jpg      the shared validation split
     external/<NAME>/...                      class-folder sets kept apart from training
     pRCC_nolabel/<stem>_t<k>.jpg             square tiles of whole smear photographs (--tiles)
-    manifest.json, PROVENANCE.md, licenses/
+    manifest.json, PROVENANCE.md, LICENSE.md, licenses/
 
 Every choice follows from ``--seed``; the same command gives a byte-identical tree. All source files are
 checked before anything is written (one error lists the bad ones), nothing is ever written inside a source,
@@ -681,8 +681,8 @@ def _build(out: Path, plan: Plan, sources: list[Source], args: dict, skipped: li
     try:
         files = _write_jobs(tmp, plan, opts, progress)
         _copy_licenses(tmp, sources, files)
-        text = _attribution(sources, plan).encode()
-        _put(tmp, "PROVENANCE.md", text, _sha(text), files)
+        for name, text in (("PROVENANCE.md", _attribution(sources, plan)), ("LICENSE.md", _license(sources))):
+            _put(tmp, name, text.encode(), _sha(text.encode()), files)
         manifest = _manifest(args, sources, plan, skipped, files)
         write_json(tmp / "manifest.json", manifest)
         if out.exists():
@@ -722,6 +722,20 @@ def _manifest(args: dict, sources: list[Source], plan: Plan, skipped: list[dict]
 _ROLES = {"main": "the labelled pool: training subsets and validation split",
           "masked": "labelled images with expert masks", "external": "an external test set",
           "tiles": "unlabelled tiles for reconstruction pretraining"}
+
+
+def _license(sources: list[Source]) -> str:
+    """The licenses the files of this folder are under: each source's own (no new license is granted)."""
+    lines = ["# Licenses", "",
+             "The files in this folder keep the licenses of the datasets they were taken from; `PROVENANCE.md` "
+             "says which files come from which source. The license texts that the sources ship are in "
+             "`licenses/`.", ""]
+    for s in sources:
+        license_, _ = LICENSES[s.dataset]
+        texts = [f for f in s.license_files if "LICENSE" in Path(f).name.upper()]
+        lines.append(f"- **{s.dataset}** ({_ROLES[s.role]}): {license_}"
+                     + (f"; text in {', '.join(f'`{t}`' for t in texts)}" if texts else "") + ".")
+    return "\n".join(lines) + "\n"
 
 
 def _attribution(sources: list[Source], plan: Plan) -> str:
