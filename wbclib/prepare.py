@@ -727,9 +727,9 @@ _ROLES = {"main": "the labelled pool: training subsets and validation split",
 def _license(sources: list[Source]) -> str:
     """The licenses the files of this folder are under: each source's own (no new license is granted)."""
     lines = ["# Licenses", "",
-             "The files in this folder keep the licenses of the datasets they were taken from; `PROVENANCE.md` "
-             "says which files come from which source. The license texts that the sources ship are in "
-             "`licenses/`.", ""]
+             ("The files in this folder keep the licenses of the datasets they were taken from; `PROVENANCE.md` "
+              "says which files come from which source. The license texts that the sources ship are in "
+              "`licenses/`."), ""]
     for s in sources:
         license_, _ = LICENSES[s.dataset]
         texts = [f for f in s.license_files if "LICENSE" in Path(f).name.upper()]
