@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import metrics, runs
+from . import metrics, runs, train
 
 RUN_ID = re.compile(r"^(?P<config>.+)-s(?P<seed>\d+)$")
 WBC_ID = re.compile(r"^wbc(?P<subset>\d+)-(?P<init>scratch|pretrained)-(?P<mask>nomask|mask)$")
@@ -51,25 +51,13 @@ def load_runs(runs_dir: str | Path) -> pd.DataFrame:
                 "synthetic" if manifest.get("synthetic") else "data-root"), "path": str(run_dir),
         })
     columns = ["run", "config", "seed", "dataset", "split", "n", "accuracy", "balanced_accuracy", "macro_f1",
-               "majority_baseline", "psnr", "train_mask_dice", "train_images", "train_masks", "minutes", "synthetic", "data_source", "path"]
+               "majority_baseline", "psnr", "train_mask_dice", "train_images", "train_masks", "minutes", "synthetic",
+               "data_source", "path"]
     return pd.DataFrame(rows, columns=columns)
 
 
-#: What each data source is, in words, for the note at the top of a results page.
-SOURCE_WORDS = {
-    "embedded": "real cells embedded in the project (PBC images with a masked share of segwbc cells); not the "
-                "course data",
-    "embedded-prcc": "real, unlabelled tiles of BCCD blood-smear photographs embedded in the project (instead of "
-                     "pRCC kidney tissue)",
-    "synthetic": "the synthetic stand-in (procedurally drawn images, not real cells)",
-    "data-root": "the course data given with `--data-root`",
-}
 TABLE_DATASETS = (("Table 1", "cam16", "CAM16 test split"), ("Table 2", "wbc", "WBC validation split"),
                   ("pretraining", "prcc", "pRCC stage, reconstruction only"))
-
-
-def is_synthetic(df: pd.DataFrame) -> bool:
-    return bool(len(df)) and bool(df["synthetic"].fillna(False).any())
 
 
 def _sources(df: pd.DataFrame, dataset: str) -> list[str]:
@@ -93,7 +81,7 @@ def banner(df: pd.DataFrame) -> str:
             continue
         n = df.loc[df["dataset"] == dataset, "n"].dropna()
         size = f", {int(n.iloc[0])} images" if len(n) and dataset != "prcc" else ""
-        words = [SOURCE_WORDS.get(f"{s}-{dataset}", SOURCE_WORDS.get(s, s)) for s in sources]
+        words = [train.describe_source(s, dataset) for s in sources]
         lines.append(f"- **{table}** ({what}{size}): " + "; ".join(words) + ".")
     return ":::{note} Where these numbers come from\n" + "\n".join(lines) + "\n:::" if lines else ""
 

@@ -82,7 +82,11 @@ class RunConfig:
     @property
     def step_size(self) -> int:
         """The StepLR step: explicit, or the paper's 12/32 of the epochs."""
-        return self.lr_step or max(1, round(self.epochs * PAPER_DECAY_FRACTION))
+        return self.step_size_for(self.epochs)
+
+    def step_size_for(self, epochs: int) -> int:
+        """The StepLR step of a run that trains ``epochs`` epochs (more than ``epochs`` under ``min_steps``)."""
+        return self.lr_step or max(1, round(epochs * PAPER_DECAY_FRACTION))
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -160,10 +164,12 @@ FIELDS = {f.name: f for f in fields(RunConfig)}
 
 PROFILES: dict[str, dict[str, Any]] = {
     "paper": dict(profile="paper", input_size=384, resize=None, base_width=64, depth=4, batch_size=16, epochs=32,
-                  lr=1e-3, lr_schedule="step", rot90=False, color_jitter=0.0, min_steps=0, lr_step=12, lr_gamma=0.1, grad_clip=1.0, lambda_ce=2.0, lambda_dice=1.0,
+                  lr=1e-3, lr_schedule="step", rot90=False, color_jitter=0.0, min_steps=0, lr_step=12, lr_gamma=0.1,
+                  grad_clip=1.0, lambda_ce=2.0, lambda_dice=1.0,
                   synthetic_scale=1.0, synthetic_cam16_scale=None),
     "quick": dict(profile="quick", input_size=64, resize=96, base_width=16, depth=4, batch_size=32, epochs=6,
-                  lr=2e-3, lr_schedule="cosine", warmup_epochs=0.5, rot90=True, color_jitter=0.1, min_steps=100, lr_step=None, lr_gamma=0.1, grad_clip=1.0,
+                  lr=2e-3, lr_schedule="cosine", warmup_epochs=0.5, rot90=True, color_jitter=0.1, min_steps=100,
+                  lr_step=None, lr_gamma=0.1, grad_clip=1.0,
                   lambda_ce=2.0, lambda_dice=1.0, synthetic_scale=0.02, synthetic_cam16_scale=0.1),
 }
 

@@ -93,7 +93,8 @@ def canonical_class(name: str, classes: tuple[str, ...]) -> int | None:
     return None
 
 
-def _visible(path: Path):
+def visible(path: Path) -> list[Path]:
+    """The entries of a folder, sorted, without hidden files and Thumbs.db."""
     return sorted(p for p in path.iterdir() if not p.name.startswith(".") and p.name not in ("Thumbs.db",))
 
 
@@ -152,7 +153,7 @@ def scan_class_folders(data_dir: Path, classes: tuple[str, ...], problems: Probl
                        mask_dir: Path | None = None, check: bool = True) -> list[Record]:
     """Index ``data_dir/<Class>/*`` (and masks in ``mask_dir/<Class>/`` paired by file stem)."""
     records: list[Record] = []
-    for folder in _visible(data_dir):
+    for folder in visible(data_dir):
         if not folder.is_dir():
             continue  # loose files beside the class folders (README, labels.csv) are not part of the set
         label = canonical_class(folder.name, classes)
@@ -162,13 +163,13 @@ def scan_class_folders(data_dir: Path, classes: tuple[str, ...], problems: Probl
         masks: dict[str, Path] = {}
         mask_folder = _find_class_folder(mask_dir, folder.name, classes) if mask_dir else None
         if mask_folder is not None:
-            for m in _visible(mask_folder):
+            for m in visible(mask_folder):
                 if m.suffix.lower() in IMAGE_EXTENSIONS:
                     masks[m.stem] = m
                 else:
                     problems.add(m, "not an image: unexpected file among masks")
         stems = set()
-        for f in _visible(folder):
+        for f in visible(folder):
             if f.is_dir() or f.suffix.lower() not in IMAGE_EXTENSIONS:
                 problems.add(f, "not an image: expected .jpg/.png/.bmp/.tif files")
                 continue
@@ -178,7 +179,7 @@ def scan_class_folders(data_dir: Path, classes: tuple[str, ...], problems: Probl
             if stem not in stems:
                 problems.add(m, "mask without image: no image with this file stem")
     if mask_dir is not None and mask_dir.is_dir():
-        for folder in _visible(mask_dir):
+        for folder in visible(mask_dir):
             if folder.is_dir() and canonical_class(folder.name, classes) is None:
                 problems.add(folder, f"unknown class folder: expected one of {', '.join(classes)}")
     if check:
@@ -190,7 +191,7 @@ def _find_class_folder(parent: Path, name: str, classes: tuple[str, ...]) -> Pat
     if not parent.is_dir():
         return None
     target = canonical_class(name, classes)
-    for d in _visible(parent):
+    for d in visible(parent):
         if d.is_dir() and canonical_class(d.name, classes) == target:
             return d
     return None

@@ -56,6 +56,7 @@ from .data import (
     image_size,
     open_image,
     scan_class_folders,
+    visible,
 )
 from .runs import write_json
 
@@ -300,10 +301,6 @@ def _refuse_out(out: Path, sources: list[Source]) -> None:
 # ------------------------------------------------------------------------------------------------ readers
 
 
-def _entries(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.name != "Thumbs.db")
-
-
 def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 
@@ -334,9 +331,9 @@ def _read(s: Source, opts: Options) -> None:
 def _class_tree(base: Path, s: Source, left_prefix: str = "", name_prefix: str = "") -> list[Item]:
     """``base/<class>/*``: the five classes become items, other class folders are counted as left out."""
     items = []
-    for folder in (d for d in _entries(base) if d.is_dir()):
+    for folder in (d for d in visible(base) if d.is_dir()):
         cls = _course_class(folder.name)
-        files = _entries(folder)
+        files = visible(folder)
         if cls is None:
             key = left_prefix + folder.name.lower()
             s.left_out[key] = s.left_out.get(key, 0) + sum(_is_image(f) for f in files)
@@ -353,14 +350,14 @@ def _read_pbc(s: Source) -> None:
     base = s.root / PBC_FOLDER if (s.root / PBC_FOLDER).is_dir() else s.root
     if base.name != PBC_FOLDER:  # the PBC license and citation go into the manifest: only for PBC's own folder
         raise s.layout_error(f"no {PBC_FOLDER} folder (for another class-folder set, use the 'folders' source)")
-    if not any(d.is_dir() and _course_class(d.name) for d in _entries(base)):
+    if not any(d.is_dir() and _course_class(d.name) for d in visible(base)):
         raise s.layout_error("no class folder of basophil, eosinophil, lymphocyte, monocyte or neutrophil")
     s.license_dirs = [s.root] if base != s.root else [s.root, s.root.parent]
     s.items = _class_tree(base, s)
 
 
 def _read_raabin(s: Source) -> None:
-    parts = {d.name.lower(): d for d in _entries(s.root) if d.is_dir()}
+    parts = {d.name.lower(): d for d in visible(s.root) if d.is_dir()}
     if "train" not in parts:
         raise s.layout_error("no Train folder")
     s.items = _class_tree(parts["train"], s)
@@ -375,7 +372,7 @@ def _read_segwbc(s: Source) -> None:
         s.items = _segwbc_arranged(s.root, s)
         s.license_dirs = [s.root, s.root.parent]
         return
-    folders = [d for d in _entries(s.root) if d.is_dir()]
+    folders = [d for d in visible(s.root) if d.is_dir()]
     arranged = [d for d in folders if (d / "data").is_dir()]
     upstream = [d for d in folders if re.fullmatch(r"dataset\s*\d+", d.name.lower()) and d not in arranged]
     if arranged:
@@ -405,7 +402,7 @@ def _segwbc_upstream(folder: Path, s: Source) -> list[Item]:
         raise s.layout_error(f"class labels {table} not found")
     labels = _segwbc_labels(table, s.problems)
     prefix, items = f"segwbc-{_dataset_tag(folder.name)}-", []
-    for f in _entries(folder):
+    for f in visible(folder):
         if not _is_image(f) or not f.stem.isdigit():
             s.problems.add(f, "not an image: expected NNN.bmp images and NNN.png masks")
         elif f.suffix.lower() != ".png":
@@ -661,7 +658,7 @@ def _write_jobs(root: Path, plan: Plan, opts: Options, progress: bool) -> dict[s
 def _copy_licenses(root: Path, sources: list[Source], files: dict[str, str]) -> None:
     for s in sources:
         for folder in s.license_dirs:
-            for f in _entries(folder):
+            for f in visible(folder):
                 if f.is_file() and (f.name.upper().startswith("LICENSE") or f.name == "PROVENANCE.md"):
                     rel = f"licenses/{s.dataset}-{f.name}"
                     if rel not in files:

@@ -9,6 +9,7 @@ A run directory ``runs/<id>/`` holds everything one run produced::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -121,8 +122,6 @@ def is_finished(run_dir: Path, config_dict: dict | None = None) -> bool:
 
 def config_digest(config_dict: dict) -> str:
     """Eight hex digits that identify a run config (same config, same digest)."""
-    import hashlib
-
     return hashlib.sha256(json.dumps(config_dict, sort_keys=True).encode()).hexdigest()[:8]
 
 

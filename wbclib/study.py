@@ -28,8 +28,6 @@ KERNEL = "wbc-study"
 WBC_SUBSETS = (1, 10, 50, 100)
 #: The pretrained WBC runs start from this CAM16 configuration.
 WBC_PRETRAINED_FROM = "cam16-ce-prcc-dice"
-#: External sets of the embedded data, evaluated by default: another lab's cells, and held-out expert masks.
-EMBEDDED_EXTERNAL = ("bccd", "segwbc")
 
 
 @dataclass
@@ -396,26 +394,19 @@ def write_data_summary(book_root: Path, roots: dict[str, Path], sources: dict[st
 
 
 def data_sources(probe: cfg.RunConfig, data_root: str | None, data: str) -> tuple[dict, dict]:
-    """The folder each dataset of the study is read from, and a sentence on where its images come from
+    """The folder each dataset of the study is read from, and where its images come from in words
     (generating the synthetic stand-in where it is needed)."""
     from . import train
 
-    if data_root:
-        root = Path(data_root)
-        return dict.fromkeys(("wbc", "cam16", "prcc"), root), dict.fromkeys(
-            ("wbc", "cam16", "prcc"), f"the course data given with `--data-root` (`{root.name}/`)")
-    synthetic = train.synthetic_root(probe, progress=sys.stderr.isatty())
-    drawn = f"the **synthetic stand-in** (`wbc synth`, {synthetic_scales(probe)}): drawn cells, not real images"
-    if data == "synthetic":
-        return dict.fromkeys(("wbc", "cam16", "prcc"), synthetic), dict.fromkeys(("wbc", "cam16", "prcc"), drawn)
-    embedded = train.embedded_root()
-    return {"wbc": embedded, "cam16": synthetic, "prcc": embedded}, {
-        "wbc": "real cells embedded in the project (`embedded/`): PBC images (Acevedo et al., 2020; CC BY 4.0) "
-               "with expert-masked segwbc cells (Zheng et al., 2018; GPL-3.0) as the masked share; not the "
-               "course data",
-        "prcc": "real, unlabelled tiles of whole blood-smear photographs (BCCD, MIT) instead of pRCC tissue",
-        "cam16": "the synthetic stand-in, because no redistributable lymph-node patches are at hand: "
-                 + drawn}
+    roots, words = {}, {}
+    for dataset in ("wbc", "cam16", "prcc"):
+        config = probe.replace(dataset=dataset, data=data, data_root=data_root)
+        source = train.data_source(config)
+        roots[dataset] = train.data_root(config, progress=sys.stderr.isatty())
+        words[dataset] = train.describe_source(source, dataset)
+        if source == "synthetic":
+            words[dataset] += f" ({synthetic_scales(probe)})"
+    return roots, words
 
 
 def write_performance_page(book_root: Path) -> None:
@@ -546,14 +537,14 @@ def main(args) -> int:
     t = time.time()
     roots, sources = data_sources(probe, data_root, args.data)
     for key, name in (("wbc", "WBC"), ("prcc", "pRCC stage"), ("cam16", "CAM16 stage")):
-        words = sources[key].replace("**", "").replace("`", "").split(": ")[0]
-        print(f"data: {name}: {words} ({roots[key]})")
+        print(f"data: {name}: {sources[key].replace('**', '').replace('`', '')} ({roots[key]})")
     print(f"data: ready in {time.time() - t:.1f}s" + ("; numbers are not real results" if args.data == "synthetic"
                                                      and not data_root else ""))
     external = [str(Path(e).resolve()) for e in args.external] if args.external else None
     if external is None and not data_root and args.data == "embedded":
-        external = [str(roots["wbc"] / "external" / name) for name in EMBEDDED_EXTERNAL
-                    if (roots["wbc"] / "external" / name).is_dir()]
+        from .train import embedded_external_sets
+
+        external = [str(p) for p in embedded_external_sets()]
     parallel = args.jobs or default_jobs()
     if parallel > 1:
         print(f"study: up to {parallel} configurations at a time")

@@ -72,6 +72,29 @@ def embedded_root() -> Path:
     return EMBEDDED
 
 
+def embedded_external_sets() -> list[Path]:
+    """The labelled sets that ship with the embedded data (``external/<name>/``), evaluated by default."""
+    folder = EMBEDDED / "external"
+    return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+
+#: Where a dataset's images come from, in words (Markdown): by data source, or by source and dataset.
+SOURCE_WORDS = {
+    "embedded": "real cells embedded in the project (`embedded/`): PBC images (Acevedo et al., 2020; CC BY 4.0) "
+                "with expert-masked segwbc cells (Zheng et al., 2018; GPL-3.0) as the masked share; not the "
+                "course data",
+    "embedded-prcc": "real, unlabelled tiles of BCCD blood-smear photographs (MIT) embedded in the project, "
+                     "instead of pRCC kidney tissue",
+    "synthetic": "the **synthetic stand-in** (`wbc synth`): procedurally drawn images, not real cells",
+    "data-root": "the course data given with `--data-root`",
+}
+
+
+def describe_source(source: str, dataset: str) -> str:
+    """The words of :data:`SOURCE_WORDS` for one dataset read from one data source."""
+    return SOURCE_WORDS.get(f"{source}-{dataset}", SOURCE_WORDS[source])
+
+
 def data_source(config: cfg.RunConfig) -> str:
     """Where a run's images come from: 'data-root' (a user's copy), 'embedded' (real cells shipped with the
     project; it has no CAM16 part, so CAM16 runs use the synthetic stand-in) or 'synthetic'."""
@@ -249,8 +272,8 @@ def make_scheduler(optimizer, config: cfg.RunConfig, steps_per_epoch: int, epoch
     cosine decay to zero (stepped per batch)."""
     epochs = epochs or config.epochs
     if config.lr_schedule == "step":
-        step = config.lr_step or max(1, round(epochs * cfg.PAPER_DECAY_FRACTION))
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=config.lr_gamma)
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size_for(epochs),
+                                               gamma=config.lr_gamma)
     total = max(1, epochs * steps_per_epoch)
     warmup = round(config.warmup_epochs * steps_per_epoch)
 
