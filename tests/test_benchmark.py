@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,3 +29,55 @@ def test_throughput_writes_ratios_against_interleaved_yardsticks(tmp_path):
     assert v["flag"] is None or "not trustworthy" in v["flag"]
     assert r["matmul_flops_per_s"] == pytest.approx(stick["fp32"])
     assert "% of fp32" in done.stdout
+
+
+def test_gpu_check_refuses_without_cuda_in_one_line(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the check would run for minutes")
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "no CUDA device" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_dry_run_writes_every_part(tmp_path):
+    """--tiny runs the check's CPU side at toy sizes: the JSON a GPU run would write, with the same keys."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), str(tmp_path), "--tiny"],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads((tmp_path / "gpu-check.json").read_text())
+    parts = r["parts"]
+    assert parts["matmul"]["bf16_flops_per_s"] > 0 and parts["matmul"]["tf32_flops_per_s"] > 0
+    eager = [v for v in parts["steps"]["variants"] if v["batch_size"] == 2]
+    assert [v["name"] for v in eager] == ["fp32", "bf16", "bf16 + channels_last", "bf16 + channels_last + cudnn.benchmark"]
+    assert all(v["images_per_s"] > 0 and v["share_of_bf16_peak"] == pytest.approx(
+        v["model_flops_per_s"] / parts["matmul"]["bf16_flops_per_s"]) for v in eager)
+    (row,) = parts["epoch"]["rows"]
+    assert row["num_workers"] == 0 and 0 <= row["data_wait_share"] <= 1 and row["train_images"] > 0
+    assert len(parts["estimate"]["runs"]) == 21 and parts["estimate"]["total_gpu_hours"] > 0
+    assert parts["cuda_tests"] == {"skipped": "--tiny: no CUDA", "seconds": pytest.approx(0, abs=1)}
+    assert len(r["verdicts"]) == 3 and (tmp_path / "gpu-check.log").read_text().count("goal:") == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu-check.json", "gpu-check.log"]
+
+
+def test_paper_study_estimate_adds_up_the_course_counts():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_check
+
+    check = gpu_check.Check.__new__(gpu_check.Check)
+    check.log, check.t0, check.budget = (lambda line: None), 0.0, 1.0
+    rates = {"train_images_per_s": 400.0, "eval_images_per_s": 1600.0, "setup_s_per_image": 0.001,
+             "load_s_per_image": 0.004, "workers": 8}
+    est = gpu_check.estimate(check, rates)
+    runs = {r["run"]: r for r in est["runs"]}
+    assert len(runs) == 21
+    w = runs["wbc100-scratch-mask-s0"]  # 8447 training and 1728 validation images (course counts), 32 epochs
+    assert (w["train_images"], w["eval_images"], w["epochs"]) == (8447, 1728, 32)
+    assert w["gpu_seconds"] == pytest.approx(32 * 8447 / 400 + 32 * 1728 / 1600 + (8447 + 1728) * 0.001)
+    p = runs["prcc-s0"]  # 2000 px tiles: decoding (8 workers, 12x the cost of a 575 px cell) is slower than the step
+    decode = 8 / (0.004 * (2000 / 575) ** 2)
+    assert p["gpu_seconds"] == pytest.approx(32 * p["train_images"] / decode + 32 * p["eval_images"] / 1600
+                                             + (p["train_images"] + p["eval_images"]) * 0.001 * (2000 / 575) ** 2)
+    assert est["total_gpu_hours"] == pytest.approx(sum(r["gpu_seconds"] for r in est["runs"]) / 3600)

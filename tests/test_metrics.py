@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 
 from wbclib import WBC_CLASSES
@@ -96,6 +97,9 @@ def test_psnr_identical_and_known_mse():
     assert psnr(np.full((1, 1, 2, 2), 1.5), np.full((1, 1, 2, 2), 0.9)) == pytest.approx(20.0)  # clipped to 1
     assert psnr(x * 255 + 25.5, x * 255, data_range=255.0) == pytest.approx(20.0)
     assert type(psnr(x, x)) is float
+    t = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    noisy = t + 0.05 * torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    assert psnr(noisy, t) == pytest.approx(psnr(noisy.numpy(), t.numpy()), rel=1e-6)  # tensors: same numbers
 
 
 def test_mean_ci_matches_scipy_t_interval():

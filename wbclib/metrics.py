@@ -107,17 +107,21 @@ def _to_numpy(x) -> np.ndarray:
 
 
 def psnr(reconstruction, target, data_range: float = 1.0) -> float:
-    """Mean per-image PSNR (dB) over (N, C, H, W) arrays, after clipping the reconstruction to [0, data_range].
+    """Mean per-image PSNR (dB) over (N, C, H, W) arrays or tensors, after clipping the reconstruction to
+    [0, data_range]. Tensors are reduced where they lie (on a GPU only the N per-image errors reach the host).
 
     A perfect reconstruction (MSE = 0) is capped at 100 dB.
     """
-    rec = np.clip(_to_numpy(reconstruction), 0.0, data_range)
-    tgt = _to_numpy(target)
+    if hasattr(reconstruction, "detach"):  # a torch tensor
+        rec, tgt = reconstruction.detach().float().clamp(0.0, data_range).double(), target.detach().double()
+    else:
+        rec, tgt = np.clip(_to_numpy(reconstruction), 0.0, data_range), _to_numpy(target)
     if rec.shape != tgt.shape:
-        raise ValueError(f"shapes differ: {rec.shape} != {tgt.shape}")
+        raise ValueError(f"shapes differ: {tuple(rec.shape)} != {tuple(tgt.shape)}")
     if rec.ndim < 2 or rec.shape[0] == 0:
-        raise ValueError(f"need a batch of images (N, C, H, W) with N >= 1, got {rec.shape}")
-    mse = np.mean((rec - tgt).reshape(len(rec), -1) ** 2, axis=1)
+        raise ValueError(f"need a batch of images (N, C, H, W) with N >= 1, got {tuple(rec.shape)}")
+    mse = ((rec - tgt).reshape(len(rec), -1) ** 2).mean(1)
+    mse = mse.cpu().numpy() if hasattr(mse, "cpu") else mse
     with np.errstate(divide="ignore"):
         db = 10.0 * np.log10(data_range**2 / mse)
     return float(np.mean(np.minimum(db, PSNR_CAP_DB)))

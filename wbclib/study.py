@@ -267,8 +267,8 @@ def time_breakdown(jobs: list[Job], runs_dir: Path, book_seconds: float, wall: f
         m = runs.read_json(runs_dir / j.id / "metrics.json") if j.status == "finished" else None
         if not m or "timing_s" not in m:
             continue
-        for key, seconds in m["timing_s"].items():
-            parts[key] = parts.get(key, 0.0) + seconds
+        for key in TIME_PARTS:  # data_wait is a part of train_steps, not a part of its own
+            parts[key] += m["timing_s"].get(key, 0.0)
         parts["notebook"] += max(0.0, j.seconds - m.get("wall_time_s", 0.0))
     parts["book"] = book_seconds
     work = sum(parts.values())
@@ -441,7 +441,46 @@ def write_performance_page(book_root: Path) -> None:
                 "\n\nThe yardstick and the data pipeline:\n\n" + "\n".join(feed))
     else:
         text = "No benchmark has been recorded in `benchmarks/results/` yet."
-    runs.write_atomic(generated(book_root) / "performance.md", text + "\n\n" + study_time_tables() + "\n")
+    runs.write_atomic(generated(book_root) / "performance.md",
+                      text + "\n\n" + gpu_check_tables() + "\n\n" + study_time_tables() + "\n")
+
+
+def gpu_check_tables() -> str:
+    """'The paper profile on a GPU', from the files ``benchmarks/gpu_check.sh`` wrote (``gpu-*.json``)."""
+    blocks = []
+    for p in sorted((ROOT / "benchmarks" / "results").glob("gpu-*.json")):
+        r = runs.read_json(p) or {}
+        parts, machine = r.get("parts", {}), r.get("parts", {}).get("machine", {})
+        mm = parts.get("matmul", {})
+        if "bf16_flops_per_s" not in mm:
+            continue
+        head = (f"**{r.get('device')}**, {r.get('what', 'one run')} (torch {machine.get('torch')}, CUDA "
+                f"{machine.get('cuda')}, {machine.get('cpu_cores')} CPU cores; `{p.name}`). Dense matmul: "
+                f"{mm['bf16_flops_per_s'] / 1e12:.0f} TFLOP/s in bf16, {mm['tf32_flops_per_s'] / 1e12:.0f} in tf32 "
+                f"({mm['n']}³).")
+        rows = ["| variant | batch | images/s | model TFLOP/s | share of bf16 peak | peak memory |",
+                "|---|---|---|---|---|---|"]
+        for v in parts.get("steps", {}).get("variants", []):
+            if "images_per_s" in v:
+                rows.append(f"| {v['name']} | {v['batch_size']} | {v['images_per_s']:.0f} | "
+                            f"{v['model_flops_per_s'] / 1e12:.0f} | {100 * v['share_of_bf16_peak']:.0f} % | "
+                            f"{v['peak_memory_gib']:.1f} GiB |")
+            else:
+                rows.append(f"| {v['name']} | {v['batch_size']} | failed: {v.get('error', '')[:80]} | | | |")
+        feed = ["| loader workers | images/s | data wait (share of step time) |", "|---|---|---|"]
+        for row in parts.get("epoch", {}).get("rows", []):
+            if "data_wait_share" in row:
+                feed.append(f"| {row['num_workers']} | {row['train_images_per_s']:.0f} | "
+                            f"{100 * row['data_wait_share']:.1f} % |")
+        est = r.get("estimate_current_trainer") or parts.get("estimate", {})
+        total = (f"Estimated GPU time of the 21-run paper study (one seed, course counts): "
+                 f"**{est['total_gpu_hours']:.2f} GPU-hours** ({est.get('note', 'from this run')})."
+                 if "total_gpu_hours" in est else "")
+        goals = "\n".join(f"- {line}" for line in r.get("verdicts", []))
+        blocks.append("\n\n".join(x for x in (head, "\n".join(rows) if len(rows) > 2 else "",
+                                                "One epoch of `wbc train --profile paper` on 575 px JPEGs:\n\n"
+                                                + "\n".join(feed) if len(feed) > 2 else "", total, goals) if x))
+    return ("### The paper profile on a GPU\n\n" + "\n\n".join(blocks)) if blocks else ""
 
 
 def study_time_tables() -> str:

@@ -323,6 +323,20 @@ def _check_finite(parts, epoch: int, step: int) -> dict[str, float]:
     return values
 
 
+def timed(iterable, timing: dict, key: str = "data_wait"):
+    """Yield from ``iterable``, adding the seconds spent waiting for each item to ``timing[key]``: with the
+    per-step loss check synchronising the device, this is the time the model waits for the data loader."""
+    it = iter(iterable)
+    while True:
+        t = time.perf_counter()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        timing[key] = timing.get(key, 0.0) + time.perf_counter() - t
+        yield item
+
+
 def train_epoch(model, loader, loss_fn, optimizer, config, rt, epoch: int, bar=None,
                 ctx: distributed.Context | None = None, batch_scheduler=None) -> dict[str, float]:
     """One pass over the training loader; ``batch_scheduler`` (if any) steps after every batch."""
@@ -369,8 +383,7 @@ def predict(model, loader, rt: Runtime, loss_fn=None) -> dict:
             parts = loss_fn(out, images, labels, masks, has_mask)
             avg.add({k: float(getattr(parts, k)) for k in LOSS_PARTS}, len(images),
                     int(loss_fn.dice_samples(labels, has_mask).sum()))
-        recon = out.reconstruction.float().clamp(0, 1)
-        psnrs.append(metrics.psnr(recon.cpu().numpy(), images.float().cpu().numpy()) * len(images))
+        psnrs.append(metrics.psnr(out.reconstruction, images) * len(images))  # reduced on the device
         out_lists["logits"].append(out.class_logits.float().cpu())
         out_lists["embedding"].append(out.embedding.float().cpu())
         out_lists["label"].append(labels.cpu())
@@ -484,7 +497,8 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
 
     val_loader = make_loader(splits.val, local, rt)
     val_pred = None
-    timing = {"setup": time.time() - t_start, "train_steps": 0.0, "validation": 0.0, "checkpoints": 0.0}
+    timing = {"setup": time.time() - t_start, "train_steps": 0.0, "validation": 0.0, "checkpoints": 0.0,
+              "data_wait": 0.0}  # data_wait is the part of train_steps spent waiting for batches
     bar_epochs = tqdm(total=epochs, initial=start_epoch - 1, desc="epochs", disable=not progress,
                       position=0, leave=True)
     for epoch in range(start_epoch, epochs + 1):
@@ -494,9 +508,13 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
         lr = optimizer.param_groups[0]["lr"]
         with tqdm(total=len(train_loader), desc=f"epoch {epoch}", disable=not progress, position=1,
                   leave=False) as bar:
-            train = train_epoch(step_model, train_loader, loss_fn, optimizer, config, rt, epoch, bar, ctx,
-                                scheduler if config.lr_schedule == "cosine" else None)
-        timing["train_steps"] += time.time() - t0
+            wait0 = timing["data_wait"]
+            train = train_epoch(step_model, timed(train_loader, timing), loss_fn, optimizer, config, rt, epoch,
+                                bar, ctx, scheduler if config.lr_schedule == "cosine" else None)
+        step_seconds = time.time() - t0
+        timing["train_steps"] += step_seconds
+        speed = (f"{len(splits.train) / step_seconds:.0f} img/s, "
+                 f"data wait {100 * (timing['data_wait'] - wait0) / step_seconds:.0f} %")
         if config.lr_schedule == "step":
             scheduler.step()
         row = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in train.items()}}
@@ -523,7 +541,7 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
         ctx.barrier()
         acc = "" if math.isnan(val_acc) else f"  val acc {val_acc:.4f}"
         log(f"epoch {epoch}/{epochs}  train {train['total']:.4f} (mse {train['mse']:.4f} ce {train['ce']:.4f} "
-            f"dice {train['dice']:.4f})  val {val_pred['losses']['total']:.4f}{acc}  lr {lr:.1e}  {row['seconds']:.1f}s")
+            f"dice {train['dice']:.4f})  val {val_pred['losses']['total']:.4f}{acc}  lr {lr:.1e}  {row['seconds']:.1f}s ({speed})")
     bar_epochs.close()
     t_final = time.time()
     if val_pred is None:  # resumed after the last epoch's checkpoint: only the final evaluation was missing
