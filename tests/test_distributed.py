@@ -37,7 +37,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "wbclib.train", *common, "--run-dir", str(tmp_path / "two")],
+                          "-m", "wbclib.cli", "train", *common, "--run-dir", str(tmp_path / "two")],
                          capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
     assert two.stdout.count("finished:") == 1  # rank 0 reports

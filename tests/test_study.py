@@ -133,3 +133,37 @@ def test_time_breakdown_adds_the_parts_of_trained_runs_only(tmp_path):
     assert b["work_s"] == 15.0 and b["shares"]["train_steps"] == 6.0 / 15.0
     text = study.describe_time(b)
     assert text.startswith("time: 20 s wall, 15 s of work") and "training steps" in text and "40.0 %" in text
+
+
+@pytest.mark.slow
+def test_a_kept_alive_kernel_trains_exactly_what_a_fresh_kernel_trains(tmp_path):
+    """A slot keeps its kernel from one run to the next (imports paid once); the run must not notice."""
+    import pandas as pd
+
+    from wbclib import config as cfg
+    from wbclib import synth
+
+    root = tmp_path / "data"
+    synth.generate(root, scale=0.003, seed=0, progress=False)
+    overrides = dict(cfg.parse_assignment(s) for s in TINY[1::2])
+    params = {j.id: j.params for j in study.grid([0])}
+    study.ensure_kernel()
+
+    def run(slot, rid, runs_dir):
+        job = study.Job(rid, params[rid])
+        job.notebook = runs_dir / rid / "train.ipynb"
+        slot.run(job, study.notebook_params(job, "quick", str(root), runs_dir, overrides))
+        assert job.status == "finished", job.detail
+        return pd.read_csv(runs_dir / rid / "history.csv").drop(columns="seconds")
+
+    kept, fresh = study.Slot({}), study.Slot({})
+    try:
+        run(kept, "wbc1-scratch-nomask-s0", tmp_path / "a")
+        km = kept.km
+        second = run(kept, "wbc1-scratch-mask-s0", tmp_path / "a")
+        assert kept.km is km and km.is_alive()  # the same kernel ran both
+        alone = run(fresh, "wbc1-scratch-mask-s0", tmp_path / "b")
+    finally:
+        kept.close()
+        fresh.close()
+    pd.testing.assert_frame_equal(second, alone)

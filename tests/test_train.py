@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -215,3 +216,26 @@ def test_sigkill_never_leaves_a_broken_checkpoint(root, tmp_path):
     state = runs.load_checkpoint(run)
     assert 1 <= state["epoch"] < 40
     assert not list(run.glob("*.tmp")) or all(p.name.startswith(".") for p in run.glob("*.tmp"))
+
+
+def test_set_resize_none_trains_at_native_resolution(tmp_path):
+    """``--set resize=none`` reaches the data pipeline: a 1-pixel checkerboard survives the centre crop only
+    when nothing rescales it (resize=96 blends its pixels)."""
+    from PIL import Image
+
+    from wbclib import WBC_CLASSES
+    from wbclib.cli import config_from_args, parser
+
+    board = ((np.indices((64, 64)).sum(0) % 2) * 255).astype(np.uint8)
+    for split in ("WBC_100/train/data", "WBC_100/val/data"):
+        for cls in WBC_CLASSES:
+            (tmp_path / split / cls).mkdir(parents=True)
+            Image.fromarray(np.stack([board] * 3, -1)).save(tmp_path / split / cls / "a.png")
+    argv = ["train", "--data-root", str(tmp_path), "--run-dir", str(tmp_path / "run"), "--set", "input_size=32"]
+    native = config_from_args(parser().parse_args([*argv, "--set", "resize=none"]))
+    scaled = config_from_args(parser().parse_args(argv))
+    assert native.resize is None and scaled.resize == 96
+    crop = train.build_splits(native, tmp_path).val[0]["image"]
+    assert crop.shape == (3, 32, 32) and set(crop.unique().tolist()) == {0.0, 1.0}
+    blended = train.build_splits(scaled, tmp_path).val[0]["image"]
+    assert len(blended.unique()) > 2

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import metrics, runs, train
+from . import WBC_SUBSETS, metrics, runs, train
 
 RUN_ID = re.compile(r"^(?P<config>.+)-s(?P<seed>\d+)$")
 WBC_ID = re.compile(r"^wbc(?P<subset>\d+)-(?P<init>scratch|pretrained)-(?P<mask>nomask|mask)$")
@@ -114,7 +114,7 @@ def table2(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
     """WBC validation ``metric`` for WBC_1/10/50/100 x pretraining x mask; the report's accuracy beside ours."""
     ref = reference()["wbc_val_accuracy"]
     rows = []
-    for n in (1, 10, 50, 100):
+    for n in WBC_SUBSETS:
         row = {"dataset": f"WBC_{n}"}
         for init, mask in TABLE2_COLUMNS:
             cid = f"wbc{n}-{init}-{mask}"
@@ -141,7 +141,7 @@ def learning_points(df: pd.DataFrame, metric: str = "balanced_accuracy") -> pd.D
     and its 95 % t-interval (NaN for one seed): the data of the learning-curve figure."""
     rows = []
     for init, mask in TABLE2_COLUMNS:
-        for n in (1, 10, 50, 100):
+        for n in WBC_SUBSETS:
             sub = df[df["config"] == f"wbc{n}-{init}-{mask}"]
             values = sub[metric].dropna().to_numpy()
             if not len(values):
@@ -187,7 +187,7 @@ def ablation_tests(df: pd.DataFrame) -> pd.DataFrame:
     pairs = [("CAM16", "cam16-ce-dice", "cam16-ce", "Dice", "no Dice"),
              ("CAM16", "cam16-ce-prcc", "cam16-ce", "pRCC", "no pRCC"),
              ("CAM16", "cam16-ce-prcc-dice", "cam16-ce-dice", "pRCC + Dice", "Dice only")]
-    for n in (1, 10, 50, 100):
+    for n in WBC_SUBSETS:
         for init in ("scratch", "pretrained"):
             pairs.append((f"WBC_{n}", f"wbc{n}-{init}-mask", f"wbc{n}-{init}-nomask", f"{init}, with mask",
                           f"{init}, without mask"))

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from . import WbcError
+from . import WBC_SUBSETS, WbcError
 from . import config as cfg
 
 
@@ -20,7 +20,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", choices=cfg.DATA_SOURCES, default=None,
                    help="without --data-root: embedded real cells (default) or the synthetic stand-in")
     p.add_argument("--dataset", choices=cfg.DATASETS, default="wbc")
-    p.add_argument("--subset", type=int, choices=(1, 10, 50, 100), default=None, help="WBC subset (default 100)")
+    p.add_argument("--subset", type=int, choices=WBC_SUBSETS, default=None, help="WBC subset (default 100)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--run-dir", required=True, help="where the run's artifacts go (e.g. runs/wbc10)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")

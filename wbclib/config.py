@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from . import CAM16_CLASSES, WBC_CLASSES, WbcError
+from . import CAM16_CLASSES, WBC_CLASSES, WBC_SUBSETS, WbcError
 
 DATASETS = ("wbc", "cam16", "prcc")
 DATA_SOURCES = ("embedded", "synthetic")
@@ -115,7 +115,7 @@ class RunConfig:
 
         need(self.data in DATA_SOURCES, f"data must be one of {DATA_SOURCES}, got {self.data!r}")
         need(self.dataset in DATASETS, f"dataset must be one of {DATASETS}, got {self.dataset!r}")
-        need(self.subset in (1, 10, 50, 100), f"subset must be 1, 10, 50 or 100, got {self.subset!r}")
+        need(self.subset in WBC_SUBSETS, f"subset must be one of {WBC_SUBSETS}, got {self.subset!r}")
         need(self.lr_schedule in SCHEDULES, f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
         need(isinstance(self.warmup_epochs, (int, float)) and 0 <= self.warmup_epochs
              and (not isinstance(self.epochs, int) or self.warmup_epochs < self.epochs),

@@ -24,11 +24,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from . import CAM16_CLASSES, WBC_CLASSES, WbcError
+from . import CAM16_CLASSES, WBC_CLASSES, WBC_SUBSETS, WbcError
 from .losses import NO_LABEL
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
-WBC_SUBSETS = (1, 10, 50, 100)
 
 LAYOUT_WBC = ("<root>/WBC_<n>/train/data/<Class>/<name>.jpg, masks in <root>/WBC_<n>/train/mask/<Class>/ with the "
               "image's file stem, validation in <root>/WBC_100/val/data/<Class>/ (or <root>/WBC_test/val/data/); "

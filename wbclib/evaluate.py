@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from . import WbcError, data, metrics, runs, transforms
-from .train import Runtime, class_mask, load_model, make_loader, predict
+from .train import Runtime, load_model, make_loader, predict, predicted_mask
 
 
 def _model(checkpoint):
@@ -132,11 +132,11 @@ def predict_images(checkpoint, inputs, out=None, progress: bool = False) -> str:
             logits.append(o.class_logits.float().cpu())
             if out_dir:
                 pred = o.class_logits.argmax(1)
-                probs = torch.sigmoid(class_mask(o.mask_logits, pred))
+                masks = predicted_mask(o.mask_logits, pred).float().cpu()
                 for j in range(len(images)):
                     name = f"{done + j:05d}_{Path(batch['path'][j]).stem}.png"
                     fig = plots.reconstruction_grid(images[j:j + 1].cpu(), o.reconstruction[j:j + 1].float().cpu(),
-                                                    pred_masks=(probs[j:j + 1] > 0.5).float().cpu(),
+                                                    pred_masks=masks[j:j + 1],
                                                     titles=[classes[int(pred[j])]], n=1)
                     fig.savefig(out_dir / name, dpi=100)
                     plt.close(fig)

@@ -13,7 +13,7 @@ Sources (the first argument of ``wbc prepare``):
 
 What is written under ``--out``::
 
-    WBC_<n>/train/data/<Class>/<name>.jpg    n = 1, 10, 50, 100, nested: WBC_1 ⊂ WBC_10 ⊂ WBC_50 ⊂ WBC_100
+    WBC_<n>/train/data/<Class>/<name>.jpg    n in WBC_SUBSETS, nested: WBC_1 ⊂ WBC_10 ⊂ WBC_50 ⊂ WBC_100
     WBC_<n>/train/mask/<Class>/<name>.png    binary 0/255 masks, same stem as their image
     WBC_100/val/data/<Class>/<name>.jpg      the shared validation split
     external/<NAME>/...                      class-folder sets kept apart from training

@@ -1,7 +1,7 @@
 """The report's grid of runs, executed as papermill notebooks, then the analysis notebook and the book.
 
 Run ids name the configuration: ``prcc``, ``cam16-ce``, ``cam16-ce-prcc``, ``cam16-ce-dice``,
-``cam16-ce-prcc-dice`` and ``wbc<N>-<scratch|pretrained>-<nomask|mask>`` (N = 1, 10, 50, 100), each followed
+``cam16-ce-prcc-dice`` and ``wbc<N>-<scratch|pretrained>-<nomask|mask>`` (N in ``wbclib.WBC_SUBSETS``), each followed
 by ``-s<seed>``. Pretrained CAM16 runs start from ``prcc``; pretrained WBC runs start from the CAM16 model
 that saw pRCC pretraining and every loss (``cam16-ce-prcc-dice``). Dependencies run first.
 """
@@ -18,14 +18,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import WbcError, runs
+from . import WBC_SUBSETS, WbcError, runs
 from . import config as cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "book")
 KERNEL = "wbc-study"
-WBC_SUBSETS = (1, 10, 50, 100)
 #: The pretrained WBC runs start from this CAM16 configuration.
 WBC_PRETRAINED_FROM = "cam16-ce-prcc-dice"
 
@@ -135,33 +134,59 @@ def _decide(job: Job, status: dict, config: cfg.RunConfig, run_dir: Path) -> boo
     return True
 
 
-def _run_here(job: Job, params: dict) -> None:
-    """Execute the job's notebook in a kernel started from this process."""
-    from papermill.exceptions import PapermillExecutionError
+class Slot:
+    """One place the runs of a study execute in turn: a kernel of the project's environment that stays alive
+    from one run to the next, so the kernel start and the imports are paid once per slot, not once per run.
+    Before each run the kernel's namespace is cleared (``%reset -f``) and its figures closed; only the loaded
+    modules remain. ``env`` pins the slot to one GPU or to its share of the CPU threads."""
 
-    try:
-        execute(NOTEBOOKS / "train.ipynb", job.notebook, params, NOTEBOOKS)
-        job.status = "finished"
-    except PapermillExecutionError as exc:
-        job.status, job.detail = "failed", f"{exc.ename}: {str(exc.evalue).splitlines()[0][:200]}"
-    except Exception as exc:  # a kernel that died, a missing notebook: record it, keep going
-        job.status, job.detail = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    def __init__(self, env: dict[str, str]):
+        self.env, self.km = env, None
 
+    def kernel(self):
+        from jupyter_client.manager import KernelManager
 
-def _run_apart(job: Job, params: dict, env: dict) -> None:
-    """Execute the job's notebook with the papermill command in its own process (parallel runs, one GPU each)."""
-    job.notebook.parent.mkdir(parents=True, exist_ok=True)
-    param_file = job.notebook.parent / ".parameters.json"  # JSON is YAML, which papermill -f reads
-    param_file.write_text(json.dumps(params))
-    cmd = [sys.executable, "-m", "papermill", str(NOTEBOOKS / "train.ipynb"), str(job.notebook), "-f",
-           str(param_file), "-k", KERNEL, "--cwd", str(NOTEBOOKS), "--no-progress-bar"]
-    proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, check=False)
-    if proc.returncode == 0:
-        job.status = "finished"
-        return
-    errors = notebook_errors(job.notebook) if job.notebook.is_file() else []
-    last = errors[0].split(": ", 2)[-1] if errors else (proc.stderr.strip().splitlines() or ["papermill failed"])[-1]
-    job.status, job.detail = "failed", last[:200]
+        if self.km is not None and self.km.is_alive():
+            kc = self.km.client()
+            kc.start_channels()
+            try:
+                kc.wait_for_ready(timeout=60)
+                kc.execute_interactive("get_ipython().run_line_magic('reset', '-f')\n"
+                                       "import matplotlib.pyplot as _plt; _plt.close('all'); del _plt", timeout=60)
+            finally:
+                kc.stop_channels()
+            return self.km
+        self.close()  # a kernel that died (e.g. out of memory) is replaced
+        self.km = KernelManager(kernel_name=KERNEL)
+        self.km.start_kernel(cwd=str(NOTEBOOKS), env={**os.environ, **self.env})
+        return self.km
+
+    def run(self, job: Job, params: dict) -> None:
+        """Execute the job's training notebook here; record finished or failed (never raise)."""
+        import papermill
+        from papermill.exceptions import PapermillExecutionError
+
+        t0 = time.time()
+        try:
+            job.notebook.parent.mkdir(parents=True, exist_ok=True)
+            papermill.execute_notebook(str(NOTEBOOKS / "train.ipynb"), str(job.notebook), parameters=params,
+                                       kernel_name=KERNEL, km=self.kernel(), progress_bar=False,
+                                       log_output=False, request_save_on_cell_execute=False)
+            job.status = "finished"
+        except PapermillExecutionError as exc:
+            job.status, job.detail = "failed", f"{exc.ename}: {str(exc.evalue).splitlines()[0][:200]}"
+        except Exception as exc:  # a kernel that died, a missing notebook: record it, keep going
+            job.status, job.detail = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        finally:
+            job.seconds = time.time() - t0
+
+    def close(self) -> None:
+        if self.km is not None:
+            try:
+                self.km.shutdown_kernel(now=True)
+            except Exception:  # already gone
+                pass
+            self.km = None
 
 
 def default_jobs() -> int:
@@ -179,16 +204,18 @@ def run_grid(jobs: list[Job], profile: str, data_root: str | None, runs_dir: Pat
              parallel: int = 1, log=print, data: str = "embedded") -> list[Job]:
     """Execute each job's training notebook, skipping finished runs with the same config; never stop early.
 
-    With ``parallel`` > 1, independent configurations run side by side (a job starts once its starting point
-    has finished), each in its own process pinned to one GPU (``CUDA_VISIBLE_DEVICES``) or, without GPUs,
-    to its share of the CPU threads.
+    ``parallel`` slots (see :class:`Slot`) take the jobs in order; a job starts once its starting point has
+    finished. With several slots each is pinned to one GPU (``CUDA_VISIBLE_DEVICES``) or, without GPUs, to
+    its share of the CPU threads.
     """
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
+    import torch
     from tqdm import tqdm
 
     ensure_kernel()
     status: dict[str, str] = {}
+    ids = {j.id for j in jobs}
     bar = tqdm(total=len(jobs), desc="study", unit="run", disable=not sys.stderr.isatty())
 
     def report(job: Job) -> None:
@@ -199,54 +226,38 @@ def run_grid(jobs: list[Job], profile: str, data_root: str | None, runs_dir: Pat
         log(f"  {job.id:32s} {job.status:9s} {job.seconds:6.1f}s" + (f"  accuracy {acc:.4f}" if acc is not None
                                                                        else "") + (f"  {job.detail}" if job.detail else ""))
 
-    def start(job: Job) -> bool:
-        job.notebook = runs_dir / job.id / "train.ipynb"
-        config = job_config(job, profile, data_root, runs_dir, overrides, data)
-        if _decide(job, status, config, runs_dir / job.id):
-            return True
-        report(job)
-        return False
-
-    if parallel <= 1:
-        for job in jobs:
-            if start(job):
-                t0 = time.time()
-                _run_here(job, notebook_params(job, profile, data_root, runs_dir, overrides, data))
-                job.seconds = time.time() - t0
-                report(job)
-        bar.close()
-        return jobs
-
-    import torch
-
-    gpus = torch.cuda.is_available() and torch.cuda.device_count() > 1
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     threads = max(1, (os.cpu_count() or 1) // parallel)
-    pending, running, free = list(jobs), {}, list(range(parallel))
-
-    def timed(job, env):
-        t0 = time.time()
-        _run_apart(job, notebook_params(job, profile, data_root, runs_dir, overrides, data), env)
-        job.seconds = time.time() - t0
-
+    slots = [Slot({} if parallel == 1 else {"CUDA_VISIBLE_DEVICES": str(i)} if gpus > 1
+                  else {"OMP_NUM_THREADS": str(threads)}) for i in range(parallel)]
+    pending, running, free = list(jobs), {}, list(slots)
     with ThreadPoolExecutor(parallel) as pool:
-        while pending or running:
-            for job in list(pending):
-                if not free:
-                    break
-                if job.depends and job.depends not in status:
-                    continue  # its starting point is still pending or running
-                pending.remove(job)
-                if start(job):
+        try:
+            while pending or running:
+                for job in list(pending):
+                    if not free:
+                        break
+                    if job.depends in ids and job.depends not in status:
+                        continue  # its starting point is still pending or running
+                    pending.remove(job)
+                    job.notebook = runs_dir / job.id / "train.ipynb"
+                    config = job_config(job, profile, data_root, runs_dir, overrides, data)
+                    if not _decide(job, status, config, runs_dir / job.id):
+                        report(job)
+                        continue
                     slot = free.pop(0)
-                    env = {"CUDA_VISIBLE_DEVICES": str(slot)} if gpus else {"OMP_NUM_THREADS": str(threads)}
-                    running[pool.submit(timed, job, env)] = (job, slot)
-            if running:
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    job, slot = running.pop(future)
-                    future.result()
-                    free.append(slot)
-                    report(job)
+                    params = notebook_params(job, profile, data_root, runs_dir, overrides, data)
+                    running[pool.submit(slot.run, job, params)] = (job, slot)
+                if running:
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        job, slot = running.pop(future)
+                        future.result()
+                        free.append(slot)
+                        report(job)
+        finally:
+            for slot in slots:
+                slot.close()
     bar.close()
     return jobs
 
@@ -378,7 +389,7 @@ def write_data_summary(book_root: Path, roots: dict[str, Path], sources: dict[st
 
     wbc, cam, prcc = roots["wbc"], roots["cam16"], roots["prcc"]
     splits = [*[(f"WBC_{n} train", (lambda n=n: d.wbc_records(wbc, n, "train", check=False)), WBC_CLASSES)
-                for n in d.WBC_SUBSETS],
+                for n in WBC_SUBSETS],
               ("WBC val", lambda: d.wbc_records(wbc, 100, "val", check=False), WBC_CLASSES),
               *[(f"CAM16 {s}", (lambda s=s: d.cam16_records(cam, s, check=False)), CAM16_CLASSES)
                 for s in ("train", "val", "test")],

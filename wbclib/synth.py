@@ -56,6 +56,7 @@ import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from . import CAM16_CLASSES, WBC_CLASSES, WbcError
+from . import WBC_SUBSETS as SUBSETS
 
 __all__ = [
     "MARKER",
@@ -77,7 +78,7 @@ SENTINEL = ".synth-incomplete"
 WBC_TRAIN_COUNTS = dict(zip(WBC_CLASSES, (176, 618, 2015, 466, 5172)))
 WBC_VAL_COUNTS = dict(zip(WBC_CLASSES, (36, 126, 412, 95, 1059)))
 #: The nested WBC subsets and the percentage of WBC_100 each holds (smallest first).
-WBC_SUBSETS = (("WBC_1", 1), ("WBC_10", 10), ("WBC_50", 50), ("WBC_100", 100))
+WBC_SUBSETS = tuple((f"WBC_{n}", n) for n in SUBSETS)
 CAM16_DIR = "CAM16_100cls_10mask"
 CAM16_COUNTS = {"train": (379, 378), "val": (54, 54), "test": (108, 108)}
 PRCC_DIR = "pRCC_nolabel"

@@ -368,6 +368,11 @@ def class_mask(mask_logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor
     return mask_logits.float().gather(1, index)
 
 
+def predicted_mask(mask_logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """The predicted cell mask, (B, 1, H, W) bool: the class's mask logit above 0 (probability above 0.5)."""
+    return class_mask(mask_logits, classes) > 0
+
+
 @torch.no_grad()
 def predict(model, loader, rt: Runtime, loss_fn=None) -> dict:
     """Run ``model`` over ``loader``: logits, embeddings, labels, paths, loss means, PSNR, mask Dice/IoU."""
@@ -390,7 +395,7 @@ def predict(model, loader, rt: Runtime, loss_fn=None) -> dict:
         out_lists["path"] += list(batch["path"])
         sel = has_mask.bool() & (labels >= 0)
         if sel.any():
-            seg_pred.append((class_mask(out.mask_logits[sel], labels[sel]) > 0).squeeze(1).cpu().numpy())
+            seg_pred.append(predicted_mask(out.mask_logits[sel], labels[sel]).squeeze(1).cpu().numpy())
             seg_true.append(masks[sel].squeeze(1).bool().cpu().numpy())
     result = {k: torch.cat(v).numpy() for k, v in out_lists.items() if k != "path"}
     result["path"] = np.array(out_lists["path"])
@@ -630,7 +635,7 @@ def manifest(config, rt: Runtime, splits: Splits, wall: float, init_report) -> d
 def examples(run_dir: str | Path, n: int = 8, device: str = "cpu") -> dict:
     """A few images of a finished run for figures: from the reported split and, where masks exist, from the
     masked training images. Each entry holds ``images``, ``reconstructions``, ``masks``, ``pred_masks``
-    (the predicted class's mask channel > 0.5), ``labels``, ``predictions`` and ``paths``."""
+    (:func:`predicted_mask` of the predicted class), ``labels``, ``predictions`` and ``paths``."""
     model, config = load_model(run_dir, device)
     config = config.replace(device=str(device), num_workers=0, precision="fp32", channels_last=False)
     rt = Runtime.from_config(config)
@@ -645,15 +650,8 @@ def examples(run_dir: str | Path, n: int = 8, device: str = "cpu") -> dict:
         images = batch["image"].to(rt.device)
         out = model(images)
         pred = out.class_logits.argmax(1)
-        probs = torch.sigmoid(class_mask(out.mask_logits, pred))
         result[name] = {"images": images.cpu(), "reconstructions": out.reconstruction.float().clamp(0, 1).cpu(),
                         "masks": batch["mask"].float(), "has_mask": batch["has_mask"],
-                        "pred_masks": (probs > 0.5).float().cpu(), "labels": batch["label"],
+                        "pred_masks": predicted_mask(out.mask_logits, pred).float().cpu(), "labels": batch["label"],
                         "predictions": pred.cpu(), "paths": list(batch["path"])}
     return result
-
-
-if __name__ == "__main__":  # `torchrun --nproc_per_node=N -m wbclib.train --dataset wbc ...` = `wbc train ...`
-    from .cli import main as _cli_main
-
-    sys.exit(_cli_main(["train", *sys.argv[1:]]))
