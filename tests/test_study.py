@@ -167,3 +167,12 @@ def test_a_kept_alive_kernel_trains_exactly_what_a_fresh_kernel_trains(tmp_path)
         kept.close()
         fresh.close()
     pd.testing.assert_frame_equal(second, alone)
+
+
+def test_study_outside_a_checkout_says_it_needs_one(tmp_path, monkeypatch):
+    """``pip install .`` installs wbclib without the notebooks and the book: the study says so in one line."""
+    monkeypatch.setattr(study, "NOTEBOOKS", tmp_path / "notebooks")
+    with pytest.raises(study.WbcError, match="needs a checkout of the project"):
+        study.require_checkout()
+    monkeypatch.undo()
+    study.require_checkout()  # this checkout has them

@@ -282,10 +282,6 @@ class CellDataset(Dataset):
                 "mask": mask.as_subclass(torch.Tensor), "has_mask": r.mask_path is not None,
                 "path": str(r.path.relative_to(self.root) if self.root else r.path)}
 
-    def class_counts(self) -> dict[str, int]:
-        labels = self.labels
-        return {c: int((labels == i).sum()) for i, c in enumerate(self.classes)}
-
 
 def wbc_records(root: Path, subset: int, split: str, skip_bad: bool = False, check: bool = True) -> list[Record]:
     """WBC_<subset>/train (with masks) or the shared validation set WBC_100/val (also WBC_test/val)."""

@@ -556,6 +556,7 @@ def build_book(book_root: Path = ROOT, log=print) -> Path:
 
 
 def build_book_command(args) -> int:
+    require_checkout()
     index = build_book(prepare_book_root(args.book_root))
     print(f"book: {index}")
     return 0
@@ -568,8 +569,19 @@ def synthetic_scales(config: cfg.RunConfig) -> str:
 
 # -- the command ------------------------------------------------------------------------------------------
 
+def require_checkout() -> None:
+    """The study runs the project's notebooks and builds its book: both ship with a checkout, not with the
+    installed package (``pip install .`` copies only ``wbclib``)."""
+    missing = [p for p in (NOTEBOOKS / "train.ipynb", ROOT / "_config.yml") if not p.is_file()]
+    if missing:
+        raise WbcError(f"wbc study needs a checkout of the project: {missing[0]} is missing (this wbclib is "
+                       f"installed from {Path(__file__).parent}); clone the project and run `make study` there, "
+                       "or install it with `pip install -e .` from the checkout")
+
+
 def main(args) -> int:
     t0 = time.time()
+    require_checkout()
     seeds = args.seeds or (3 if args.profile == "paper" else 1)
     overrides = dict(cfg.parse_assignment(s) for s in args.set)
     runs_dir = Path(args.runs_dir).resolve()
