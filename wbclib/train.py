@@ -11,6 +11,7 @@ uninterrupted run ends (on CPU, where the kernels are deterministic).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -28,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import WbcError, __version__, data, distributed, metrics, runs, transforms
+from . import WbcError, __version__, data, distributed, faults, metrics, runs, transforms
 from . import config as cfg
 from .losses import MultiTaskLoss
 from .model import MultiTaskUNet, load_matching
@@ -333,6 +334,9 @@ def train_epoch(model, loader, loss_fn, optimizer, config, rt, epoch: int, bar=N
         with rt.autocast():
             out = model(images)
         parts = loss_fn(out, images, labels, masks, has_mask)
+        bad = faults.poison("train-loss")
+        if bad is not None:
+            parts = parts._replace(mse=parts.mse + bad, total=parts.total + bad)
         values = _check_finite(parts, epoch, step)
         optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
@@ -341,6 +345,7 @@ def train_epoch(model, loader, loss_fn, optimizer, config, rt, epoch: int, bar=N
         optimizer.step()
         if batch_scheduler is not None:
             batch_scheduler.step()
+        faults.point("step")
         avg.add(values, len(images), int(loss_fn.dice_samples(labels, has_mask).sum()))
         if bar is not None:
             bar.update(1)
@@ -410,9 +415,19 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
     With ``resume``, continue from ``run_dir/checkpoint.pt`` (whose config must match). ``progress`` shows
     tqdm bars (default: when stderr is a terminal). ``log`` receives one line per epoch. Under torchrun the
     processes train one model together (see :mod:`wbclib.distributed`); rank 0 alone writes.
+
+    The run directory is locked while the run trains (a second process on it is refused, naming the holder),
+    and may not lie inside the data folder the run reads.
     """
+    with contextlib.ExitStack() as held:
+        return _fit(config, Path(run_dir), resume, progress, log, held)
+
+
+def _fit(config: cfg.RunConfig, run_dir: Path, resume: bool, progress: bool | None, log,
+         held: contextlib.ExitStack) -> dict:
     t_start = time.time()
     run_dir = Path(run_dir)
+    faults.enter_run(run_dir.name)
     rt = Runtime.from_config(config)
     ctx, rt.device = distributed.setup(rt.device)
     main = ctx.is_main
@@ -421,6 +436,7 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
     torch.use_deterministic_algorithms(rt.device.type == "cpu", warn_only=True)
 
     root = data_root(config, progress)
+    runs.refuse_inside(run_dir, [root], "--run-dir")
     source = data_source(config)
     if source == "synthetic":
         log(f"data: synthetic stand-in at {root} (scale {config.synthetic_scale:g}); not real cells")
@@ -430,6 +446,10 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
     log(f"data: {len(splits.train)} training images ({splits.train.num_masks} with masks), "
         f"{len(splits.val)} validation, reported split '{splits.report_name}' ({len(splits.report)})")
 
+    if main:
+        held.enter_context(runs.FolderLock(run_dir, "run directory"))
+        for tmp in runs.remove_stale_temps(run_dir):
+            log(f"note: removed {tmp.name}, left by an interrupted write")
     ckpt_path = run_dir / runs.CHECKPOINT
     state = None
     if resume and ckpt_path.exists():
@@ -480,6 +500,8 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
         history = list(state["history"])
         init_report = state.get("init_report")
         start_epoch = int(state["epoch"]) + 1
+        if main:  # a kill between a checkpoint and its history row leaves history.csv one epoch behind
+            write_history(run_dir / "history.csv", history)
         log(f"resume: continuing after epoch {state['epoch']} of {epochs}")
 
     val_loader = make_loader(splits.val, local, rt)
@@ -518,6 +540,7 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
                 "format": 1, "epoch": epoch, "config": config.to_dict(), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history,
                 "init_report": init_report, "classes": list(splits.classes), "wbclib_version": __version__})
+            faults.point("after-checkpoint")
             write_history(run_dir / "history.csv", history)
         timing["checkpoints"] += time.time() - t1
         ctx.barrier()
@@ -525,6 +548,7 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
         log(f"epoch {epoch}/{epochs}  train {train['total']:.4f} (mse {train['mse']:.4f} ce {train['ce']:.4f} "
             f"dice {train['dice']:.4f})  val {val_pred['losses']['total']:.4f}{acc}  lr {lr:.1e}  {row['seconds']:.1f}s")
     bar_epochs.close()
+    faults.point("after-last-epoch")
     t_final = time.time()
     if val_pred is None:  # resumed after the last epoch's checkpoint: only the final evaluation was missing
         val_pred = predict(step_model, val_loader, rt, loss_fn)
@@ -562,6 +586,7 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
     final["wall_time_s"] = wall
     final["timing_s"] = {**timing, "final_evaluation": time.time() - t_final}  # where this session's time went
     runs.write_json(run_dir / "metrics.json", final)
+    faults.point("finished")
     ctx.barrier()
     ctx.close()
     return final
