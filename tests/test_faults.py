@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +136,101 @@ def test_sigkill_anywhere_then_resume_ends_exactly_like_an_uninterrupted_run(roo
     assert main([str(a) for a in train_args(root, run, 3, "--resume")]) == 0
     assert temp_files(run) == []
     assert_same_outcome(uninterrupted, run)
+
+
+def wait_for(condition, what: str, timeout: float = 240, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the process ended (exit {proc.returncode}) before {what}")
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def lock_is_free(folder: Path) -> bool:
+    import fcntl
+
+    with open(folder / ".lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return True
+
+
+def popen_wbc(*args, env: dict, stdout=subprocess.DEVNULL) -> subprocess.Popen:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("WBC_FAULT")}
+    full_env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **env})
+    return subprocess.Popen([sys.executable, "-m", "wbclib.cli", *map(str, args)], env=full_env, stdout=stdout,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+# -- 3. concurrent use -----------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_second_train_on_a_busy_run_directory_is_refused_and_a_killed_holder_leaves_no_stale_lock(
+        root, uninterrupted, tmp_path, capsys):
+    run = tmp_path / "r"
+    holder = popen_wbc(*train_args(root, run), env={"WBC_FAULT": "pause@after-checkpoint#1"})
+    try:
+        wait_for(lambda: (run / "checkpoint.pt").exists(), "the first checkpoint", proc=holder)
+        refused(cli(capsys, *train_args(root, run, 3, "--resume")),
+                f"run directory {run} is in use by pid {holder.pid} on ", "lock file")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main([str(a) for a in train_args(root, run, 3, "--resume")]) == 0  # the killed holder's lock is gone
+    assert_same_outcome(uninterrupted, run)
+
+
+# -- 1 and 3 through the study runner ---------------------------------------------------------------------------
+
+STUDY_SET = ["--set", "epochs=2", "--set", "input_size=32", "--set", "resize=null", "--set", "base_width=4", "--set",
+             "depth=2", "--set", "batch_size=4", "--set", "min_steps=0", "--set", "precision=fp32"]
+
+
+@pytest.mark.slow
+def test_killed_study_reruns_to_the_same_tables_and_a_second_study_on_its_runs_folder_is_refused(tmp_path,
+                                                                                                capsys):
+    """Two runs side by side; one finishes, the other is held right after its first checkpoint. A second study
+    on the same runs folder is refused; the runner is SIGKILLed (its notebooks' processes go with it); the
+    rerun reuses the finished run, resumes the other, and every number the tables are made of equals that of
+    runs trained without interruption."""
+    from wbclib import analysis, study
+    from wbclib import config as cfg
+    from wbclib.train import fit
+
+    data = make_wbc_tree(tmp_path / "data", per_class=4, val_per_class=2, size=(48, 48), subsets=(1,))
+    runs_dir = tmp_path / "runs"
+    args = ["study", "--data-root", data, "--only", "wbc1-scratch-*", "--runs-dir", runs_dir, "--no-book",
+            "--jobs", "2", *STUDY_SET]
+    done, held = runs_dir / "wbc1-scratch-nomask-s0", runs_dir / "wbc1-scratch-mask-s0"
+    runner = popen_wbc(*args, env={"WBC_FAULT": "pause@after-checkpoint#1", "WBC_FAULT_RUN": held.name})
+    try:
+        wait_for(lambda: study.notebook_complete(done / "train.ipynb") and (held / "checkpoint.pt").exists(),
+                 "one run finished and the other checkpointed", proc=runner)
+        refused(cli(capsys, *args), f"runs folder {runs_dir} is in use by pid {runner.pid} on ")
+    finally:
+        runner.kill()  # the runner only: what it started must end by itself
+        runner.wait()
+    wait_for(lambda: lock_is_free(held), "the killed study's notebook to end", timeout=30)
+    assert not (held / "metrics.json").exists()
+
+    p = wbc(*args)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    status = {line.split()[0]: line.split()[1] for line in p.stdout.splitlines() if line.startswith("  wbc1-")}
+    assert status == {done.name: "reused", held.name: "finished"}, p.stdout
+    assert "resume: continuing after epoch 1 of 2" in (held / "train.ipynb").read_text()
+    assert temp_files(runs_dir) == []
+
+    reference = tmp_path / "reference"  # the same configurations, trained without interruption
+    overrides = dict(cfg.parse_assignment(s) for s in STUDY_SET[1::2])
+    for job in study.select(study.grid([0]), "wbc1-scratch-*"):
+        fit(study.job_config(job, "quick", str(data.resolve()), runs_dir, overrides), reference / job.id,
+            progress=False, log=lambda s: None)
+        assert_same_outcome(reference / job.id, runs_dir / job.id)
+    tables = [analysis.load_runs(d).drop(columns=["minutes", "path"]) for d in (reference, runs_dir)]
+    pd.testing.assert_frame_equal(*tables, check_exact=True)
+    pd.testing.assert_frame_equal(*(analysis.table2(t) for t in tables))

@@ -126,13 +126,24 @@ def _decide(job: Job, status: dict, config: cfg.RunConfig, run_dir: Path) -> boo
         job.status, job.detail = "skipped", f"its starting point {job.depends} did not finish"
         return False
     wanted = json.loads(config.to_json())
-    if runs.is_finished(run_dir, wanted) and job.notebook.is_file():
+    if runs.is_finished(run_dir, wanted) and notebook_complete(job.notebook):
         job.status = "reused"
         return False
     old = runs.read_json(run_dir / "config.json")
     if old is not None and old != wanted:
         (run_dir / runs.CHECKPOINT).unlink(missing_ok=True)  # another config: start over, don't resume
     return True
+
+
+def notebook_complete(path: Path) -> bool:
+    """Whether papermill finished executing this notebook (a runner killed before its last save leaves the
+    notebook of the start, or none): such a run is executed again, which retrains nothing after its last
+    checkpoint."""
+    try:
+        meta = json.loads(Path(path).read_text()).get("metadata", {}).get("papermill", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(meta.get("end_time")) and not meta.get("exception")
 
 
 def _run_here(job: Job, params: dict) -> None:
@@ -148,12 +159,26 @@ def _run_here(job: Job, params: dict) -> None:
         job.status, job.detail = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
 
 
+#: ``python -m papermill`` that dies with the runner (Linux: PR_SET_PDEATHSIG): a killed study leaves no
+#: papermill behind, and the kernel of each notebook exits when its papermill goes.
+_DIE_WITH_PARENT = """import ctypes, os, runpy, signal, sys
+try:
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+except (AttributeError, OSError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("wbc study: the runner is gone")
+sys.argv = ["papermill", *sys.argv[2:]]
+runpy.run_module("papermill", run_name="__main__", alter_sys=True)
+"""
+
+
 def _run_apart(job: Job, params: dict, env: dict) -> None:
     """Execute the job's notebook with the papermill command in its own process (parallel runs, one GPU each)."""
     job.notebook.parent.mkdir(parents=True, exist_ok=True)
     param_file = job.notebook.parent / ".parameters.json"  # JSON is YAML, which papermill -f reads
     param_file.write_text(json.dumps(params))
-    cmd = [sys.executable, "-m", "papermill", str(NOTEBOOKS / "train.ipynb"), str(job.notebook), "-f",
+    cmd = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), str(NOTEBOOKS / "train.ipynb"), str(job.notebook), "-f",
            str(param_file), "-k", KERNEL, "--cwd", str(NOTEBOOKS), "--no-progress-bar"]
     proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, check=False)
     if proc.returncode == 0:
@@ -506,6 +531,10 @@ def build_book(book_root: Path = ROOT, log=print) -> Path:
 
 
 def build_book_command(args) -> int:
+    from .train import EMBEDDED, cache_dir
+
+    if args.book_root:
+        runs.refuse_inside(args.book_root, [EMBEDDED, cache_dir()], "--book-root")
     index = build_book(prepare_book_root(args.book_root))
     print(f"book: {index}")
     return 0
@@ -533,6 +562,19 @@ def main(args) -> int:
         for j in jobs:
             print(f"  {j.id}" + (f"  (starts from {j.depends})" if j.depends else ""))
         return 0
+    external = [str(Path(e).resolve()) for e in args.external] if args.external else None
+    from .train import EMBEDDED, cache_dir
+
+    read = [data_root, *(external or []), *([] if data_root else [EMBEDDED, cache_dir()])]  # the data it reads
+    runs.refuse_inside(runs_dir, read, "--runs-dir")
+    if args.book_root and not args.no_book:
+        runs.refuse_inside(args.book_root, read, "--book-root")
+    with runs.FolderLock(runs_dir, "runs folder"):
+        runs.remove_stale_temps(runs_dir)
+        return _study(args, t0, seeds, overrides, runs_dir, jobs, data_root, external)
+
+
+def _study(args, t0, seeds, overrides, runs_dir, jobs, data_root, external) -> int:
     probe = job_config(jobs[0], args.profile, data_root, runs_dir, overrides, args.data)
     t = time.time()
     roots, sources = data_sources(probe, data_root, args.data)
@@ -540,7 +582,6 @@ def main(args) -> int:
         print(f"data: {name}: {sources[key].replace('**', '').replace('`', '')} ({roots[key]})")
     print(f"data: ready in {time.time() - t:.1f}s" + ("; numbers are not real results" if args.data == "synthetic"
                                                      and not data_root else ""))
-    external = [str(Path(e).resolve()) for e in args.external] if args.external else None
     if external is None and not data_root and args.data == "embedded":
         from .train import embedded_external_sets
 
