@@ -234,3 +234,126 @@ def test_killed_study_reruns_to_the_same_tables_and_a_second_study_on_its_runs_f
     tables = [analysis.load_runs(d).drop(columns=["minutes", "path"]) for d in (reference, runs_dir)]
     pd.testing.assert_frame_equal(*tables, check_exact=True)
     pd.testing.assert_frame_equal(*(analysis.table2(t) for t in tables))
+
+
+# -- 2. never write into data --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model_dir(uninterrupted) -> Path:
+    return uninterrupted
+
+
+def test_every_writing_command_refuses_an_output_inside_a_data_folder_it_reads(root, model_dir, tmp_path,
+                                                                               capsys):
+    from wbclib.train import EMBEDDED
+
+    before = tree_listing(root)
+    val = root / "WBC_100" / "val" / "data"
+    cases = [
+        (["train", "--data-root", root, "--run-dir", root / "runs" / "x", *TINY], root),
+        (["train", "--run-dir", EMBEDDED / "runs" / "x", *TINY], EMBEDDED),  # the default data: embedded/
+        (["study", "--data-root", root, "--runs-dir", root / "runs", "--only", "wbc1-scratch-nomask-s0"], root),
+        (["study", "--data-root", tmp_path / "elsewhere", "--runs-dir", val / "runs", "--external", val,
+          "--only", "wbc1-scratch-nomask-s0"], val),
+        (["study", "--data-root", root, "--runs-dir", tmp_path / "runs", "--book-root", root / "book",
+          "--only", "wbc1-scratch-nomask-s0"], root),
+        (["evaluate", "--checkpoint", model_dir, "--data", val, "--out", val / "eval"], val),
+        (["predict", "--checkpoint", model_dir, val, "--out", val / "predictions"], val),
+        (["predict", "--checkpoint", model_dir, next((val / "Basophil").iterdir()), "--out", val / "Basophil"],
+         val / "Basophil"),
+        (["prepare", "folders", "--from", val, "--out", val / "course"], val),
+        (["book", "--book-root", EMBEDDED / "book"], EMBEDDED),
+    ]
+    for args, data in cases:
+        err = refused(cli(capsys, *args), f" is inside the data folder {data}" if args[0] != "prepare" else
+                      f"lies inside the source folder {data}")
+        assert "nothing is ever written inside a data folder" in err or args[0] == "prepare", err
+    assert tree_listing(root) == before
+    assert not (EMBEDDED / "runs").exists() and not (EMBEDDED / "book").exists()
+
+
+def test_predict_never_reads_its_own_output(root, model_dir, tmp_path, capsys):
+    cells = root / "WBC_100" / "val" / "data" / "Monocyte"
+    code, _, err = cli(capsys, "predict", "--checkpoint", model_dir, cells, "--out", tmp_path / "first")
+    assert code == 0, err
+    assert len(list((tmp_path / "first").glob("*.png"))) == len(list(cells.iterdir()))
+    refused(cli(capsys, "predict", "--checkpoint", model_dir, tmp_path, "--out", tmp_path.parent / "second"),
+            f"{tmp_path / 'first'} holds the output of an earlier wbc predict")
+    refused(cli(capsys, "predict", "--checkpoint", model_dir, tmp_path / "empty"), "not found")
+    (tmp_path / "empty").mkdir()
+    refused(cli(capsys, "predict", "--checkpoint", model_dir, tmp_path / "empty"), "no image found in")
+
+
+# -- 4. bad checkpoints ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bad_checkpoints(model_dir, tmp_path_factory) -> dict[str, tuple[Path, str]]:
+    """Each bad checkpoint and a fragment of the message it must give."""
+    from wbclib import config as cfg
+    from wbclib.model import MultiTaskUNet
+
+    d = tmp_path_factory.mktemp("checkpoints")
+    good = (model_dir / "checkpoint.pt").read_bytes()
+    (d / "truncated.pt").write_bytes(good[: len(good) // 2])
+    (d / "zero.pt").write_bytes(b"")
+    (d / "text.pt").write_text("epoch,loss\n1,0.5\n")
+    write_image(d / "image.pt", fmt="PNG")
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    torch.save({"model": {}, "payload": Payload()}, d / "code.pt")
+    tiny = dict(input_size=32, resize=None, base_width=4, depth=2)
+    cam = cfg.from_profile("quick", dataset="cam16", **tiny)
+    torch.save({"model": MultiTaskUNet(2, 4, 2).state_dict(), "config": cam.to_dict()}, d / "cam16.pt")
+    prcc = cfg.from_profile("quick", dataset="prcc", masks=False, **tiny)
+    torch.save({"model": MultiTaskUNet(1, 4, 2).state_dict(), "config": prcc.to_dict()}, d / "prcc.pt")
+    paper = cfg.from_profile("paper", base_width=8)  # the paper profile's network, at a width the test can afford
+    torch.save({"model": MultiTaskUNet(5, 8, 4).state_dict(), "config": paper.to_dict()}, d / "paper.pt")
+    torch.save(MultiTaskUNet(5, 8, 4).state_dict(), d / "bare-paper.pt")  # no config: read as quick
+    return {
+        "truncated": (d / "truncated.pt", "truncated, damaged or not a PyTorch checkpoint"),
+        "zero-byte": (d / "zero.pt", "it is empty (0 bytes)"),
+        "text file": (d / "text.pt", "not a PyTorch checkpoint"),
+        "image file": (d / "image.pt", "not a PyTorch checkpoint"),
+        "pickle needing code": (d / "code.pt", "needs arbitrary code to unpickle"),
+        "missing": (d / "missing.pt", "checkpoint not found"),
+    }, d
+
+
+def test_bad_checkpoints_give_one_message_each_to_evaluate_predict_and_init(root, bad_checkpoints, tmp_path,
+                                                                            capsys):
+    bad, _ = bad_checkpoints
+    val = root / "WBC_100" / "val" / "data"
+    for name, (path, message) in bad.items():
+        for args in (["evaluate", "--checkpoint", path, "--data", val, "--out", tmp_path / "eval"],
+                     ["predict", "--checkpoint", path, val / "Basophil"],
+                     ["train", "--data-root", root, "--run-dir", tmp_path / "run", "--init", path, *TINY]):
+            err = refused(cli(capsys, *args), str(path), message)
+            assert err.count("\n") == 1, (name, args[0], err)  # one line
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "run").exists()
+
+
+def test_a_model_of_another_task_or_network_is_refused(root, bad_checkpoints, tmp_path, capsys):
+    _, d = bad_checkpoints
+    val = root / "WBC_100" / "val" / "data"
+    refused(cli(capsys, "evaluate", "--checkpoint", d / "cam16.pt", "--data", val, "--out", tmp_path / "e"),
+            "is a cam16 model (classes normal, tumor), but the class folders of", "Basophil")
+    refused(cli(capsys, "evaluate", "--checkpoint", d / "prcc.pt", "--data", val, "--out", tmp_path / "e"),
+            "is a prcc model (reconstruction only, no classifier)")
+    refused(cli(capsys, "predict", "--checkpoint", d / "prcc.pt", val), "no classifier")
+    refused(cli(capsys, "train", "--data-root", root, "--run-dir", tmp_path / "r", "--init", d / "paper.pt", *TINY),
+            "none of its encoder weights fit this run's network", "paper profile, wbc, 5 classes, base width 8, "
+            "depth 4", "quick profile, wbc, 5 classes, base width 4, depth 2")
+    refused(cli(capsys, "evaluate", "--checkpoint", d / "bare-paper.pt", "--data", val, "--out", tmp_path / "e"),
+            "its weights do not fit the network its config describes", "the checkpoint has no config")
+    assert not (tmp_path / "e").exists() and not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_a_truncated_checkpoint_through_a_real_process(root, bad_checkpoints, tmp_path):
+    bad, _ = bad_checkpoints
+    path = bad["truncated"][0]
+    refused(wbc("evaluate", "--checkpoint", path, "--data", root / "WBC_100" / "val", "--out", tmp_path / "e"),
+            f"cannot read checkpoint {path}: truncated")

@@ -1,14 +1,15 @@
 """Deterministic fault injection, for the fault tests: ``WBC_FAULT`` names what happens at a named point.
 
 ``WBC_FAULT`` holds comma-separated ``ACTION@POINT[#N]`` items: at the N-th time (default: the first) this
-process reaches POINT, ACTION happens. ``WBC_FAULT_RUN=<name>`` limits the faults to the run directory of
+process reaches POINT in one run, ACTION happens. ``WBC_FAULT_RUN=<name>`` limits the faults to the run directory of
 that name (a study runs many). Without ``WBC_FAULT`` every point is a no-op.
 
 Actions:
 
 - ``kill``: SIGKILL this process on the spot (nothing is flushed, no handler runs);
 - ``pause``: stop here until killed (a test then kills the process and whatever started it);
-- ``nan`` / ``inf``: the caller turns the value it is computing into NaN / infinity.
+- ``nan`` / ``inf``: the caller turns the value it is computing into NaN / infinity;
+- ``pretend``: the machine lacks something it has (``pretend@cpu-without-bf16``: no native bf16 on the CPU).
 
 Points reached by ``wbc train`` (and by the training notebook, which calls the same code):
 
@@ -29,16 +30,17 @@ import signal
 import time
 
 ENV, ENV_RUN = "WBC_FAULT", "WBC_FAULT_RUN"
-ACTIONS = ("kill", "pause", "nan", "inf")
+ACTIONS = ("kill", "pause", "nan", "inf", "pretend")
 
 _counts: dict[str, int] = {}
 _run: str | None = None
 
 
 def enter_run(name: str) -> None:
-    """Name the run directory that the following points belong to (for ``WBC_FAULT_RUN``)."""
+    """A run starts: name its directory (for ``WBC_FAULT_RUN``) and count the points from zero again."""
     global _run
     _run = name
+    _counts.clear()
 
 
 def _parse(text: str) -> list[tuple[str, str, int]]:
@@ -63,7 +65,7 @@ def point(name: str) -> str | None:
         return None
     _counts[name] = _counts.get(name, 0) + 1
     for action, where, nth in _parse(text):
-        if where != name or nth != _counts[name]:
+        if action == "pretend" or where != name or nth != _counts[name]:
             continue
         if action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
@@ -78,3 +80,9 @@ def poison(name: str) -> float | None:
     """NaN or infinity if a ``nan``/``inf`` fault is due at ``name``, else None."""
     action = point(name)
     return float(action) if action in ("nan", "inf") else None
+
+
+def pretend(name: str) -> bool:
+    """Whether ``WBC_FAULT`` holds ``pretend@<name>`` (a property of the machine: no count, no run filter)."""
+    text = os.environ.get(ENV)
+    return bool(text) and any(a == "pretend" and w == name for a, w, _ in _parse(text))
