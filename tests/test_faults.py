@@ -357,3 +357,236 @@ def test_a_truncated_checkpoint_through_a_real_process(root, bad_checkpoints, tm
     path = bad["truncated"][0]
     refused(wbc("evaluate", "--checkpoint", path, "--data", root / "WBC_100" / "val", "--out", tmp_path / "e"),
             f"cannot read checkpoint {path}: truncated")
+
+
+# -- 5. bad data at the command line, for the three layouts ------------------------------------------------------
+
+def odd_but_valid_images(folder: Path) -> list[Path]:
+    """Images that are not 8-bit RGB but are cells all the same: each is read as RGB."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    rgb = Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8), "RGB")
+    rgb.convert("L").save(folder / "gray.png")
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(Image.fromarray(np.where(np.arange(48)[None, :] < 24, 0, 255).astype(np.uint8).repeat(48, 0)))
+    rgba.save(folder / "transparent.png")
+    rgb.convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray((rng.integers(0, 65535, (48, 48))).astype(np.uint16)).save(folder / "sixteen.png")
+    return [folder / n for n in ("gray.png", "transparent.png", "cmyk.jpg", "sixteen.png")]
+
+
+def plant_bad_files(data_dir: Path, mask_dir: Path | None, cls: str, other: str) -> dict[Path, str]:
+    """Broken files under ``data_dir/<cls>`` (and ``mask_dir``); returns each with the reason it must be named."""
+    d = data_dir / cls
+    (d / "zero.jpg").write_bytes(b"")
+    good = next(p for p in sorted(d.iterdir()) if p.suffix == ".jpg" and p.stat().st_size > 0)
+    (d / "truncated.jpg").write_bytes(good.read_bytes()[:300])
+    (d / "notes.jpg").write_text("not an image\n")
+    write_image(data_dir / "Platelet" / "p.jpg", (48, 48))
+    bad = {d / "zero.jpg": "zero-byte file", d / "truncated.jpg": "unreadable or truncated image",
+           d / "notes.jpg": "unreadable or truncated image", data_dir / "Platelet": "unknown class folder"}
+    if mask_dir is not None:
+        write_mask(mask_dir / "Erythroblast" / "e.jpg", (48, 48))
+        write_mask(mask_dir / cls / "orphan.jpg", (48, 48))
+        small = next(p for p in sorted((data_dir / other).iterdir()) if p.suffix == ".jpg")
+        write_mask(mask_dir / other / small.name, (40, 40))
+        bad.update({mask_dir / "Erythroblast": "unknown class folder", mask_dir / cls / "orphan.jpg":
+                    "mask without image", mask_dir / other / small.name: "mask size differs"})
+    return bad
+
+
+def assert_listed(err: str, bad: dict[Path, str], fine: list[Path]) -> None:
+    for path, why in bad.items():
+        assert f"  {path}: {why}" in err, f"{path} ({why}) not listed:\n{err}"
+    for path in fine:
+        assert str(path) not in err, f"{path} is a valid image but was listed:\n{err}"
+    assert "expected layout:" in err and "pass --skip-bad" in err
+
+
+def test_bad_wbc_data_is_listed_in_one_message_and_nothing_is_written(tmp_path, capsys):
+    root = make_wbc_tree(tmp_path / "root", per_class=3, size=(48, 48))
+    train = root / "WBC_100" / "train"
+    bad = plant_bad_files(train / "data", train / "mask", "Basophil", "Eosinophil")
+    fine = odd_but_valid_images(train / "data" / "Monocyte")
+    before = tree_listing(root)
+    err = refused(cli(capsys, "train", "--data-root", root, "--run-dir", tmp_path / "run", *TINY),
+                  f"7 problem(s) in {train / 'data'}")
+    assert_listed(err, bad, fine)
+    assert tree_listing(root) == before and not (tmp_path / "run").exists()
+
+
+def test_bad_cam16_data_is_listed_in_one_message(tmp_path, capsys):
+    base = tmp_path / "root" / "CAM16_100cls_10mask"
+    for split in ("train", "val", "test"):
+        for c, cls in enumerate(("normal", "tumor")):
+            for i in range(2):
+                write_image(base / split / "data" / cls / f"{split}_{c}_{i}.jpg", (48, 48), seed=c * 10 + i)
+    write_mask(base / "train" / "mask" / "tumor" / "train_1_0.jpg", (48, 48))
+    bad = plant_bad_files(base / "train" / "data", base / "train" / "mask", "normal", "tumor")
+    fine = odd_but_valid_images(base / "train" / "data" / "tumor")
+    before = tree_listing(tmp_path / "root")
+    err = refused(cli(capsys, "train", "--dataset", "cam16", "--data-root", tmp_path / "root", "--run-dir",
+                      tmp_path / "run", *TINY), "CAM16_100cls_10mask/{train,val,test}/data/{normal,tumor}")
+    assert_listed(err, {p: w.replace("unknown class folder", "unknown class folder: expected one of normal, tumor")
+                        for p, w in bad.items()}, fine)
+    assert tree_listing(tmp_path / "root") == before and not (tmp_path / "run").exists()
+
+
+def test_bad_prcc_data_is_listed_in_one_message(tmp_path, capsys):
+    base = tmp_path / "root" / "pRCC_nolabel"
+    for i in range(12):
+        write_image(base / f"slide{i % 2}" / f"tile_{i:02d}.jpg", (48, 48), seed=i)
+    (base / "slide0" / "tile_00.jpg").write_bytes(b"")
+    (base / "slide0" / "tile_02.jpg").write_bytes((base / "slide0" / "tile_04.jpg").read_bytes()[:300])
+    (base / "slide1" / "notes.txt").write_text("tiles of two slides\n")
+    odd_but_valid_images(base / "odd")
+    before = tree_listing(tmp_path / "root")
+    err = refused(cli(capsys, "train", "--dataset", "prcc", "--data-root", tmp_path / "root", "--run-dir",
+                      tmp_path / "run", *TINY), "pRCC_nolabel/**/<name>.jpg")
+    assert f"{base / 'slide0' / 'tile_00.jpg'}: zero-byte file" in err
+    assert f"{base / 'slide0' / 'tile_02.jpg'}: unreadable or truncated image" in err
+    assert f"{base / 'slide1' / 'notes.txt'}: not an image" in err
+    assert "odd" not in err
+    assert tree_listing(tmp_path / "root") == before and not (tmp_path / "run").exists()
+
+
+def test_missing_root_missing_split_and_empty_split_for_each_layout(tmp_path, capsys):
+    from wbclib import WBC_CLASSES
+
+    missing, run = tmp_path / "nowhere", tmp_path / "out" / "r"
+    (tmp_path / "data").mkdir()
+    for dataset, layout in (("wbc", "WBC_<n>/train/data/<Class>"), ("cam16", "CAM16_100cls_10mask/"),
+                            ("prcc", "pRCC_nolabel/")):
+        refused(cli(capsys, "train", "--dataset", dataset, "--data-root", missing, "--run-dir", run, *TINY),
+                f"data root not found: {missing} does not exist", layout)
+        refused(cli(capsys, "train", "--dataset", dataset, "--data-root", tmp_path / "data", "--run-dir", run,
+                    *TINY), "not found", layout)
+    empty = make_wbc_tree(tmp_path / "empty", per_class=1)
+    for cls in WBC_CLASSES:
+        for f in (empty / "WBC_100" / "val" / "data" / cls).iterdir():
+            f.unlink()
+    refused(cli(capsys, "train", "--data-root", empty, "--run-dir", run, *TINY),
+            f"empty split: no usable image in {empty / 'WBC_100' / 'val' / 'data'} (WBC_100 val)")
+    (tmp_path / "data" / "pRCC_nolabel").mkdir()
+    refused(cli(capsys, "train", "--dataset", "prcc", "--data-root", tmp_path / "data", "--run-dir", run, *TINY),
+            "empty split: no usable image in")
+    assert not run.parent.exists()
+
+
+def test_odd_image_modes_are_read_as_rgb_cells(tmp_path):
+    from wbclib import data
+
+    gray, transparent, cmyk, sixteen = odd_but_valid_images(tmp_path)
+    for path in (gray, transparent, cmyk, sixteen):
+        img = data.open_image(path)
+        assert img.mode == "RGB" and img.size == (48, 48), path
+    assert np.all(np.asarray(data.open_image(transparent))[:, :24] == 255)  # transparent: white, not black
+    assert np.asarray(data.open_image(sixteen)).max() > 0
+
+
+def test_skip_bad_drops_bad_files_keeps_the_image_of_a_bad_mask_and_trains(tmp_path, capsys):
+    root = make_wbc_tree(tmp_path / "root", per_class=4, val_per_class=2, size=(48, 48))
+    train = root / "WBC_100" / "train"
+    masked = train / "mask" / "Lymphocyte" / "img_2_0.jpg"
+    masked.write_bytes(masked.read_bytes()[:120])  # a truncated mask: the image stays, without a mask
+    (train / "data" / "Neutrophil" / "broken.jpg").write_bytes(b"")
+    odd_but_valid_images(train / "data" / "Monocyte")
+    before = tree_listing(root)
+    code, out, err = cli(capsys, "train", "--data-root", root, "--run-dir", tmp_path / "run", "--skip-bad",
+                         "--epochs", 1, *TINY)
+    assert code == 0, err
+    assert f"wbc: skipping 2 bad file(s) under {train / 'data'}" in err
+    assert "data: 24 training images (4 with masks)" in out  # 20 + 4 odd-mode images; 5 masks less the bad one
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["data_fingerprint"]["files"] == 24 + 4 + 10
+    assert tree_listing(root) == before
+
+
+# -- 6. numerical faults -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fault,where", [
+    ("nan@train-loss#7", "loss became nan at epoch 2, step 2 (component: mse)"),
+    ("inf@train-loss#12", "loss became inf at epoch 3, step 2 (component: mse)"),
+    ("nan@val-loss#4", "loss became nan at epoch 2, validation batch 1 (component: mse)"),
+    ("inf@val-loss#9", "loss became inf at epoch 3, validation batch 3 (component: mse)"),
+])
+def test_a_nan_or_inf_loss_stops_the_run_keeps_the_last_good_checkpoint_and_resume_works(
+        root, uninterrupted, tmp_path, capsys, monkeypatch, fault, where):
+    from wbclib import runs
+
+    run = tmp_path / "r"
+    monkeypatch.setenv("WBC_FAULT", fault)
+    refused(cli(capsys, *train_args(root, run)), where, "the last good checkpoint is kept")
+    monkeypatch.delenv("WBC_FAULT")
+    last_good = int(where.split("epoch ")[1][0]) - 1
+    state = runs.load_checkpoint(run)
+    assert state["epoch"] == last_good and len(pd.read_csv(run / "history.csv")) == last_good
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    assert not (run / "metrics.json").exists()
+    code, out, err = cli(capsys, *train_args(root, run, 3, "--resume"))
+    assert code == 0 and f"resume: continuing after epoch {last_good} of 3" in out, err
+    assert_same_outcome(uninterrupted, run)  # the fault was injected: the resumed run is the uninterrupted one
+
+
+# -- 7. devices ----------------------------------------------------------------------------------------------------
+
+def test_unavailable_devices_are_refused_with_one_message(root, tmp_path, capsys, monkeypatch):
+    import torch.cuda
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    run = tmp_path / "r"
+    for device in ("cuda", "cuda:7"):
+        refused(cli(capsys, *train_args(root, run, 1, "--device", device)),
+                f"device '{device}' requested but CUDA is not available on this machine")
+    refused(cli(capsys, *train_args(root, run, 1, "--device", "tpu")), "device 'tpu'", "use auto, cpu, cuda or cuda:N")
+    refused(cli(capsys, *train_args(root, run, 1, "--device", "cuda:x")), "unknown device 'cuda:x'")
+    assert not run.exists()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a machine with one GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    refused(cli(capsys, *train_args(root, run, 1, "--device", "cuda:7")),
+            "device 'cuda:7' requested but this machine has 1 CUDA device(s): cuda:0")
+    assert not run.exists()
+
+
+def test_bf16_on_a_cpu_without_native_bf16_trains_and_says_it_is_emulated(root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WBC_FAULT", "pretend@cpu-without-bf16")
+    code, out, err = cli(capsys, *train_args(root, tmp_path / "r", 1, "--precision", "bf16"))
+    assert code == 0, err
+    assert "note: precision bf16 on a CPU without native bf16" in out and "emulates it" in out
+    assert json.loads((tmp_path / "r" / "manifest.json").read_text())["precision"] == "bf16"
+    code, out, _ = cli(capsys, *train_args(root, tmp_path / "auto", 1, "--set", "precision=auto"))
+    assert code == 0 and "note: precision bf16" not in out
+    assert json.loads((tmp_path / "auto" / "manifest.json").read_text())["precision"] == "fp32"
+
+
+@pytest.mark.slow
+def test_cuda_on_a_machine_without_it_through_a_real_process(root, tmp_path):
+    import torch.cuda
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    refused(wbc(*train_args(root, tmp_path / "r", 1, "--device", "cuda")), "CUDA is not available")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_run_whose_notebook_did_not_complete_is_executed_again_not_reused(tmp_path):
+    """A study killed after a run's metrics.json but before papermill saved its executed notebook must not
+    publish the half-executed notebook: the run is executed again (which retrains nothing)."""
+    from wbclib import runs, study
+
+    job = study.Job("wbc1-scratch-mask-s0", {"dataset": "wbc", "subset": 1, "masks": True, "seed": 0})
+    config = study.job_config(job, "quick", None, tmp_path, {})
+    run_dir = tmp_path / job.id
+    runs.write_atomic(run_dir / "config.json", config.to_json())
+    runs.write_json(run_dir / "metrics.json", {"accuracy": 0.5})
+    job.notebook = run_dir / "train.ipynb"
+    for papermill, reused in (({"start_time": "t0", "end_time": None}, False), (None, False),
+                              ({"start_time": "t0", "end_time": "t1", "exception": None}, True)):
+        job.status = "pending"
+        job.notebook.write_text(json.dumps({"cells": [], "metadata": {"papermill": papermill} if papermill else {}}))
+        assert study._decide(job, {}, config, run_dir) is not reused and (job.status == "reused") is reused
+    job.notebook.write_text('{"cells": [')  # a notebook cut short by the kill
+    assert study._decide(job, {}, config, run_dir)
