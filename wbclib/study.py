@@ -178,8 +178,8 @@ def _run_apart(job: Job, params: dict, env: dict) -> None:
     job.notebook.parent.mkdir(parents=True, exist_ok=True)
     param_file = job.notebook.parent / ".parameters.json"  # JSON is YAML, which papermill -f reads
     param_file.write_text(json.dumps(params))
-    cmd = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), str(NOTEBOOKS / "train.ipynb"), str(job.notebook), "-f",
-           str(param_file), "-k", KERNEL, "--cwd", str(NOTEBOOKS), "--no-progress-bar"]
+    cmd = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), str(NOTEBOOKS / "train.ipynb"),
+           str(job.notebook), "-f", str(param_file), "-k", KERNEL, "--cwd", str(NOTEBOOKS), "--no-progress-bar"]
     proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, check=False)
     if proc.returncode == 0:
         job.status = "finished"

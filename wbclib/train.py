@@ -273,9 +273,9 @@ def load_model(run_or_file: str | Path, device: str | torch.device = "cpu") -> t
     try:
         model.load_state_dict(state["model"])
     except RuntimeError:
-        raise WbcError(f"{run_or_file}: its weights do not fit the network its config describes ("
-                       f"{describe_network(config)}{'' if 'config' in state else ', assumed: the checkpoint has no config'}"
-                       f"); it was made by another program or with another config") from None
+        assumed = "" if "config" in state else ", assumed: the checkpoint has no config"
+        raise WbcError(f"{run_or_file}: its weights do not fit the network its config describes "
+                       f"({describe_network(config)}{assumed}); it was made by another program or config") from None
     return model.to(device).eval(), config
 
 
@@ -495,9 +495,10 @@ def _fit(config: cfg.RunConfig, run_dir: Path, resume: bool, progress: bool | No
         loaded = load_matching(model, init_state["model"])
         if not any(n.startswith(("inc.", "downs.")) and not n.endswith("num_batches_tracked")
                    for n in loaded.loaded):  # no encoder weight fits
-            was = f" ({describe_network(cfg.from_dict(init_state['config']))})" if "config" in init_state else ""
+            was = (f" ({describe_network(cfg.from_dict(init_state['config']))})" if "config" in init_state
+                   else "")
             raise WbcError(f"--init {config.init}{was}: none of its encoder weights fit this run's network "
-                           f"({describe_network(config)}); start from a run with the same base width and depth")
+                           f"({describe_network(config)}); start from a run of the same base width and depth")
         init_report = {"source": str(config.init), "loaded": loaded.loaded, "skipped": loaded.skipped}
         log(f"init: {len(loaded.loaded)} tensors loaded from {config.init}, {len(loaded.skipped)} skipped "
             f"(re-initialised: {', '.join(sorted({s.split('.')[0] for s in loaded.skipped})) or 'none'})")
