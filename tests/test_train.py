@@ -214,8 +214,7 @@ def test_sigkill_never_leaves_a_broken_checkpoint(root, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     state = runs.load_checkpoint(run)
-    assert 1 <= state["epoch"] < 40
-    assert not list(run.glob("*.tmp")) or all(p.name.startswith(".") for p in run.glob("*.tmp"))
+    assert 1 <= state["epoch"] < 40  # temporary files and exact resume: tests/test_faults.py
 
 
 def test_set_resize_none_trains_at_native_resolution(tmp_path):

@@ -29,6 +29,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="train the mask head with the Dice loss where masks exist (default: on)")
     p.add_argument("--init", help="checkpoint file or run directory to start from")
     p.add_argument("--skip-bad", action="store_true", default=None, help="leave unreadable files out")
+    p.add_argument("--device", default=None, help="auto (default: CUDA if available), cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=cfg.PRECISIONS, default=None,
+                   help="auto (default: bf16 on CUDA and on CPUs with native bf16, else fp32), fp32 or bf16")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other config field, e.g. --set lr=3e-4 --set base_width=32")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -60,7 +63,8 @@ def config_from_args(a: argparse.Namespace) -> cfg.RunConfig:
     """Map ``wbc train`` flags onto a RunConfig (flags override --set, which overrides the profile)."""
     extra = dict(cfg.parse_assignment(s) for s in a.set)
     flags = {"data_root": a.data_root, "data": a.data, "dataset": a.dataset, "subset": a.subset, "epochs": a.epochs,
-             "seed": a.seed, "masks": a.masks, "init": a.init, "skip_bad": a.skip_bad}
+             "seed": a.seed, "masks": a.masks, "init": a.init, "skip_bad": a.skip_bad, "device": a.device,
+             "precision": a.precision}
     return cfg.from_profile(a.profile, **{**extra, **{k: v for k, v in flags.items() if v is not None}})
 
 

@@ -57,11 +57,11 @@ def evaluate(checkpoint, folder, out, mask_threshold=None, skip_bad: bool = Fals
     predictions.csv under ``out`` (never inside the data folder)."""
     from . import plots
 
-    model, config, classes, rt = _model(checkpoint)
-    records, root = data.folder_records(folder, classes, skip_bad=skip_bad)
     out = Path(out)
-    if out.resolve().is_relative_to(Path(folder).resolve()):
-        raise WbcError(f"--out {out} is inside the data folder {folder}; nothing is written inside a data set")
+    runs.refuse_inside(out, [folder], "--out")
+    model, config, classes, rt = _model(checkpoint)
+    _same_task(checkpoint, config, folder)
+    records, root = data.folder_records(folder, classes, skip_bad=skip_bad)
     pred = _run(model, _dataset(records, classes, config, root, mask_threshold), config, rt, progress)
     y_pred = pred["logits"].argmax(1)
     result = {"checkpoint": str(runs.resolve_checkpoint(checkpoint)), "data": str(Path(folder).resolve()),
@@ -76,6 +76,19 @@ def evaluate(checkpoint, folder, out, mask_threshold=None, skip_bad: bool = Fals
     return result
 
 
+def _same_task(checkpoint, config, folder) -> None:
+    """Refuse a model that cannot classify the set: a pRCC model (no classes) or one whose classes are none of
+    the set's class folders (a CAM16 normal/tumor model given WBC cells, or the reverse)."""
+    if config.num_classes < 2:
+        raise WbcError(f"{checkpoint} is a {config.dataset} model (reconstruction only, no classifier); "
+                       "evaluate a model trained on labelled cells")
+    base = Path(folder) / "data" if (Path(folder) / "data").is_dir() else Path(folder)
+    names = [d.name for d in data.visible(base) if d.is_dir()] if base.is_dir() else []
+    if names and not any(data.canonical_class(n, config.classes) is not None for n in names):
+        raise WbcError(f"{checkpoint} is a {config.dataset} model (classes {', '.join(config.classes)}), but the "
+                       f"class folders of {folder} are {', '.join(names[:8])}: give a model of the same task")
+
+
 def _csv(paths, logits, classes, labels=None) -> str:
     probs = torch.softmax(torch.as_tensor(logits), 1).numpy()
     buf = io.StringIO()
@@ -88,11 +101,28 @@ def _csv(paths, logits, classes, labels=None) -> str:
     return buf.getvalue()
 
 
+def _is_wbc_output(folder: Path) -> bool:
+    """Whether ``folder`` holds what ``wbc predict`` or ``wbc evaluate`` wrote (their predictions.csv)."""
+    try:
+        with open(folder / "predictions.csv") as f:
+            head = f.readline()
+    except OSError:
+        return False
+    return head.startswith("path,") and ",predicted_class," in head
+
+
 def image_files(inputs) -> list[Path]:
-    """Image files named directly or found (recursively) in the given folders; a clear error otherwise."""
+    """Image files named directly or found (recursively) in the given folders; a clear error otherwise.
+
+    Folders that hold the output of ``wbc predict`` or ``wbc evaluate`` (their PNGs are figures, not cells)
+    are refused."""
     files, problems = [], data.Problems(Path("."), "image files (.jpg/.png/.bmp/.tif) or folders holding them")
     for item in map(Path, inputs):
         if item.is_dir():
+            outputs = [d for d in [item, *item.rglob("*")] if d.is_dir() and _is_wbc_output(d)]
+            if outputs:
+                raise WbcError(f"{outputs[0]} holds the output of an earlier wbc predict or evaluate "
+                               "(predictions.csv and figures), not cells: give the folders of the images")
             files += sorted(p for p in item.rglob("*") if p.suffix.lower() in data.IMAGE_EXTENSIONS
                             and not p.name.startswith("."))
         elif item.is_file():
@@ -116,7 +146,12 @@ def predict_images(checkpoint, inputs, out=None, progress: bool = False) -> str:
 
     from . import plots
 
+    if out:  # never inside a folder it reads, whose next recursive predict would take the PNGs for cells
+        runs.refuse_inside(out, [p if Path(p).is_dir() else Path(p).parent for p in inputs], "--out")
     model, config, classes, rt = _model(checkpoint)
+    if config.num_classes < 2:
+        raise WbcError(f"{checkpoint} is a {config.dataset} model (reconstruction only, no classifier); "
+                       "predict with a model trained on labelled cells")
     files = image_files(inputs)
     ds = _dataset([data.Record(f) for f in files], classes, config)
     loader = _loader(ds, config, rt)

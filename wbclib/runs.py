@@ -13,13 +13,21 @@ import hashlib
 import json
 import os
 import pickle
+import socket
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import WbcError
+from . import WbcError, faults
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locks
+    fcntl = None
 
 CHECKPOINT = "checkpoint.pt"
 _UMASK = os.umask(0o022)
@@ -44,6 +52,7 @@ def write_atomic(path: Path, data: str | bytes) -> None:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
+        faults.point(f"write:{path.name}")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -68,7 +77,11 @@ def save_checkpoint(path: Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_beside(path)
     try:
-        torch.save(state, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        faults.point(f"write:{path.name}")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -86,20 +99,35 @@ def resolve_checkpoint(run_or_file: str | Path) -> Path:
 
 
 def load_checkpoint(run_or_file: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True``: tensors and plain containers only, never arbitrary code."""
+    """Load a checkpoint with ``weights_only=True``: tensors and plain containers only, never arbitrary code.
+
+    Every way a file can fail to be a checkpoint (empty, truncated, another kind of file, a pickle that needs
+    code, no model weights) is one :class:`WbcError` naming the file."""
     path = resolve_checkpoint(run_or_file)
+    what = f"a checkpoint written by wbc train ({CHECKPOINT} of a run directory)"
+    if path.stat().st_size == 0:
+        raise WbcError(f"cannot read checkpoint {path}: it is empty (0 bytes); expected {what}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
-        raise WbcError(f"refusing to load {path}: it needs arbitrary code to unpickle ({first[:200]}); "
-                       "only checkpoints of tensors and plain values are loaded") from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise WbcError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
-    if isinstance(state, dict) and "model" not in state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        needs = next((line for line in lines if "GLOBAL" in line or "global" in line), None)
+        if needs:
+            raise WbcError(f"refusing to load {path}: it needs arbitrary code to unpickle ({needs[:200]}); "
+                           "only checkpoints of tensors and plain values are loaded") from None
+        raise WbcError(f"cannot read checkpoint {path}: not a PyTorch checkpoint; expected {what}") from None
+    except Exception as exc:  # torch raises RuntimeError, EOFError, KeyError, ... for damaged files
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise WbcError(f"cannot read checkpoint {path}: truncated, damaged or not a PyTorch checkpoint "
+                       f"({type(exc).__name__}: {first}); expected {what}") from None
+    if isinstance(state, dict) and "model" not in state and state and \
+            all(isinstance(v, torch.Tensor) for v in state.values()):
         state = {"model": state}  # a bare state_dict
-    if not isinstance(state, dict) or "model" not in state:
-        raise WbcError(f"{path} is not a wbc checkpoint (no 'model' weights)")
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or not state["model"] or \
+            not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise WbcError(f"{path} is not a wbc checkpoint (no 'model' weights); expected {what}")
+    if "config" in state and not isinstance(state["config"], dict):
+        raise WbcError(f"{path} is not a wbc checkpoint (its 'config' is not a dict); expected {what}")
     return state
 
 
@@ -130,3 +158,80 @@ def default_run_dir(config, parent: str | Path = "runs") -> Path:
     gives a new directory, so a notebook rerun never resumes another configuration's checkpoint."""
     what = f"{config.dataset}{config.subset}" if config.dataset == "wbc" else config.dataset
     return Path(parent) / f"notebook-{what}-{config_digest(config.to_dict())}"
+
+
+# -- where a command may write, and who writes ----------------------------------------------------------------
+
+def refuse_inside(out: str | Path, roots, option: str) -> None:
+    """Refuse an output folder inside (or equal to) any data folder that the command reads."""
+    target = Path(out).expanduser().resolve()
+    for root in roots:
+        if root is None:
+            continue
+        r = Path(root).expanduser().resolve()
+        if target.is_relative_to(r):
+            raise WbcError(f"{option} {out} is inside the data folder {root}, which this command reads; nothing "
+                           "is ever written inside a data folder: give an output folder outside it")
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete the temporary files that a killed writer left in ``folder`` (``.<name>.<random>.tmp``); the
+    caller holds the folder's lock, so no live writer owns them."""
+    stale = [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+class Busy(WbcError):
+    """Another process holds the lock of a run directory or a runs folder."""
+
+
+class FolderLock:
+    """An exclusive lock on a folder, held by this process until :meth:`release` (or its death: the kernel
+    drops an ``flock`` when its holder is killed, so a killed holder never leaves it stuck).
+
+    The lock file (``<folder>/.lock``) names the holder: process id, host, start time and command.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder: str | Path, what: str):
+        self.folder, self.what, self.fd = Path(folder), what, None
+
+    def acquire(self) -> FolderLock:
+        if fcntl is None:
+            return self
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / self.NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = ""
+            for _ in range(20):  # the holder writes its name right after locking
+                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+                if holder:
+                    break
+                time.sleep(0.05)
+            os.close(fd)
+            raise Busy(f"{self.what} {self.folder} is in use by {holder or 'another process'} (lock file {path}); "
+                       "wait for it to finish or stop it, then run again") from None
+        cmd = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300]
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')} ({cmd})\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -125,13 +125,24 @@ def _decide(job: Job, status: dict, config: cfg.RunConfig, run_dir: Path) -> boo
         job.status, job.detail = "skipped", f"its starting point {job.depends} did not finish"
         return False
     wanted = json.loads(config.to_json())
-    if runs.is_finished(run_dir, wanted) and job.notebook.is_file():
+    if runs.is_finished(run_dir, wanted) and notebook_complete(job.notebook):
         job.status = "reused"
         return False
     old = runs.read_json(run_dir / "config.json")
     if old is not None and old != wanted:
         (run_dir / runs.CHECKPOINT).unlink(missing_ok=True)  # another config: start over, don't resume
     return True
+
+
+def notebook_complete(path: Path) -> bool:
+    """Whether papermill finished executing this notebook (a runner killed before its last save leaves the
+    notebook of the start, or none): such a run is executed again, which retrains nothing after its last
+    checkpoint."""
+    try:
+        meta = json.loads(Path(path).read_text()).get("metadata", {}).get("papermill", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(meta.get("end_time")) and not meta.get("exception")
 
 
 class Slot:
@@ -557,6 +568,10 @@ def build_book(book_root: Path = ROOT, log=print) -> Path:
 
 def build_book_command(args) -> int:
     require_checkout()
+    from .train import EMBEDDED, cache_dir
+
+    if args.book_root:
+        runs.refuse_inside(args.book_root, [EMBEDDED, cache_dir()], "--book-root")
     index = build_book(prepare_book_root(args.book_root))
     print(f"book: {index}")
     return 0
@@ -595,6 +610,19 @@ def main(args) -> int:
         for j in jobs:
             print(f"  {j.id}" + (f"  (starts from {j.depends})" if j.depends else ""))
         return 0
+    external = [str(Path(e).resolve()) for e in args.external] if args.external else None
+    from .train import EMBEDDED, cache_dir
+
+    read = [data_root, *(external or []), *([] if data_root else [EMBEDDED, cache_dir()])]  # the data it reads
+    runs.refuse_inside(runs_dir, read, "--runs-dir")
+    if args.book_root and not args.no_book:
+        runs.refuse_inside(args.book_root, read, "--book-root")
+    with runs.FolderLock(runs_dir, "runs folder"):
+        runs.remove_stale_temps(runs_dir)
+        return _study(args, t0, seeds, overrides, runs_dir, jobs, data_root, external)
+
+
+def _study(args, t0, seeds, overrides, runs_dir, jobs, data_root, external) -> int:
     probe = job_config(jobs[0], args.profile, data_root, runs_dir, overrides, args.data)
     t = time.time()
     roots, sources = data_sources(probe, data_root, args.data)
@@ -602,7 +630,6 @@ def main(args) -> int:
         print(f"data: {name}: {sources[key].replace('**', '').replace('`', '')} ({roots[key]})")
     print(f"data: ready in {time.time() - t:.1f}s" + ("; numbers are not real results" if args.data == "synthetic"
                                                      and not data_root else ""))
-    external = [str(Path(e).resolve()) for e in args.external] if args.external else None
     if external is None and not data_root and args.data == "embedded":
         from .train import embedded_external_sets
 

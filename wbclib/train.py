@@ -11,6 +11,7 @@ uninterrupted run ends (on CPU, where the kernels are deterministic).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -28,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import WbcError, __version__, data, distributed, metrics, runs, transforms
+from . import WbcError, __version__, data, distributed, faults, metrics, runs, transforms
 from . import config as cfg
 from .losses import MultiTaskLoss
 from .model import MultiTaskUNet, load_matching
@@ -115,16 +116,29 @@ def data_root(config: cfg.RunConfig, progress: bool = False) -> Path:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device of a config's ``device`` value; a clear error for a device this machine does not have."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise WbcError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise WbcError(f"device {name!r} is not supported: use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise WbcError(f"device {name!r} requested but CUDA is not available on this machine")
+        raise WbcError(f"device {name!r} requested but CUDA is not available on this machine "
+                       "(use --device cpu, or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise WbcError(f"device {name!r} requested but this machine has {n} CUDA device(s): cuda:0"
+                       + (f" to cuda:{n - 1}" if n > 1 else ""))
     return device
 
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (AMX or AVX512-BF16); emulated bf16 is slower than fp32."""
+    if faults.pretend("cpu-without-bf16"):
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:
@@ -256,8 +270,18 @@ def load_model(run_or_file: str | Path, device: str | torch.device = "cpu") -> t
     state = runs.load_checkpoint(run_or_file, map_location="cpu")
     config = cfg.from_dict(state["config"]) if "config" in state else cfg.from_profile("quick")
     model = build_model(config)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:
+        assumed = "" if "config" in state else ", assumed: the checkpoint has no config"
+        raise WbcError(f"{run_or_file}: its weights do not fit the network its config describes "
+                       f"({describe_network(config)}{assumed}); it was made by another program or config") from None
     return model.to(device).eval(), config
+
+
+def describe_network(config: cfg.RunConfig) -> str:
+    return (f"{config.profile} profile, {config.dataset}, {config.num_classes} classes, base width "
+            f"{config.base_width}, depth {config.depth}")
 
 
 def total_epochs(config: cfg.RunConfig, steps_per_epoch: int) -> int:
@@ -314,12 +338,14 @@ class Averages:
         return out
 
 
-def _check_finite(parts, epoch: int, step: int) -> dict[str, float]:
+def _check_finite(parts, epoch: int | None, step: int, phase: str = "training") -> dict[str, float]:
     values = {k: float(getattr(parts, k).detach()) for k in LOSS_PARTS}
     bad = [k for k in ("mse", "ce", "dice", "total") if not math.isfinite(values[k])]
     if bad:
-        raise TrainingDiverged(f"loss became {values[bad[0]]} at epoch {epoch}, step {step} "
-                               f"(component: {bad[0]}); the last good checkpoint is kept")
+        where = (f"epoch {epoch}, " if epoch is not None else "") + ("step" if phase == "training" else
+                                                                     "validation batch")
+        raise TrainingDiverged(f"loss became {values[bad[0]]} at {where} {step} (component: {bad[0]}); "
+                               "the last good checkpoint is kept")
     return values
 
 
@@ -347,6 +373,9 @@ def train_epoch(model, loader, loss_fn, optimizer, config, rt, epoch: int, bar=N
         with rt.autocast():
             out = model(images)
         parts = loss_fn(out, images, labels, masks, has_mask)
+        bad = faults.poison("train-loss")
+        if bad is not None:
+            parts = parts._replace(mse=parts.mse + bad, total=parts.total + bad)
         values = _check_finite(parts, epoch, step)
         optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
@@ -355,6 +384,7 @@ def train_epoch(model, loader, loss_fn, optimizer, config, rt, epoch: int, bar=N
         optimizer.step()
         if batch_scheduler is not None:
             batch_scheduler.step()
+        faults.point("step")
         avg.add(values, len(images), int(loss_fn.dice_samples(labels, has_mask).sum()))
         if bar is not None:
             bar.update(1)
@@ -374,20 +404,24 @@ def predicted_mask(mask_logits: torch.Tensor, classes: torch.Tensor) -> torch.Te
 
 
 @torch.no_grad()
-def predict(model, loader, rt: Runtime, loss_fn=None) -> dict:
-    """Run ``model`` over ``loader``: logits, embeddings, labels, paths, loss means, PSNR, mask Dice/IoU."""
+def predict(model, loader, rt: Runtime, loss_fn=None, epoch: int | None = None) -> dict:
+    """Run ``model`` over ``loader``: logits, embeddings, labels, paths, loss means, PSNR, mask Dice/IoU.
+    With ``loss_fn``, a NaN or infinite loss stops the run (``epoch`` names where)."""
     model.eval()
     avg = Averages()
     out_lists = {k: [] for k in ("logits", "embedding", "label", "path")}
     seg_pred, seg_true, psnrs = [], [], []
-    for batch in loader:
+    for step, batch in enumerate(loader, start=1):
         images, labels, masks, has_mask = to_device(batch, rt)
         with rt.autocast():
             out = model(images)
         if loss_fn is not None:
             parts = loss_fn(out, images, labels, masks, has_mask)
-            avg.add({k: float(getattr(parts, k)) for k in LOSS_PARTS}, len(images),
-                    int(loss_fn.dice_samples(labels, has_mask).sum()))
+            bad = faults.poison("val-loss")
+            if bad is not None:
+                parts = parts._replace(mse=parts.mse + bad, total=parts.total + bad)
+            values = _check_finite(parts, epoch, step, "validation")
+            avg.add(values, len(images), int(loss_fn.dice_samples(labels, has_mask).sum()))
         psnrs.append(metrics.psnr(out.reconstruction, images) * len(images))  # reduced on the device
         out_lists["logits"].append(out.class_logits.float().cpu())
         out_lists["embedding"].append(out.embedding.float().cpu())
@@ -428,17 +462,31 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
     With ``resume``, continue from ``run_dir/checkpoint.pt`` (whose config must match). ``progress`` shows
     tqdm bars (default: when stderr is a terminal). ``log`` receives one line per epoch. Under torchrun the
     processes train one model together (see :mod:`wbclib.distributed`); rank 0 alone writes.
+
+    The run directory is locked while the run trains (a second process on it is refused, naming the holder),
+    and may not lie inside the data folder the run reads.
     """
+    with contextlib.ExitStack() as held:
+        return _fit(config, Path(run_dir), resume, progress, log, held)
+
+
+def _fit(config: cfg.RunConfig, run_dir: Path, resume: bool, progress: bool | None, log,
+         held: contextlib.ExitStack) -> dict:
     t_start = time.time()
     run_dir = Path(run_dir)
+    faults.enter_run(run_dir.name)
     rt = Runtime.from_config(config)
     ctx, rt.device = distributed.setup(rt.device)
     main = ctx.is_main
     progress = (sys.stderr.isatty() if progress is None else progress) and main
     log = log if main else (lambda line: None)
+    if rt.device.type == "cpu" and config.precision == "bf16" and not cpu_has_native_bf16():
+        log("note: precision bf16 on a CPU without native bf16 (no AVX512-BF16 or AMX): PyTorch emulates it, "
+            "which is slower than fp32 (precision auto picks fp32 on this CPU)")
     torch.use_deterministic_algorithms(rt.device.type == "cpu", warn_only=True)
 
     root = data_root(config, progress)
+    runs.refuse_inside(run_dir, [root], "--run-dir")
     source = data_source(config)
     if source == "synthetic":
         log(f"data: synthetic stand-in at {root} (scale {config.synthetic_scale:g}); not real cells")
@@ -456,11 +504,6 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
             raise WbcError(f"cannot resume {run_dir}: its checkpoint was trained with a different config")
     elif ckpt_path.exists() and not resume:
         log(f"note: {run_dir} already holds a checkpoint; starting over (use --resume to continue it)")
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        runs.write_atomic(run_dir / "config.json", config.to_json())
-        for stale in ("metrics.json", "embeddings.npz"):
-            (run_dir / stale).unlink(missing_ok=True)
 
     seed_everything(config.seed)
     model = build_model(config)
@@ -468,9 +511,22 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
     if config.init and state is None:
         init_state = runs.load_checkpoint(config.init)
         loaded = load_matching(model, init_state["model"])
+        if not any(n.startswith(("inc.", "downs.")) and not n.endswith("num_batches_tracked")
+                   for n in loaded.loaded):  # no encoder weight fits
+            was = (f" ({describe_network(cfg.from_dict(init_state['config']))})" if "config" in init_state
+                   else "")
+            raise WbcError(f"--init {config.init}{was}: none of its encoder weights fit this run's network "
+                           f"({describe_network(config)}); start from a run of the same base width and depth")
         init_report = {"source": str(config.init), "loaded": loaded.loaded, "skipped": loaded.skipped}
         log(f"init: {len(loaded.loaded)} tensors loaded from {config.init}, {len(loaded.skipped)} skipped "
             f"(re-initialised: {', '.join(sorted({s.split('.')[0] for s in loaded.skipped})) or 'none'})")
+    if main:  # every input is checked: from here on the run directory is written
+        held.enter_context(runs.FolderLock(run_dir, "run directory"))
+        for tmp in runs.remove_stale_temps(run_dir):
+            log(f"note: removed {tmp.name}, left by an interrupted write")
+        runs.write_atomic(run_dir / "config.json", config.to_json())
+        for stale in ("metrics.json", "embeddings.npz"):
+            (run_dir / stale).unlink(missing_ok=True)
     model.to(rt.device)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -498,6 +554,8 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
         history = list(state["history"])
         init_report = state.get("init_report")
         start_epoch = int(state["epoch"]) + 1
+        if main:  # a kill between a checkpoint and its history row leaves history.csv one epoch behind
+            write_history(run_dir / "history.csv", history)
         log(f"resume: continuing after epoch {state['epoch']} of {epochs}")
 
     val_loader = make_loader(splits.val, local, rt)
@@ -528,7 +586,7 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
             history.append({**row, "seconds": time.time() - t0})
             continue  # validation, checkpoint and log line at the cadence only
         t1 = time.time()
-        val_pred = predict(step_model, val_loader, rt, loss_fn)
+        val_pred = predict(step_model, val_loader, rt, loss_fn, epoch)
         timing["validation"] += time.time() - t1
         val_acc = (float((val_pred["logits"].argmax(1) == val_pred["label"]).mean())
                    if config.num_classes > 1 else float("nan"))
@@ -541,6 +599,7 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
                 "format": 1, "epoch": epoch, "config": config.to_dict(), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history,
                 "init_report": init_report, "classes": list(splits.classes), "wbclib_version": __version__})
+            faults.point("after-checkpoint")
             write_history(run_dir / "history.csv", history)
         timing["checkpoints"] += time.time() - t1
         ctx.barrier()
@@ -548,6 +607,7 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
         log(f"epoch {epoch}/{epochs}  train {train['total']:.4f} (mse {train['mse']:.4f} ce {train['ce']:.4f} "
             f"dice {train['dice']:.4f})  val {val_pred['losses']['total']:.4f}{acc}  lr {lr:.1e}  {row['seconds']:.1f}s ({speed})")
     bar_epochs.close()
+    faults.point("after-last-epoch")
     t_final = time.time()
     if val_pred is None:  # resumed after the last epoch's checkpoint: only the final evaluation was missing
         val_pred = predict(step_model, val_loader, rt, loss_fn)
@@ -585,6 +645,7 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
     final["wall_time_s"] = wall
     final["timing_s"] = {**timing, "final_evaluation": time.time() - t_final}  # where this session's time went
     runs.write_json(run_dir / "metrics.json", final)
+    faults.point("finished")
     ctx.barrier()
     ctx.close()
     return final
