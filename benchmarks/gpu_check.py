@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch  # noqa: E402
 
 from wbclib import config as cfg  # noqa: E402
-from wbclib import study, synth  # noqa: E402
+from wbclib import inference, study, synth  # noqa: E402
 
 #: The goals the issue sets for the GPU numbers.
 GOALS = {"step_share_of_bf16_peak": 0.40, "data_wait_share": 0.05, "paper_study_gpu_hours": 1.0}
@@ -211,11 +211,9 @@ def steps(check: Check, device: torch.device, peak_bf16: float | None, compiled:
     """The eager variants at batch 16 and at the largest batch that fits; with ``compiled``, the
     ``torch.compile`` variant at both batches, added to the eager rows (compiling takes a minute or two, so it
     runs last, when the rest is safe)."""
-    from throughput import flops_per_image
-
     config = paper_config(check, device)
     before = check.results["parts"].get("steps", {})
-    fpi = before.get("flops_per_image") or flops_per_image(config)
+    fpi = before.get("flops_per_image") or inference.flops_per_image(config)
     n_steps = 2 if check.tiny else 30
     rows = list(before.get("variants", []))
     if not compiled:

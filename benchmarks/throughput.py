@@ -29,12 +29,11 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wbclib import config as cfg
-from wbclib import data, train
+from wbclib import data, inference, train
 from wbclib.losses import MultiTaskLoss
 
 
@@ -45,7 +44,7 @@ def cpu_model() -> str:
         name = line.split(":", 1)[1].strip()
     except (OSError, StopIteration):
         name = platform.processor() or platform.machine()
-    native = " with native bf16" if train.cpu_has_native_bf16() else ""
+    native = " with native bf16" if inference.cpu_has_native_bf16() else ""
     return f"{name}, {torch.get_num_threads()} threads{native}"
 
 
@@ -73,19 +72,9 @@ def matmul_flops(device: torch.device, dtype: torch.dtype, bursts: int = 5) -> f
 
 def yardsticks(device: torch.device) -> dict[str, float | None]:
     """The matmul FLOP/s in fp32 and, where the hardware has it, bf16: measured again around every variant."""
-    bf16 = device.type == "cuda" or train.cpu_has_native_bf16()
+    bf16 = device.type == "cuda" or inference.cpu_has_native_bf16()
     return {"fp32": matmul_flops(device, torch.float32),
             "bf16": matmul_flops(device, torch.bfloat16) if bf16 else None}
-
-
-def flops_per_image(config: cfg.RunConfig) -> float:
-    """Forward + backward FLOPs of one training image (counted, not estimated)."""
-    model = train.build_model(config)
-    x = torch.rand(2, 3, config.input_size, config.input_size)
-    with FlopCounterMode(display=False) as counter:
-        out = model(x)
-        (out.reconstruction.mean() + out.class_logits.mean() + out.mask_logits.mean()).backward()
-    return counter.get_total_flops() / 2
 
 
 def step_throughput(config: cfg.RunConfig, variant: dict, device: torch.device, steps: int, warmup: int) -> float:
@@ -94,9 +83,9 @@ def step_throughput(config: cfg.RunConfig, variant: dict, device: torch.device, 
     of random tensors, so no data loading is timed."""
     c = config.replace(device=str(device), channels_last=variant["channels_last"],
                        precision=variant["precision"], compile=variant["compile"])
-    rt = train.Runtime.from_config(c)
+    rt = inference.Runtime.from_config(c)
     torch.manual_seed(0)
-    model = train.build_model(c).to(device)
+    model = inference.build_model(c).to(device)
     model = model.to(memory_format=torch.channels_last if rt.channels_last else torch.contiguous_format)
     step_model = torch.compile(model) if c.compile else model
     opt = torch.optim.Adam(model.parameters(), lr=c.lr, fused=device.type == "cuda" or None)
@@ -130,10 +119,10 @@ def decode_rates(paths: list[Path], resize: int | None) -> dict[str, float]:
     return out
 
 
-def loader_throughput(config: cfg.RunConfig, rt: train.Runtime, root: Path, seconds: float = 8.0) -> float:
+def loader_throughput(config: cfg.RunConfig, rt: inference.Runtime, root: Path, seconds: float = 8.0) -> float:
     """Images per second that the training DataLoader delivers alone (decode + augmentation + collate)."""
-    splits = train.build_splits(config, root, check=False)
-    loader = train.make_loader(splits.train, config, rt, shuffle=True, generator=torch.Generator().manual_seed(0))
+    splits = data.build_splits(config, root, check=False)
+    loader = inference.make_loader(splits.train, config, rt, shuffle=True, generator=torch.Generator().manual_seed(0))
     n, t = 0, time.perf_counter()
     while time.perf_counter() - t < seconds:
         for batch in loader:
@@ -166,7 +155,7 @@ def measure_variant(config: cfg.RunConfig, v: dict, device: torch.device, steps:
 def variants_for(device: torch.device, with_compile: bool) -> list[dict]:
     base = {"name": "eager fp32 NCHW", "channels_last": False, "precision": "fp32", "compile": False}
     out = [base, {**base, "name": "channels_last", "channels_last": True}]
-    bf16_ok = device.type == "cuda" or train.cpu_has_native_bf16()
+    bf16_ok = device.type == "cuda" or inference.cpu_has_native_bf16()
     out.append({**base, "name": "bf16 autocast" + ("" if bf16_ok else " (no bf16 instructions)"),
                 "precision": "bf16"})
     out.append({**base, "name": "channels_last + bf16", "channels_last": True, "precision": "bf16"})
@@ -189,7 +178,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     config = cfg.from_profile(a.profile, device=a.device, data_root=a.data_root)
-    rt = train.Runtime.from_config(config)
+    rt = inference.Runtime.from_config(config)
     device = rt.device
     steps = a.steps or (20 if device.type == "cpu" and a.profile == "quick" else 2 if device.type == "cpu" else 50)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
@@ -198,7 +187,7 @@ def main(argv=None) -> int:
 
     # The yardstick: matmul FLOP/s in fp32 (the reference on a CPU) and bf16 (the reference on a GPU, and the
     # headroom on a CPU with native bf16), measured again before and after every variant.
-    fpi = flops_per_image(config)
+    fpi = inference.flops_per_image(config)
     print(f"model: {fpi / 1e9:.3f} GFLOP per training image (forward + backward, {config.input_size}px, "
           f"width {config.base_width}, batch {config.batch_size})")
     results, sticks = [], []
@@ -225,7 +214,7 @@ def main(argv=None) -> int:
                    and r["channels_last"] == rt.channels_last
                    and r["precision"] == ("bf16" if rt.amp_dtype else "fp32"))
 
-    root = train.data_root(config)
+    root = data.data_root(config)
     jpegs = sorted((root / "WBC_100" / "train" / "data").rglob("*.jpg"))[:64]
     decode = decode_rates(jpegs, config.resize) if jpegs else {}
     for k, v in decode.items():

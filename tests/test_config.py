@@ -60,7 +60,7 @@ def test_unknown_keys_are_named():
 
 @pytest.mark.parametrize("change,fragment", [
     ({"dataset": "mnist"}, "dataset must be one of"),
-    ({"subset": 20}, "subset must be 1, 10, 50 or 100"),
+    ({"subset": 20}, "subset must be one of .1, 10, 50, 100."),
     ({"input_size": 100}, "input_size 100 is not divisible by 32"),
     ({"epochs": 0}, "epochs must be a positive integer"),
     ({"lr": -1.0}, "lr must be > 0"),
@@ -98,7 +98,7 @@ def test_parameters_cell_and_runner_build_the_same_config():
 @pytest.mark.parametrize("args,fragment", [
     (["train", "--data-root", "/nonexistent/root", "--run-dir", "{tmp}/r"], "data root not found: /nonexistent/root"),
     (["train", "--run-dir", "{tmp}/r", "--set", "input_size=100"], "input_size 100 is not divisible by 32"),
-    (["evaluate", "--checkpoint", "{tmp}/none", "--data", "{tmp}", "--out", "{tmp}/o"], "checkpoint not found"),
+    (["evaluate", "--checkpoint", "{tmp}/none", "--data", "{tmp}/d", "--out", "{tmp}/o"], "checkpoint not found"),
 ])
 def test_user_errors_exit_2_with_one_message_and_no_traceback(tmp_path, args, fragment):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
@@ -130,12 +130,12 @@ def test_resize_none_trains_at_native_resolution(tmp_path):
     from torchvision.transforms import v2
 
     from conftest import make_wbc_tree
-    from wbclib import train
+    from wbclib import data
 
     root = make_wbc_tree(tmp_path / "root", per_class=1, size=(48, 48))
     a = cli.parser().parse_args(["train", "--data-root", str(root), "--run-dir", "r", "--set", "resize=none",
                                  "--set", "input_size=48", "--set", "depth=2"])
-    splits = train.build_splits(cli.config_from_args(a), root)
+    splits = data.build_splits(cli.config_from_args(a), root)
     steps = splits.train.transform.transforms
     assert not any(isinstance(t, v2.Resize) for t in steps)
     item = splits.val[0]
@@ -145,13 +145,13 @@ def test_resize_none_trains_at_native_resolution(tmp_path):
 
 
 def test_data_sources(tmp_path):
-    from wbclib import train
+    from wbclib import data
 
-    assert train.data_source(cfg.from_profile("quick")) == "embedded"
-    assert train.data_source(cfg.from_profile("quick", dataset="prcc")) == "embedded"
-    assert train.data_source(cfg.from_profile("quick", dataset="cam16")) == "synthetic"  # no real CAM16 source
-    assert train.data_source(cfg.from_profile("quick", data="synthetic")) == "synthetic"
-    assert train.data_source(cfg.from_profile("quick", data_root=str(tmp_path))) == "data-root"
-    assert train.data_root(cfg.from_profile("quick")) == train.EMBEDDED
+    assert data.data_source(cfg.from_profile("quick")) == "embedded"
+    assert data.data_source(cfg.from_profile("quick", dataset="prcc")) == "embedded"
+    assert data.data_source(cfg.from_profile("quick", dataset="cam16")) == "synthetic"  # no real CAM16 source
+    assert data.data_source(cfg.from_profile("quick", data="synthetic")) == "synthetic"
+    assert data.data_source(cfg.from_profile("quick", data_root=str(tmp_path))) == "data-root"
+    assert data.data_root(cfg.from_profile("quick")) == data.EMBEDDED
     with pytest.raises(cfg.ConfigError, match="data must be one of"):
         cfg.from_profile("quick", data="course")

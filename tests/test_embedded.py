@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from conftest import shared_or_skip
-from wbclib import WBC_CLASSES, data, train
+from wbclib import WBC_CLASSES, data
 
-EMBEDDED = train.EMBEDDED
+EMBEDDED = data.EMBEDDED
 #: The command of embedded/README.md, run from the project root (paths relative to it).
 COMMAND = ["prepare", "pbc", "--from", "../shared/data/pbc", "--out", "{out}", "--size", "96",
            "--masked", "segwbc=../shared/data/segwbc/dataset2", "--external", "bccd=../shared/data/bccd",

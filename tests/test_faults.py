@@ -245,7 +245,7 @@ def model_dir(uninterrupted) -> Path:
 
 def test_every_writing_command_refuses_an_output_inside_a_data_folder_it_reads(root, model_dir, tmp_path,
                                                                                capsys):
-    from wbclib.train import EMBEDDED
+    from wbclib.data import EMBEDDED
 
     before = tree_listing(root)
     val = root / "WBC_100" / "val" / "data"

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from conftest import make_wbc_tree
-from wbclib import WbcError, runs, train
+from wbclib import WbcError, data, inference, runs, train
 from wbclib import config as cfg
+from wbclib.model import MultiTaskUNet
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +140,7 @@ def test_nan_loss_stops_with_epoch_step_and_component_and_keeps_the_checkpoint(r
             return parts
 
     monkeypatch.setattr(train, "MultiTaskLoss", Poisoned)
-    with pytest.raises(train.TrainingDiverged, match=r"epoch 2, step 2 \(component: ce\)"):
+    with pytest.raises(inference.TrainingDiverged, match=r"epoch 2, step 2 \(component: ce\)"):
         train.fit(tiny(root), tmp_path / "r", progress=False, log=lambda s: None)
     state = runs.load_checkpoint(tmp_path / "r")
     assert state["epoch"] == 1
@@ -151,7 +152,7 @@ def test_pretrained_start_records_loaded_and_skipped_keys(root, tmp_path):
     train.fit(cam, tmp_path / "src", progress=False, log=lambda s: None)
     # reload as a 2-class checkpoint to exercise the head swap 2 -> 5 classes
     state = runs.load_checkpoint(tmp_path / "src")
-    model2 = train.MultiTaskUNet(2, 4, 2)
+    model2 = MultiTaskUNet(2, 4, 2)
     state["model"] = model2.state_dict()
     torch.save(state, tmp_path / "two.pt")
     lines = []
@@ -185,10 +186,10 @@ def test_precision_and_memory_format_switches(root, tmp_path, precision, channel
 
 
 def test_auto_picks_bf16_only_where_it_is_native(monkeypatch):
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
-    assert train.Runtime.from_config(cfg.from_profile("quick")).amp_dtype is None
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
-    assert train.Runtime.from_config(cfg.from_profile("quick")).amp_dtype == torch.bfloat16
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
+    assert inference.Runtime.from_config(cfg.from_profile("quick")).amp_dtype is None
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    assert inference.Runtime.from_config(cfg.from_profile("quick")).amp_dtype == torch.bfloat16
 
 
 @pytest.mark.slow
@@ -234,7 +235,7 @@ def test_set_resize_none_trains_at_native_resolution(tmp_path):
     native = config_from_args(parser().parse_args([*argv, "--set", "resize=none"]))
     scaled = config_from_args(parser().parse_args(argv))
     assert native.resize is None and scaled.resize == 96
-    crop = train.build_splits(native, tmp_path).val[0]["image"]
+    crop = data.build_splits(native, tmp_path).val[0]["image"]
     assert crop.shape == (3, 32, 32) and set(crop.unique().tolist()) == {0.0, 1.0}
-    blended = train.build_splits(scaled, tmp_path).val[0]["image"]
+    blended = data.build_splits(scaled, tmp_path).val[0]["image"]
     assert len(blended.unique()) > 2

@@ -6,6 +6,8 @@ __version__ = "0.1.0"
 WBC_CLASSES = ("Basophil", "Eosinophil", "Lymphocyte", "Monocyte", "Neutrophil")
 #: The nested WBC training subsets, in percent of the full training set: WBC_1 ⊂ WBC_10 ⊂ WBC_50 ⊂ WBC_100.
 WBC_SUBSETS = (1, 10, 50, 100)
+#: The label of an unlabelled image (pRCC tiles): no classification loss, no class mask.
+NO_LABEL = -1
 #: CAMELYON16 patch classes: normal = 0, tumor = 1.
 CAM16_CLASSES = ("normal", "tumor")
 

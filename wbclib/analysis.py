@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import WBC_SUBSETS, metrics, runs, train
+from . import WBC_SUBSETS, data, metrics, runs
 
 RUN_ID = re.compile(r"^(?P<config>.+)-s(?P<seed>\d+)$")
 WBC_ID = re.compile(r"^wbc(?P<subset>\d+)-(?P<init>scratch|pretrained)-(?P<mask>nomask|mask)$")
@@ -81,7 +81,7 @@ def banner(df: pd.DataFrame) -> str:
             continue
         n = df.loc[df["dataset"] == dataset, "n"].dropna()
         size = f", {int(n.iloc[0])} images" if len(n) and dataset != "prcc" else ""
-        words = [train.describe_source(s, dataset) for s in sources]
+        words = [data.describe_source(s, dataset) for s in sources]
         lines.append(f"- **{table}** ({what}{size}): " + "; ".join(words) + ".")
     return ":::{note} Where these numbers come from\n" + "\n".join(lines) + "\n:::" if lines else ""
 

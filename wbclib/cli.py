@@ -133,25 +133,52 @@ def _prepare_table(summary: dict) -> str:
 def cmd_study(a) -> int:
     from . import study
 
-    return study.main(a)
+    options = study.Options(profile=a.profile, data=a.data, data_root=a.data_root, seeds=a.seeds, only=a.only,
+                            runs_dir=a.runs_dir, jobs=a.jobs, external=a.external,
+                            overrides=dict(cfg.parse_assignment(s) for s in a.set), no_book=a.no_book,
+                            book_root=a.book_root, dry_run=a.dry_run)
+    return study.run(options, log=print)
 
 
 def cmd_evaluate(a) -> int:
+    from pathlib import Path
+
     from . import evaluate
 
-    return evaluate.evaluate_command(a)
+    result = evaluate.evaluate(a.checkpoint, a.data, a.out, a.mask_threshold, a.skip_bad,
+                               progress=not a.no_progress and sys.stderr.isatty())
+    line = (f"{result['n']} images: accuracy {result['accuracy']:.4f}, balanced accuracy "
+            f"{result['balanced_accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f} (majority class "
+            f"{result['majority_baseline']:.4f})")
+    if result["missing_classes"]:
+        line += f"; classes absent from the set: {', '.join(result['missing_classes'])}"
+    print(line)
+    print(f"written: {Path(a.out) / 'metrics.json'}, confusion.png, predictions.csv")
+    return 0
 
 
 def cmd_predict(a) -> int:
+    from pathlib import Path
+
     from . import evaluate
 
-    return evaluate.predict_command(a)
+    text = evaluate.predict_images(a.checkpoint, a.inputs, a.out, progress=not a.no_progress and sys.stderr.isatty())
+    if a.out:
+        print(f"written: {Path(a.out) / 'predictions.csv'} and one PNG per image")
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def cmd_book(a) -> int:
-    from . import study
+    from . import runs, study
+    from .data import EMBEDDED, cache_dir
 
-    return study.build_book_command(a)
+    study.require_checkout()
+    if a.book_root:
+        runs.refuse_inside(a.book_root, [EMBEDDED, cache_dir()], "--book-root")
+    print(f"book: {study.build_book(study.prepare_book_root(a.book_root))}")
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,4 +1,6 @@
-"""Readers for the course datasets (WBC, CAM16, pRCC) and for any class-folder set.
+"""Readers for the course datasets (WBC, CAM16, pRCC) and for any class-folder set, and where a run's data
+lives (``data_root``: a user's copy, the embedded real cells or the synthetic stand-in) with its splits
+(``build_splits``).
 
 Every dataset is indexed and validated up front: before a single training step, each file is checked
 (readable, not truncated, an image, its mask of the same size, its class folder known) and every problem
@@ -24,8 +26,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from . import CAM16_CLASSES, WBC_CLASSES, WBC_SUBSETS, WbcError
-from .losses import NO_LABEL
+from . import CAM16_CLASSES, NO_LABEL, WBC_CLASSES, WBC_SUBSETS, WbcError, transforms
+from . import config as cfg
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
@@ -373,3 +375,116 @@ def fingerprint(records: list[Record], root: Path) -> dict:
     for line in sorted(entries):
         h.update(line.encode() + b"\n")
     return {"files": len(entries), "sha256": h.hexdigest()}
+
+
+# -- where a run's data lives, and its splits --------------------------------------------------------------
+
+def cache_dir() -> Path:
+    """Where derived data (the synthetic stand-in) is cached: $WBC_CACHE or ~/.cache/wbc-study."""
+    return Path(os.environ.get("WBC_CACHE") or Path.home() / ".cache" / "wbc-study")
+
+
+def synthetic_root(config: cfg.RunConfig, progress: bool = False) -> Path:
+    """Generate (once) and return the synthetic stand-in of the course data that ``config`` asks for."""
+    from . import synth
+
+    scale, seed = config.synthetic_scale, config.synthetic_seed
+    cam = config.synthetic_cam16_scale or scale
+    root = cache_dir() / f"synthetic-scale{scale:g}-cam16-{cam:g}-seed{seed}"
+    synth.generate(root, scale=scale, seed=seed, progress=progress, cam16_scale=cam)
+    return root
+
+
+#: The real cells that ship with the project (made by `wbc prepare`; see embedded/README.md).
+EMBEDDED = Path(__file__).resolve().parents[1] / "embedded"
+
+
+def embedded_root() -> Path:
+    """The embedded real data set, or a clear error where this installation lacks it."""
+    if not (EMBEDDED / "manifest.json").is_file():
+        raise DatasetError(f"the embedded real data is not at {EMBEDDED} (it ships with a checkout of the "
+                                "project); pass --data-root PATH for your own copy or --data synthetic")
+    return EMBEDDED
+
+
+def embedded_external_sets() -> list[Path]:
+    """The labelled sets that ship with the embedded data (``external/<name>/``), evaluated by default."""
+    folder = EMBEDDED / "external"
+    return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+
+#: Where a dataset's images come from, in words (Markdown): by data source, or by source and dataset.
+SOURCE_WORDS = {
+    "embedded": "real cells embedded in the project (`embedded/`): PBC images (Acevedo et al., 2020; CC BY 4.0) "
+                "with expert-masked segwbc cells (Zheng et al., 2018; GPL-3.0) as the masked share; not the "
+                "course data",
+    "embedded-prcc": "real, unlabelled tiles of BCCD blood-smear photographs (MIT) embedded in the project, "
+                     "instead of pRCC kidney tissue",
+    "synthetic": "the **synthetic stand-in** (`wbc synth`): procedurally drawn images, not real cells",
+    "data-root": "the course data given with `--data-root`",
+}
+
+
+def describe_source(source: str, dataset: str) -> str:
+    """The words of :data:`SOURCE_WORDS` for one dataset read from one data source."""
+    return SOURCE_WORDS.get(f"{source}-{dataset}", SOURCE_WORDS[source])
+
+
+def data_source(config: cfg.RunConfig) -> str:
+    """Where a run's images come from: 'data-root' (a user's copy), 'embedded' (real cells shipped with the
+    project; it has no CAM16 part, so CAM16 runs use the synthetic stand-in) or 'synthetic'."""
+    if config.data_root:
+        return "data-root"
+    if config.data == "embedded" and config.dataset != "cam16":
+        return "embedded"
+    return "synthetic"
+
+
+def data_root(config: cfg.RunConfig, progress: bool = False) -> Path:
+    source = data_source(config)
+    if source == "data-root":
+        return Path(config.data_root).expanduser()
+    if source == "embedded":
+        return embedded_root()
+    return synthetic_root(config, progress)
+
+
+@dataclass
+class Splits:
+    """The datasets of one run: ``train``, ``val`` (watched every epoch) and ``report`` (the reported split)."""
+
+    train: CellDataset
+    val: CellDataset
+    report: CellDataset
+    report_name: str
+    classes: tuple[str, ...]
+    root: Path
+    records: list
+
+
+def build_splits(config: cfg.RunConfig, root: Path, check: bool = True) -> Splits:
+    """Index and validate (``check``: decode every file) each split a run needs, before any training starts."""
+    skip, classes = config.skip_bad, config.classes
+    if config.dataset == "wbc":
+        tr = wbc_records(root, config.subset, "train", skip, check)
+        va = wbc_records(root, config.subset, "val", skip, check)
+        rep, rep_name = va, "val"
+    elif config.dataset == "cam16":
+        tr = cam16_records(root, "train", skip, check)
+        va = cam16_records(root, "val", skip, check)
+        rep, rep_name = cam16_records(root, "test", skip, check), "test"
+    else:
+        tr = prcc_records(root, "train", skip_bad=skip, check=check)
+        va = prcc_records(root, "val", skip_bad=skip, check=check)
+        rep, rep_name = va, "val"
+    if not config.masks:
+        tr = [Record(r.path, r.label, None) for r in tr]
+
+    def make(records, train):
+        tf = transforms.build(config.input_size, config.resize, train, config.rot90, config.color_jitter)
+        return CellDataset(records, classes, tf,
+                                config.mask_threshold, config.resize, root)
+
+    report = make(rep, False)
+    val = report if rep is va else make(va, False)
+    return Splits(make(tr, True), val, report, rep_name, classes, root, [*tr, *va, *(rep if rep is not va else [])])

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from . import WbcError, data, metrics, runs, transforms
-from .train import Runtime, load_model, make_loader, predict, predicted_mask
+from .inference import Runtime, load_model, make_loader, predict, predicted_mask
 
 
 def _model(checkpoint):
@@ -181,27 +180,3 @@ def predict_images(checkpoint, inputs, out=None, progress: bool = False) -> str:
     if out_dir:
         runs.write_atomic(out_dir / "predictions.csv", text)
     return text
-
-
-def evaluate_command(a) -> int:
-    result = evaluate(a.checkpoint, a.data, a.out, a.mask_threshold, a.skip_bad, progress=not a.no_progress
-                      and sys.stderr.isatty())
-    line = (f"{result['n']} images: accuracy {result['accuracy']:.4f}, balanced accuracy "
-            f"{result['balanced_accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f} (majority class "
-            f"{result['majority_baseline']:.4f})")
-    if result["missing_classes"]:
-        line += f"; classes absent from the set: {', '.join(result['missing_classes'])}"
-    print(line)
-    print(f"written: {Path(a.out) / 'metrics.json'}, confusion.png, predictions.csv")
-    return 0
-
-
-def predict_command(a) -> int:
-    text = predict_images(a.checkpoint, a.inputs, a.out, progress=not a.no_progress and sys.stderr.isatty())
-    if a.out:
-        print(f"written: {Path(a.out) / 'predictions.csv'} and one PNG per image")
-    else:
-        sys.stdout.write(text)
-    return 0
-
-

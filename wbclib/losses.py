@@ -12,8 +12,6 @@ from typing import NamedTuple
 import torch
 from torch.nn import functional as F
 
-NO_LABEL = -1
-
 
 def generalized_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth_nr: float = 1e-5,
                           smooth_dr: float = 1e-5) -> torch.Tensor:

@@ -418,14 +418,15 @@ def write_data_summary(book_root: Path, roots: dict[str, Path], sources: dict[st
 def data_sources(probe: cfg.RunConfig, data_root: str | None, data: str) -> tuple[dict, dict]:
     """The folder each dataset of the study is read from, and where its images come from in words
     (generating the synthetic stand-in where it is needed)."""
-    from . import train
+    from .data import data_root as root_of
+    from .data import data_source, describe_source
 
     roots, words = {}, {}
     for dataset in ("wbc", "cam16", "prcc"):
         config = probe.replace(dataset=dataset, data=data, data_root=data_root)
-        source = train.data_source(config)
-        roots[dataset] = train.data_root(config, progress=sys.stderr.isatty())
-        words[dataset] = train.describe_source(source, dataset)
+        source = data_source(config)
+        roots[dataset] = root_of(config, progress=sys.stderr.isatty())
+        words[dataset] = describe_source(source, dataset)
         if source == "synthetic":
             words[dataset] += f" ({synthetic_scales(probe)})"
     return roots, words
@@ -566,17 +567,6 @@ def build_book(book_root: Path = ROOT, log=print) -> Path:
     return Path(book_root) / "_build" / "html" / "index.html"
 
 
-def build_book_command(args) -> int:
-    require_checkout()
-    from .train import EMBEDDED, cache_dir
-
-    if args.book_root:
-        runs.refuse_inside(args.book_root, [EMBEDDED, cache_dir()], "--book-root")
-    index = build_book(prepare_book_root(args.book_root))
-    print(f"book: {index}")
-    return 0
-
-
 def synthetic_scales(config: cfg.RunConfig) -> str:
     cam = config.synthetic_cam16_scale or config.synthetic_scale
     return f"scale {config.synthetic_scale:g}, CAM16 scale {cam:g}"
@@ -594,24 +584,44 @@ def require_checkout() -> None:
                        "or install it with `pip install -e .` from the checkout")
 
 
-def main(args) -> int:
+@dataclass
+class Options:
+    """What a study is asked for: ``wbc study`` fills it from its flags."""
+
+    profile: str = "quick"
+    data: str = "embedded"  # without data_root: embedded | synthetic
+    data_root: str | None = None
+    seeds: int | None = None  # None: 1 for quick, 3 for paper
+    only: str | None = None  # glob over run ids
+    runs_dir: str = "runs"
+    jobs: int | None = None  # configurations side by side (None: default_jobs())
+    external: list[str] | None = None  # class-folder sets to evaluate on (None: the embedded ones)
+    overrides: dict = field(default_factory=dict)  # config fields for every run
+    no_book: bool = False
+    book_root: str | None = None
+    dry_run: bool = False
+
+
+def run(args: Options, log=print) -> int:
+    """Run (or reuse) every configuration of the grid, then the analysis and the book; 0 when every run
+    finished. ``log`` receives each line of the study's report."""
     t0 = time.time()
     require_checkout()
     seeds = args.seeds or (3 if args.profile == "paper" else 1)
-    overrides = dict(cfg.parse_assignment(s) for s in args.set)
+    overrides = args.overrides
     runs_dir = Path(args.runs_dir).resolve()
     jobs = select(grid(list(range(seeds))), args.only)
     data_root = str(Path(args.data_root).expanduser().resolve()) if args.data_root else None
     # Validate every config before anything runs (a bad --set fails here, once).
     for j in jobs:
         job_config(j, args.profile, data_root, runs_dir, overrides, args.data)
-    print(f"study: {len(jobs)} run(s), profile {args.profile}, {seeds} seed(s), runs in {runs_dir}")
+    log(f"study: {len(jobs)} run(s), profile {args.profile}, {seeds} seed(s), runs in {runs_dir}")
     if args.dry_run:
         for j in jobs:
-            print(f"  {j.id}" + (f"  (starts from {j.depends})" if j.depends else ""))
+            log(f"  {j.id}" + (f"  (starts from {j.depends})" if j.depends else ""))
         return 0
     external = [str(Path(e).resolve()) for e in args.external] if args.external else None
-    from .train import EMBEDDED, cache_dir
+    from .data import EMBEDDED, cache_dir
 
     read = [data_root, *(external or []), *([] if data_root else [EMBEDDED, cache_dir()])]  # the data it reads
     runs.refuse_inside(runs_dir, read, "--runs-dir")
@@ -619,26 +629,26 @@ def main(args) -> int:
         runs.refuse_inside(args.book_root, read, "--book-root")
     with runs.FolderLock(runs_dir, "runs folder"):
         runs.remove_stale_temps(runs_dir)
-        return _study(args, t0, seeds, overrides, runs_dir, jobs, data_root, external)
+        return _study(args, t0, seeds, overrides, runs_dir, jobs, data_root, external, log)
 
 
-def _study(args, t0, seeds, overrides, runs_dir, jobs, data_root, external) -> int:
+def _study(args: Options, t0, seeds, overrides, runs_dir, jobs, data_root, external, log) -> int:
     probe = job_config(jobs[0], args.profile, data_root, runs_dir, overrides, args.data)
     t = time.time()
     roots, sources = data_sources(probe, data_root, args.data)
     for key, name in (("wbc", "WBC"), ("prcc", "pRCC stage"), ("cam16", "CAM16 stage")):
-        print(f"data: {name}: {sources[key].replace('**', '').replace('`', '')} ({roots[key]})")
-    print(f"data: ready in {time.time() - t:.1f}s" + ("; numbers are not real results" if args.data == "synthetic"
+        log(f"data: {name}: {sources[key].replace('**', '').replace('`', '')} ({roots[key]})")
+    log(f"data: ready in {time.time() - t:.1f}s" + ("; numbers are not real results" if args.data == "synthetic"
                                                      and not data_root else ""))
     if external is None and not data_root and args.data == "embedded":
-        from .train import embedded_external_sets
+        from .data import embedded_external_sets
 
         external = [str(p) for p in embedded_external_sets()]
     parallel = args.jobs or default_jobs()
     if parallel > 1:
-        print(f"study: up to {parallel} configurations at a time")
-    run_grid(jobs, args.profile, data_root, runs_dir, overrides, parallel, data=args.data)
-    print(summary(jobs))
+        log(f"study: up to {parallel} configurations at a time")
+    run_grid(jobs, args.profile, data_root, runs_dir, overrides, parallel, log, data=args.data)
+    log(summary(jobs))
     failed = any(j.status in ("failed", "skipped") for j in jobs)
     book_seconds = 0.0
     if not args.no_book:
@@ -656,18 +666,18 @@ def _study(args, t0, seeds, overrides, runs_dir, jobs, data_root, external) -> i
 
         for what, call in (("notebooks/analysis.ipynb", analyse),
                            ("the external evaluation", lambda: write_evaluation_page(book_root, runs_dir, external))):
-            print(f"analysis: executing {what}")
+            log(f"analysis: executing {what}")
             try:
                 call()
             except Exception as exc:
                 msg = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ""
                 raise WbcError(f"{what} failed ({type(exc).__name__}: {msg}); see the notebooks in {gen}") from None
-        index = build_book(book_root)
+        index = build_book(book_root, log)
         book_seconds = time.time() - t
-        print(f"analysis and book: {book_seconds:.1f}s")
-        print(f"book: {index}")
+        log(f"analysis and book: {book_seconds:.1f}s")
+        log(f"book: {index}")
     breakdown = time_breakdown(jobs, runs_dir, book_seconds, time.time() - t0)
     runs.write_json(runs_dir / "study-time.json", breakdown)
-    print(describe_time(breakdown))
-    print(f"study: done in {time.time() - t0:.0f}s")
+    log(describe_time(breakdown))
+    log(f"study: done in {time.time() - t0:.0f}s")
     return 1 if failed else 0
