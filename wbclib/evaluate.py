@@ -57,8 +57,8 @@ def evaluate(checkpoint, folder, out, mask_threshold=None, skip_bad: bool = Fals
     from . import plots
 
     out = Path(out)
-    runs.refuse_inside(out, [folder], "--out")
     model, config, classes, rt = _model(checkpoint)
+    runs.refuse_inside(out, [folder], "--out")
     _same_task(checkpoint, config, folder)
     records, root = data.folder_records(folder, classes, skip_bad=skip_bad)
     pred = _run(model, _dataset(records, classes, config, root, mask_threshold), config, rt, progress)
