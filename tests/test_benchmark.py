@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,7 @@ def test_gpu_check_refuses_without_cuda_in_one_line(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the check would run for minutes")
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHON": sys.executable})
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "no CUDA device" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
