@@ -185,6 +185,8 @@ def parser() -> argparse.ArgumentParser:
                         "its BCCD crops and held-out segwbc cells)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
     p.add_argument("--no-book", action="store_true", help="skip the analysis notebook and the book")
+    p.add_argument("--walkthrough-steps", type=int, default=None, metavar="N",
+                   help="training steps of the book's walkthrough page (default: its own, 300; 0 skips it)")
     p.add_argument("--book-root", default=None, help="folder the book is built in (default: the project)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     p.set_defaults(func=cmd_study)

@@ -335,20 +335,95 @@ def describe(job_id: str) -> str:
     return ", ".join([*words, f"seed {seed}"])
 
 
-def tidy_for_book(notebook: Path, destination: Path, title: str | None = None, subtitle: str | None = None) -> None:
-    """Copy an executed notebook for the book: drop the default-parameters cell (the injected cell shows the
-    values used) and, for run pages, title the page with the run id."""
+#: Cell tags the book honours: inputs of code cells are collapsed (shown on a click), parameter cells removed.
+HIDE_INPUT, REMOVE_CELL = "hide-input", "remove-cell"
+PRESENTATION_TAGS = {HIDE_INPUT, REMOVE_CELL, "remove-input", "remove-output", "hide-cell", "hide-output"}
+
+
+def path_replacements(*roots: str | Path | None, named: dict | None = None) -> list[tuple[str, str]]:
+    """(absolute path, what the book shows instead) for the project, the given folders, the ``named`` ones
+    (path -> placeholder, e.g. a data root outside the project) and the home directory: the project and the
+    folders become relative paths, the home directory ``~``. Longest paths first."""
+    pairs = {}
+    for root in (ROOT, *roots):
+        if root:
+            pairs[str(Path(root).resolve())] = "."
+    for root, placeholder in (named or {}).items():
+        if root:
+            pairs.setdefault(str(Path(root).expanduser().resolve()), placeholder)
+    home = str(Path.home().resolve())
+    if home != "/":
+        pairs.setdefault(home, "~")
+    out = []
+    for path, short in sorted(pairs.items(), key=lambda kv: -len(kv[0])):
+        out += [(path + "/", "" if short == "." else short + "/"), (path, short)]
+    return out
+
+
+def scrub(text: str, replacements: list[tuple[str, str]]) -> str:
+    """``text`` with every absolute path of :func:`path_replacements` made relative (or ``~``)."""
+    for path, short in replacements:
+        text = text.replace(path, short)
+    return text
+
+
+def _scrub_value(value, replacements):
+    if isinstance(value, str):
+        return scrub(value, replacements)
+    if isinstance(value, list):
+        return [_scrub_value(v, replacements) for v in value]
+    if isinstance(value, dict):
+        return {k: _scrub_value(v, replacements) for k, v in value.items()}
+    return value
+
+
+def present(nb, replacements: list[tuple[str, str]]):
+    """Make an executed notebook read like a report: parameter cells (the notebook's own and the one papermill
+    injects) get ``remove-cell``, every other code cell ``hide-input`` unless it carries a presentation tag of
+    its own, and no absolute path of this machine is left in a source or an output. Idempotent."""
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            cell.source = scrub(cell.source, replacements)
+            continue
+        tags = list(cell.metadata.get("tags", []))
+        if {"parameters", "injected-parameters"} & set(tags):
+            wanted = REMOVE_CELL
+        elif PRESENTATION_TAGS & set(tags):
+            wanted = None
+        else:
+            wanted = HIDE_INPUT
+        if wanted and wanted not in tags:
+            tags.append(wanted)
+        if tags:
+            cell.metadata["tags"] = tags
+        cell.source = scrub(cell.source, replacements)
+        for out in cell.get("outputs", []):
+            for key in ("text", "evalue", "traceback"):
+                if key in out:
+                    out[key] = _scrub_value(out[key], replacements)
+            if "data" in out:
+                out["data"] = {mime: (v if mime.startswith("image/") and mime != "image/svg+xml"
+                                      else _scrub_value(v, replacements)) for mime, v in out["data"].items()}
+    for key in ("papermill",):  # papermill records the parameters and paths it ran with
+        if key in nb.metadata:
+            nb.metadata[key] = _scrub_value(nb.metadata[key], replacements)
+    return nb
+
+
+def tidy_for_book(notebook: Path, destination: Path, title: str | None = None, subtitle: str | None = None,
+                  replacements: list[tuple[str, str]] | None = None) -> None:
+    """Copy an executed notebook for the book: tables and figures first (see :func:`present`) and, for run
+    pages, the page titled with the run id."""
     import nbformat
 
-    nb = nbformat.read(notebook, as_version=4)
-    nb.cells = [c for c in nb.cells if "parameters" not in c.metadata.get("tags", [])]
+    nb = present(nbformat.read(notebook, as_version=4), replacements or path_replacements())
     if title and nb.cells and nb.cells[0].cell_type == "markdown":
         nb.cells[0].source = f"# {title}\n\n*{subtitle}*\n" if subtitle else f"# {title}\n"
     destination.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, destination)
 
 
-def publish_runs(jobs: list[Job], book_root: Path) -> None:
+def publish_runs(jobs: list[Job], book_root: Path, replacements: list[tuple[str, str]] | None = None) -> None:
     """Copy the executed training notebooks of finished runs into the book's generated pages."""
     out = generated(book_root) / "runs"
     if out.exists():
@@ -356,7 +431,7 @@ def publish_runs(jobs: list[Job], book_root: Path) -> None:
     out.mkdir(parents=True)
     for j in jobs:
         if j.status in ("finished", "reused") and j.notebook and j.notebook.is_file():
-            tidy_for_book(j.notebook, out / f"{j.id}.ipynb", j.id, describe(j.id))
+            tidy_for_book(j.notebook, out / f"{j.id}.ipynb", j.id, describe(j.id), replacements)
 
 
 def write_data_summary(book_root: Path, roots: dict[str, Path], sources: dict[str, str]) -> None:
@@ -459,7 +534,8 @@ def study_time_tables() -> str:
     return ("### Where the study's time goes\n\n" + "\n\n".join(blocks)) if blocks else ""
 
 
-def write_evaluation_page(book_root: Path, runs_dir: Path, external: list[str] | None) -> None:
+def write_evaluation_page(book_root: Path, runs_dir: Path, external: list[str] | None,
+                          replacements: list[tuple[str, str]] | None = None) -> None:
     """The external-evaluation page: the executed evaluation notebook, or a note that none was requested."""
     gen = generated(book_root)
     for stale in ("evaluation.md", "evaluation.ipynb"):
@@ -467,7 +543,7 @@ def write_evaluation_page(book_root: Path, runs_dir: Path, external: list[str] |
     if external:
         execute(NOTEBOOKS / "evaluation.ipynb", gen / "evaluation.ipynb",
                 {"runs_dir": str(runs_dir), "external": [str(Path(e).resolve()) for e in external]}, NOTEBOOKS)
-        tidy_for_book(gen / "evaluation.ipynb", gen / "evaluation.ipynb")
+        tidy_for_book(gen / "evaluation.ipynb", gen / "evaluation.ipynb", replacements=replacements)
         return
     page = gen / "evaluation.md"
     text = ["# External evaluation", ""]
@@ -475,6 +551,29 @@ def write_evaluation_page(book_root: Path, runs_dir: Path, external: list[str] |
                 "(for example Raabin-WBC Test-A or the BCCD crops) to evaluate the trained models on it, or "
                 "`wbc evaluate --checkpoint runs/<id> --data DIR --out OUT` for one model.")
     runs.write_atomic(page, "\n".join(text) + "\n")
+
+
+#: The walkthrough's default number of training steps (its notebook's own default; about 2 min on 2 CPU cores).
+WALKTHROUGH_STEPS = 300
+
+
+def write_walkthrough_page(book_root: Path, steps: int | None = WALKTHROUGH_STEPS,
+                           replacements: list[tuple[str, str]] | None = None) -> float:
+    """Execute the teaching walkthrough into the book (``steps`` training steps; 0: a page saying how to run
+    it instead). Returns the seconds it took."""
+    gen = generated(book_root)
+    for stale in ("walkthrough.md", "walkthrough.ipynb"):
+        (gen / stale).unlink(missing_ok=True)
+    t = time.time()
+    if steps == 0:
+        runs.write_atomic(gen / "walkthrough.md", "# Walkthrough\n\nThis build skipped the walkthrough "
+                          "(`wbc study --walkthrough-steps 0`). Open `notebooks/walkthrough.ipynb` in JupyterLab "
+                          "(`make lab`) and run it top to bottom.\n")
+        return 0.0
+    params = {} if steps is None else {"steps": int(steps)}
+    execute(NOTEBOOKS / "walkthrough.ipynb", gen / "walkthrough.ipynb", params, NOTEBOOKS)
+    tidy_for_book(gen / "walkthrough.ipynb", gen / "walkthrough.ipynb", replacements=replacements)
+    return time.time() - t
 
 
 def notebook_errors(path: Path) -> list[str]:
@@ -490,10 +589,15 @@ def build_book(book_root: Path = ROOT, log=print) -> Path:
     errors = [e for p in sorted(gen.rglob("*.ipynb")) for e in notebook_errors(p)]
     if errors:
         raise WbcError("notebooks with errors cannot be published:\n  " + "\n  ".join(errors[:20]))
-    missing = [p for p in ("results.ipynb", "data_summary.md", "evaluation", "performance.md")
+    missing = [p for p in ("results.ipynb", "data_summary.md", "evaluation", "performance.md", "walkthrough")
                if not (gen / p).exists() and not list(gen.glob(p + ".*"))]
     if missing:
         raise WbcError(f"book/generated/ lacks {', '.join(missing)}: run `wbc study` first")
+    import nbformat
+
+    for p in sorted(gen.rglob("*.ipynb")):  # pages written by an older study read like a report too
+        nb = nbformat.read(p, as_version=4)
+        nbformat.write(present(nb, path_replacements(book_root)), p)
     exe = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(book_root), "--warningiserror",
            "--keep-going", "--quiet"]
@@ -555,7 +659,13 @@ def main(args) -> int:
     if not args.no_book:
         book_root = prepare_book_root(args.book_root)
         gen = generated(book_root)
-        publish_runs(jobs, book_root)
+        named = {data_root: "<data-root>"}
+        if os.environ.get("WBC_CACHE"):
+            from .train import cache_dir
+
+            named[cache_dir()] = "$WBC_CACHE"
+        shown = path_replacements(book_root, runs_dir.parent, named=named)
+        publish_runs(jobs, book_root, shown)
         write_data_summary(book_root, roots, sources)
         write_performance_page(book_root)
         t = time.time()
@@ -563,10 +673,12 @@ def main(args) -> int:
             execute(NOTEBOOKS / "analysis.ipynb", gen / "results.ipynb", {"runs_dir": str(runs_dir),
                                                                            "external": external[0] if external
                                                                            else None}, NOTEBOOKS)
-            tidy_for_book(gen / "results.ipynb", gen / "results.ipynb")
+            tidy_for_book(gen / "results.ipynb", gen / "results.ipynb", replacements=shown)
 
         for what, call in (("notebooks/analysis.ipynb", analyse),
-                           ("the external evaluation", lambda: write_evaluation_page(book_root, runs_dir, external))):
+                           ("the external evaluation", lambda: write_evaluation_page(book_root, runs_dir, external, shown)),
+                           ("notebooks/walkthrough.ipynb", lambda: write_walkthrough_page(
+                               book_root, getattr(args, "walkthrough_steps", None), shown))):
             print(f"analysis: executing {what}")
             try:
                 call()
