@@ -553,6 +553,33 @@ def write_evaluation_page(book_root: Path, runs_dir: Path, external: list[str] |
     runs.write_atomic(page, "\n".join(text) + "\n")
 
 
+def launch_links(notebook: str = "notebooks/walkthrough.ipynb", config_file: Path | None = None) -> str:
+    """Markdown links that open ``notebook`` of the repository set in ``_config.yml`` (``repository.url`` and
+    ``branch``) on Binder, Colab and, where ``launch_buttons.jupyterhub_url`` is set, a JupyterHub."""
+    import urllib.parse
+
+    import yaml
+
+    conf = yaml.safe_load(Path(config_file or ROOT / "_config.yml").read_text()) or {}
+    repo = (conf.get("repository") or {}).get("url", "").rstrip("/")
+    branch = (conf.get("repository") or {}).get("branch") or "main"
+    launch = conf.get("launch_buttons") or {}
+    if not repo:
+        return ""
+    links = []
+    gh = repo.split("github.com/", 1)[1] if "github.com/" in repo else None
+    if launch.get("binderhub_url") and gh:
+        links.append(f"[Binder]({launch['binderhub_url'].rstrip('/')}/v2/gh/{gh}/{branch}?urlpath=lab/tree/{notebook})")
+    if launch.get("colab_url") and gh:
+        links.append(f"[Colab]({launch['colab_url'].rstrip('/')}/github/{gh}/blob/{branch}/{notebook})")
+    if launch.get("jupyterhub_url"):
+        query = urllib.parse.urlencode({"repo": repo, "urlpath": f"lab/tree/{repo.rsplit('/', 1)[-1]}/{notebook}",
+                                        "branch": branch})
+        links.append(f"[JupyterHub]({launch['jupyterhub_url'].rstrip('/')}/hub/user-redirect/git-pull?{query})")
+    links.append(f"[the notebook in the repository]({repo}/blob/{branch}/{notebook})")
+    return "Open it to run it yourself: " + " · ".join(links) + "."
+
+
 #: The walkthrough's default number of training steps (its notebook's own default; about 2 min on 2 CPU cores).
 WALKTHROUGH_STEPS = 300
 
@@ -573,6 +600,13 @@ def write_walkthrough_page(book_root: Path, steps: int | None = WALKTHROUGH_STEP
     params = {} if steps is None else {"steps": int(steps)}
     execute(NOTEBOOKS / "walkthrough.ipynb", gen / "walkthrough.ipynb", params, NOTEBOOKS)
     tidy_for_book(gen / "walkthrough.ipynb", gen / "walkthrough.ipynb", replacements=replacements)
+    links = launch_links(config_file=Path(book_root) / "_config.yml")
+    if links:  # the page's own launch buttons would open the generated copy, which a clone does not have
+        import nbformat
+
+        nb = nbformat.read(gen / "walkthrough.ipynb", as_version=4)
+        nb.cells.insert(1, nbformat.v4.new_markdown_cell(links, metadata={"tags": ["launch-links"]}))
+        nbformat.write(nb, gen / "walkthrough.ipynb")
     return time.time() - t
 
 
@@ -599,8 +633,7 @@ def build_book(book_root: Path = ROOT, log=print) -> Path:
         nb = nbformat.read(p, as_version=4)
         nbformat.write(present(nb, path_replacements(book_root)), p)
     exe = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(book_root), "--warningiserror",
-           "--keep-going", "--quiet"]
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(book_root), "-W", "--keep-going", "--quiet"]
     log("book: " + " ".join(cmd[1:]))
     proc = subprocess.run(cmd, cwd=book_root, capture_output=True, text=True)
     if proc.returncode != 0:
