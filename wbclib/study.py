@@ -336,8 +336,10 @@ def describe(job_id: str) -> str:
 
 
 #: Cell tags the book honours: inputs of code cells are collapsed (shown on a click), parameter cells removed.
+#: ``show-input`` (the project's own tag) keeps a cell's code in view, as the walkthrough does for its steps.
 HIDE_INPUT, REMOVE_CELL = "hide-input", "remove-cell"
-PRESENTATION_TAGS = {HIDE_INPUT, REMOVE_CELL, "remove-input", "remove-output", "hide-cell", "hide-output"}
+PRESENTATION_TAGS = {HIDE_INPUT, REMOVE_CELL, "remove-input", "remove-output", "hide-cell", "hide-output",
+                     "show-input"}
 
 
 def path_replacements(*roots: str | Path | None, named: dict | None = None) -> list[tuple[str, str]]:
