@@ -303,32 +303,43 @@ def confusion_grid(matrices: Sequence[tuple[str, np.ndarray]], class_names: Sequ
     return fig
 
 
-def cell_grid(images, masks=None, titles: Sequence[str] | None = None, n: int = 10) -> Figure:
-    """Cells in a row (at most ``n``) and, given ``masks`` (N, H, W) or (N, 1, H, W), their masks below, with
-    an empty panel marked "no mask" for a cell that has none (an all-zero mask)."""
+def cell_grid(images, masks=None, titles: Sequence[str] | None = None, n: int = 12, per_row: int = 6) -> Figure:
+    """Cells (at most ``n``), ``per_row`` to a row and, given ``masks`` (N, H, W) or (N, 1, H, W), each row of
+    cells followed by a row of their masks, with "no mask" where a cell has none (an all-zero mask)."""
     n = min(n, len(images))
     if n == 0:
         raise ValueError("cell_grid needs at least one image")
     imgs = _rgb(images, n)
-    rows = 1 if masks is None else 2
-    fig, axes = plt.subplots(rows, n, figsize=(1.5 * n + 0.4, 1.6 * rows), squeeze=False, layout="constrained")
     grey = None if masks is None else _grey(masks, n)
-    for j in range(n):
-        axes[0, j].imshow(imgs[j], interpolation="nearest")
+    cols = min(per_row, n)
+    blocks = math.ceil(n / cols)
+    per_block = 1 if grey is None else 2
+    fig, axes = plt.subplots(blocks * per_block, cols, figsize=(1.9 * cols + 0.4, 1.9 * blocks * per_block),
+                             squeeze=False, layout="constrained")
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for j in range(blocks * cols):
+        r, c = divmod(j, cols)
+        top = axes[r * per_block, c]
+        if j >= n:
+            top.set_axis_off()
+            if grey is not None:
+                axes[r * per_block + 1, c].set_axis_off()
+            continue
+        top.imshow(imgs[j], interpolation="nearest")
         if titles is not None and j < len(titles):
-            axes[0, j].set_title(str(titles[j]), fontsize="small")
+            top.set_title(str(titles[j]), fontsize="small")
         if grey is not None:
+            below = axes[r * per_block + 1, c]
             if grey[j].any():
-                axes[1, j].imshow(grey[j], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                below.imshow(grey[j], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             else:
-                axes[1, j].text(0.5, 0.5, "no mask", ha="center", va="center", fontsize="small",
-                                transform=axes[1, j].transAxes)
-        for ax in axes[:, j]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    axes[0, 0].set_ylabel("cell")
-    if grey is not None:
-        axes[1, 0].set_ylabel("mask")
+                below.text(0.5, 0.5, "no mask", ha="center", va="center", fontsize="small", transform=below.transAxes)
+        if c == 0:
+            top.set_ylabel("cell")
+            if grey is not None:
+                axes[r * per_block + 1, c].set_ylabel("mask")
     return fig
 
 

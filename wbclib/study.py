@@ -599,7 +599,8 @@ def write_walkthrough_page(book_root: Path, steps: int | None = WALKTHROUGH_STEP
                           "(`wbc study --walkthrough-steps 0`). Open `notebooks/walkthrough.ipynb` in JupyterLab "
                           "(`make lab`) and run it top to bottom.\n")
         return 0.0
-    params = {} if steps is None else {"steps": int(steps)}
+    # One thread: the page is built beside other work on a shared CPU, where two threads wait on each other.
+    params = {"threads": 1, **({} if steps is None else {"steps": int(steps)})}
     execute(NOTEBOOKS / "walkthrough.ipynb", gen / "walkthrough.ipynb", params, NOTEBOOKS)
     tidy_for_book(gen / "walkthrough.ipynb", gen / "walkthrough.ipynb", replacements=replacements)
     links = launch_links(config_file=Path(book_root) / "_config.yml")

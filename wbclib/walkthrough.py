@@ -22,10 +22,11 @@ from .model import MultiTaskUNet
 
 def walkthrough_config(subset: int = 100, batch_size: int = 16, lambda_ce: float = 2.0, lambda_dice: float = 1.0,
                        base_width: int = 16, lr: float = 2e-3, seed: int = 0) -> cfg.RunConfig:
-    """The quick profile on the embedded real cells, with the walkthrough's knobs."""
+    """The quick profile on the embedded real cells, with the walkthrough's knobs (on the CPU, every step in the
+    main process)."""
     return cfg.from_profile("quick", dataset="wbc", subset=subset, data="embedded", batch_size=batch_size,
                             lambda_ce=lambda_ce, lambda_dice=lambda_dice, base_width=base_width, lr=lr, seed=seed,
-                            num_workers=0)
+                            num_workers=0, device="cpu")
 
 
 def splits(config: cfg.RunConfig) -> train.Splits:
@@ -192,7 +193,6 @@ def short_training(config: cfg.RunConfig, data: train.Splits, steps: int = 300, 
 def predict_batch(model: MultiTaskUNet, batch: dict) -> dict:
     """Reconstructions, predicted classes and the predicted class's mask (probability > 0.5) of a batch."""
     model.eval()
-    model.float()
     out = model(batch["image"])
     pred = out.class_logits.argmax(1)
     probs = torch.sigmoid(train.class_mask(out.mask_logits, pred))
