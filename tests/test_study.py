@@ -88,7 +88,9 @@ def test_the_whole_chain_at_a_tiny_size_builds_tables_and_the_site(tiny_book):
     evaluation = (book / "_build" / "html" / "book" / "generated" / "evaluation.html").read_text()
     assert "wbc100-scratch-mask-s0" in evaluation and "balanced accuracy" in evaluation
     assert (tmp_path / "runs" / "wbc100-scratch-mask-s0" / "external-external" / "metrics.json").is_file()
-    assert "external (placed by transform)" in results  # the external set placed into the t-SNE map (legend)
+    fig6 = next(c for c in nb["cells"] if "tsne.transform" in "".join(c["source"]))  # the external set placed
+    assert any("image/png" in o.get("data", {}) for o in fig6["outputs"])  # into the t-SNE map, drawn
+    assert nb["metadata"]["papermill"]["parameters"]["external"] == "external"  # (relative to the study)
     walkthrough = (book / "_build" / "html" / "book" / "generated" / "walkthrough.html").read_text()
     assert "Exercises" in walkthrough and "After 20 steps" in walkthrough
 
