@@ -19,6 +19,7 @@ test: $(VENV)/.installed-dev
 lab: $(VENV)/.installed
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
 
+# Rebuild the book from stored outputs (jupyter-book build -W --keep-going: any warning fails the build).
 book: $(VENV)/.installed
 	$(BIN)/wbc book
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +60,33 @@ def shared_or_skip(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"real test images not available: {path} is absent (the ../shared folder beside the checkout)")
     return path
+
+
+#: Config overrides that make every run of a study tiny (seconds each).
+TINY = ["--set", "epochs=1", "--set", "input_size=32", "--set", "resize=48", "--set", "base_width=4", "--set",
+        "depth=2", "--set", "batch_size=4", "--set", "min_steps=0"]
+
+
+def wbc(args, tmp_path, timeout=900):
+    """The ``wbc`` command in a subprocess, with its synthetic-data cache in ``tmp_path``."""
+    env = {**os.environ, "WBC_CACHE": str(tmp_path / "cache")}
+    return subprocess.run([sys.executable, "-m", "wbclib.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="session")
+def tiny_book(tmp_path_factory):
+    """The whole chain at a tiny size, once per session: every run of the grid on the synthetic stand-in, an
+    external set, the analysis, the walkthrough (20 steps) and the book, built in its own folder.
+    Returns (tmp folder, book root, the finished process)."""
+    from wbclib import synth
+
+    tmp_path = tmp_path_factory.mktemp("tiny-study")
+    book = tmp_path / "book"
+    external = tmp_path / "external"  # any class-folder set: here a second synthetic validation set
+    synth.generate(tmp_path / "other", scale=0.003, seed=1, progress=False)
+    (tmp_path / "other" / "WBC_100" / "val" / "data").rename(external)
+    p = wbc(["study", "--data", "synthetic", "--runs-dir", str(tmp_path / "runs"), "--book-root", str(book),
+             "--set", "synthetic_scale=0.003", "--external", str(external), "--walkthrough-steps", "20", *TINY],
+            tmp_path, timeout=1500)
+    return tmp_path, book, p

@@ -171,10 +171,15 @@ def test_describe_difference_sentences():
     test = {"diff": 0.008, "low": -0.003, "high": 0.019, "p_value": 0.16}
     s = describe_difference("with mask", "without mask", test)
     assert s == ("with mask vs without mask: +0.8 points (95 % CI \u22120.3 to +1.9), p = 0.16 \u2014 "
-                 "not distinguishable from noise at \u03b1 = 0.05.")
+                 "no evidence of a difference at \u03b1 = 0.05 (which does not show that they are equal).")
     a, b = _pairs(150, 30, 5, 15)
     both = {**paired_bootstrap(a, b, n_boot=500), "mcnemar": mcnemar(a, b)}
     s = describe_difference("A", "B", both)
-    assert "McNemar" in s and "chi-square" in s and "unlikely to be noise" in s and "+12.5 points" in s
+    assert "McNemar" in s and "chi-square" in s and "+12.5 points" in s
+    assert s.endswith("evidence at \u03b1 = 0.05 that A scores higher than B.")
+    s = describe_difference("A", "B", {**both, "diff": -both["diff"], "seeds": 1})
+    assert "that A scores lower than B" in s and s.endswith("not training randomness.")
     s = describe_difference("A", "B", mcnemar(*_pairs(50, 8, 2, 5)))
-    assert "McNemar (exact binomial)" in s and "not distinguishable" in s
+    assert "McNemar (exact binomial)" in s and "no evidence of a difference" in s
+    s = describe_difference("A", "B", {"diff": 0.02, "low": None, "high": None, "p_value": 0.5})
+    assert "+2.0 points (no interval)" in s

@@ -14,9 +14,11 @@ from matplotlib.figure import Figure
 from wbclib import WBC_CLASSES
 from wbclib.plots import (
     CLASS_PALETTE,
+    confusion_grid,
     confusion_matrix_plot,
     fit_tsne,
     loss_curves,
+    recall_bars,
     reconstruction_grid,
     tsne_plot,
 )
@@ -111,3 +113,21 @@ def test_fit_tsne_and_transform():
     new = emb.transform(rng.normal(size=(10, 16)))
     assert np.asarray(new).shape == (10, 2) and np.isfinite(np.asarray(new)).all()
     assert np.asarray(fit_tsne(x[:20], seed=1)).shape == (20, 2)  # small n: perplexity lowered
+
+
+def test_loss_curves_wrap_after_three_panels():
+    fig = loss_curves(_history())
+    rows = sorted({round(ax.get_position().y0, 2) for ax in fig.axes})
+    assert len(fig.axes) == 5 and len(rows) == 2  # three panels, then two
+
+
+def test_recall_bars_and_confusion_grid():
+    recall = pd.DataFrame([[1.0, 0.5, 0.0, 1.0, 0.5], [0.2] * 5], index=["a", "b"], columns=WBC_CLASSES)
+    fig = recall_bars(recall, title="WBC_100")
+    heights = [p.get_height() for p in fig.axes[0].patches]
+    assert len(heights) == 10 and heights[:5] == [1.0, 0.5, 0.0, 1.0, 0.5]
+    cms = [(f"cell {i}", np.eye(5, dtype=int) * (i + 1)) for i in range(3)]
+    fig = confusion_grid(cms, WBC_CLASSES)
+    assert [ax.get_title() for ax in fig.axes] == ["cell 0", "cell 1", "cell 2"]
+    with pytest.raises(ValueError, match="does not match"):
+        confusion_grid([("x", np.eye(2))], WBC_CLASSES)

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import TINY, wbc
 from wbclib import study
-
-TINY = ["--set", "epochs=1", "--set", "input_size=32", "--set", "resize=48", "--set", "base_width=4", "--set",
-        "depth=2", "--set", "batch_size=4", "--set", "min_steps=0"]
 
 
 def test_grid_ids_and_dependencies():
@@ -48,12 +44,6 @@ def test_dry_run_plans_without_running(tmp_path):
     assert "cam16-ce-prcc-s1  (starts from prcc-s1)" in p.stdout and not any(tmp_path.iterdir())
 
 
-def wbc(args, tmp_path, timeout=900):
-    env = {**os.environ, "WBC_CACHE": str(tmp_path / "cache")}
-    return subprocess.run([sys.executable, "-m", "wbclib.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-
-
 @pytest.mark.slow
 def test_a_failed_configuration_does_not_stop_the_others(tmp_path):
     from wbclib import synth
@@ -78,22 +68,16 @@ def test_a_failed_configuration_does_not_stop_the_others(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_whole_chain_at_a_tiny_size_builds_tables_and_the_site(tmp_path):
-    from wbclib import synth
-
-    book = tmp_path / "book"
-    external = tmp_path / "external"  # any class-folder set: here a second synthetic validation set
-    synth.generate(tmp_path / "other", scale=0.003, seed=1, progress=False)
-    (tmp_path / "other" / "WBC_100" / "val" / "data").rename(external)
-    p = wbc(["study", "--data", "synthetic", "--runs-dir", str(tmp_path / "runs"), "--book-root", str(book),
-             "--set", "synthetic_scale=0.003", "--external", str(external), *TINY], tmp_path, timeout=1200)
+def test_the_whole_chain_at_a_tiny_size_builds_tables_and_the_site(tiny_book):
+    tmp_path, book, p = tiny_book
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     assert "synthetic stand-in" in p.stdout
     assert "training steps" in p.stdout and (tmp_path / "runs" / "study-time.json").is_file()
     index = book / "_build" / "html" / "index.html"
     assert index.is_file() and str(index) in p.stdout
     results = (book / "_build" / "html" / "book" / "generated" / "results.html").read_text()
-    for fragment in ("Table 1", "Table 2", "CE + pRCC + Dice", "WBC_100", "Synthetic data", "0.9826"):
+    for fragment in ("Table 1", "Table 2", "CE + pRCC + Dice", "WBC_100", "Synthetic data", "0.9826",
+                     "report (single run)", "(course notes)", "no evidence of a difference", "Learning curve"):
         assert fragment in results, fragment
     pages = sorted(p.name for p in (book / "_build" / "html" / "book" / "generated" / "runs").glob("*.html"))
     assert len(pages) == 21 and "wbc100-pretrained-mask-s0.html" in pages
@@ -104,9 +88,32 @@ def test_the_whole_chain_at_a_tiny_size_builds_tables_and_the_site(tmp_path):
     evaluation = (book / "_build" / "html" / "book" / "generated" / "evaluation.html").read_text()
     assert "wbc100-scratch-mask-s0" in evaluation and "balanced accuracy" in evaluation
     assert (tmp_path / "runs" / "wbc100-scratch-mask-s0" / "external-external" / "metrics.json").is_file()
-    assert "external" in results  # the external set placed into the t-SNE map (legend)
-    shutil.rmtree(book / "_build" / "html" / "_static", ignore_errors=True)
-    _ = Path
+    fig6 = next(c for c in nb["cells"] if "tsne.transform" in "".join(c["source"]))  # the external set placed
+    assert any("image/png" in o.get("data", {}) for o in fig6["outputs"])  # into the t-SNE map, drawn
+    assert nb["metadata"]["papermill"]["parameters"]["external"] == "external"  # (relative to the study)
+    walkthrough = (book / "_build" / "html" / "book" / "generated" / "walkthrough.html").read_text()
+    assert "Exercises" in walkthrough and "After 20 steps" in walkthrough
+
+
+@pytest.mark.slow
+def test_pages_open_with_results_and_carry_no_absolute_path_of_the_machine(tiny_book):
+    """Every file of the site (pages, notebook sources, search index) is free of the project's, the home
+    directory's and the study's own absolute paths, and run pages fold their code and drop parameters."""
+    tmp_path, book, p = tiny_book
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    html = book / "_build" / "html"
+    forbidden = [str(study.ROOT), str(tmp_path), str(Path.home()) + "/"]
+    files = [f for f in html.rglob("*") if f.is_file() and f.suffix in (".html", ".ipynb", ".js", ".txt", ".md")]
+    assert len(files) > 30
+    for f in files:
+        text = f.read_text(errors="replace")
+        for path in forbidden:
+            assert path not in text, f"{path} in {f.relative_to(html)}"
+    page = (html / "book" / "generated" / "runs" / "wbc10-scratch-mask-s0.html").read_text()
+    assert "injected-parameters" not in page and "run_dir = " not in page
+    assert "tag_hide-input" in page  # code folded behind a toggle
+    first_code, first_table = page.find("highlight-ipython3"), page.find("<table")
+    assert 0 < first_table and (first_code == -1 or page.find("tag_hide-input") < first_code)
 
 
 def test_runner_passes_every_notebook_parameter():

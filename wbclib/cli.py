@@ -136,7 +136,7 @@ def cmd_study(a) -> int:
     options = study.Options(profile=a.profile, data=a.data, data_root=a.data_root, seeds=a.seeds, only=a.only,
                             runs_dir=a.runs_dir, jobs=a.jobs, external=a.external,
                             overrides=dict(cfg.parse_assignment(s) for s in a.set), no_book=a.no_book,
-                            book_root=a.book_root, dry_run=a.dry_run)
+                            book_root=a.book_root, dry_run=a.dry_run, walkthrough_steps=a.walkthrough_steps)
     return study.run(options, log=print)
 
 
@@ -216,6 +216,8 @@ def parser() -> argparse.ArgumentParser:
                         "its BCCD crops and held-out segwbc cells)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
     p.add_argument("--no-book", action="store_true", help="skip the analysis notebook and the book")
+    p.add_argument("--walkthrough-steps", type=int, default=None, metavar="N",
+                   help="training steps of the book's walkthrough page (default: its own, 300; 0 skips it)")
     p.add_argument("--book-root", default=None, help="folder the book is built in (default: the project)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     p.set_defaults(func=cmd_study)

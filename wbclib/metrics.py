@@ -190,6 +190,73 @@ def paired_bootstrap(correct_a, correct_b, n_boot: int = 10000, seed: int = 0, c
             "confidence": confidence, "n": int(n), "n_boot": int(n_boot), "method": "paired bootstrap"}
 
 
+def seed_t_interval(differences, confidence: float = 0.95) -> dict:
+    """Mean of per-seed paired differences with a Student-t interval over seeds (n - 1 degrees of freedom).
+
+    Each training seed gives one difference (A - B on the same images); their spread is the run-to-run
+    variation of training, which an image bootstrap of a single run cannot see. One seed: no interval (None).
+    A two-sided p-value of the one-sample t-test of mean 0 comes with it (1.0 when every difference is 0).
+    """
+    d = np.asarray(differences, dtype=np.float64).ravel()
+    if d.size == 0:
+        raise ValueError("seed_t_interval needs at least one seed")
+    ci = mean_ci(d, confidence)
+    p = None
+    if d.size > 1:
+        sd = float(d.std(ddof=1))
+        if sd == 0:
+            p = 1.0 if ci["mean"] == 0 else 0.0
+        else:
+            t = ci["mean"] / (sd / math.sqrt(d.size))
+            p = float(2 * stats.t.sf(abs(t), d.size - 1))
+    return {"diff": ci["mean"], "low": ci["low"], "high": ci["high"], "p_value": p, "seeds": int(d.size),
+            "confidence": confidence, "method": "per-seed differences, t-interval"}
+
+
+def hierarchical_bootstrap(pairs, n_boot: int = 10000, seed: int = 0, confidence: float = 0.95) -> dict:
+    """Accuracy difference (A - B) averaged over training seeds, with a two-level percentile interval.
+
+    ``pairs`` is a list with one ``(correct_a, correct_b)`` pair of boolean vectors per training seed (the
+    same images, in the same order, within a seed). Each replicate draws the seeds with replacement, then,
+    within each drawn seed, its images with replacement, and averages the seeds' differences: the interval
+    holds both the variation between training runs and the sampling of the images. With one seed it reduces
+    to the paired image bootstrap of that seed.
+    """
+    ds = []
+    for a, b in pairs:
+        a, b = _paired(a, b)
+        ds.append(a.astype(np.float64) - b.astype(np.float64))
+    if not ds:
+        raise ValueError("hierarchical_bootstrap needs at least one seed")
+    rng = np.random.default_rng(seed)
+    s = len(ds)
+    boots = np.zeros(n_boot)
+    seed_draws = rng.integers(0, s, size=(n_boot, s))
+    for k in range(s):  # images of seed k, for every replicate that drew it (possibly several times)
+        d = ds[k]
+        counts = (seed_draws == k).sum(axis=1)
+        for reps in np.unique(counts[counts > 0]):
+            rows = np.flatnonzero(counts == reps)
+            chunk = max(1, 2_000_000 // (int(reps) * d.size))  # bound the memory of the index matrix
+            for start in range(0, len(rows), chunk):
+                part = rows[start:start + chunk]
+                means = d[rng.integers(0, d.size, size=(len(part) * int(reps), d.size))].mean(axis=1)
+                boots[part] += means.reshape(len(part), int(reps)).sum(axis=1)
+    boots /= s
+    diff = float(np.mean([d.mean() for d in ds]))
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(boots, [tail, 100.0 - tail])
+    if diff > 0:
+        p = 2.0 * float(np.mean(boots <= 0))
+    elif diff < 0:
+        p = 2.0 * float(np.mean(boots >= 0))
+    else:
+        p = 1.0
+    return {"diff": diff, "low": float(low), "high": float(high), "p_value": min(p, 1.0), "seeds": s,
+            "n": int(sum(d.size for d in ds)), "confidence": confidence, "n_boot": int(n_boot),
+            "method": "hierarchical bootstrap (seeds, then images)"}
+
+
 def _signed(x: float, digits: int = 1) -> str:
     s = f"{x:+.{digits}f}"
     if float(s) == 0:
@@ -203,14 +270,23 @@ def _p(p: float) -> str:
 
 def describe_difference(name_a: str, name_b: str, test: dict, alpha: float = 0.05) -> str:
     """One plain-English sentence for a paired comparison: the output of paired_bootstrap (optionally with a
-    ``"mcnemar"`` entry holding mcnemar's output), or mcnemar's output alone. The verdict uses ``p_value``."""
+    ``"mcnemar"`` entry holding mcnemar's output), of seed_t_interval or hierarchical_bootstrap, or mcnemar's
+    output alone. The verdict uses ``p_value`` and never calls a non-significant difference "equal"."""
     p = float(test["p_value"])
-    verdict = (f"unlikely to be noise at \u03b1 = {alpha:g}" if p < alpha
-               else f"not distinguishable from noise at \u03b1 = {alpha:g}")
+    if p < alpha:
+        direction = "higher" if test.get("diff", test.get("b", 0) - test.get("c", 0)) > 0 else "lower"
+        verdict = f"evidence at \u03b1 = {alpha:g} that {name_a} scores {direction} than {name_b}"
+    else:  # absence of evidence: the data do not show a difference, which does not make the two equal
+        verdict = f"no evidence of a difference at \u03b1 = {alpha:g} (which does not show that they are equal)"
+    if test.get("seeds") == 1:
+        verdict += "; one training seed, so the interval covers the images only, not training randomness"
     if "diff" in test:
         conf = round(100 * float(test.get("confidence", 0.95)))
-        text = (f"{name_a} vs {name_b}: {_signed(100 * test['diff'])} points "
-                f"({conf} % CI {_signed(100 * test['low'])} to {_signed(100 * test['high'])}), ")
+        text = f"{name_a} vs {name_b}: {_signed(100 * test['diff'])} points "
+        if test.get("low") is not None:
+            text += f"({conf} % CI {_signed(100 * test['low'])} to {_signed(100 * test['high'])}), "
+        else:
+            text += "(no interval), "
         p_text = _p(p)
         if p == 0 and test.get("n_boot"):  # a bootstrap p-value cannot resolve below 2 / n_boot
             p_text = f"p < {max(2.0 / test['n_boot'], 0.001):.2g}"
@@ -241,9 +317,11 @@ __all__ = [
     "classification_metrics",
     "describe_difference",
     "format_mean_ci",
+    "hierarchical_bootstrap",
     "mcnemar",
     "mean_ci",
     "paired_bootstrap",
     "psnr",
+    "seed_t_interval",
     "segmentation_metrics",
 ]

@@ -6,6 +6,7 @@ never calls ``plt.show``; close figures you no longer need with ``plt.close(fig)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
@@ -53,8 +54,13 @@ def loss_curves(history: pd.DataFrame, title: str | None = None) -> Figure:
     accuracy = _column(history, "val_accuracy")
     has_acc = bool(accuracy.notna().any())
     n = max(1, len(panels) + has_acc)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.0), squeeze=False, layout="constrained")
-    axes = axes[0]
+    cols = min(n, 3)  # at most three panels a row: each stays legible at the book's text width
+    rows = math.ceil(n / cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), squeeze=False, layout="constrained")
+    axes = grid.ravel()
+    for ax in axes[n:]:
+        fig.delaxes(ax)  # an empty slot of the last row
+    axes = axes[:n]
     for ax, (comp, train, val) in zip(axes, panels):
         for name, values in (("train", train), ("validation", val)):
             ok = values.notna()  # validation may run at a cadence: join the epochs that have it
@@ -107,7 +113,8 @@ def reconstruction_grid(images, reconstructions, masks=None, pred_masks=None, ti
         rows.append(("true mask", _grey(masks, n)))
     if pred_masks is not None:
         rows.append(("predicted mask", _grey(pred_masks, n)))
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.6 * n + 0.6, 1.6 * len(rows)), squeeze=False,
+    side = 2.0 if n <= 6 else 1.6  # about 130 px a cell at the book's text width
+    fig, axes = plt.subplots(len(rows), n, figsize=(side * n + 0.6, side * len(rows)), squeeze=False,
                              layout="constrained")
     for r, (label, data) in enumerate(rows):
         for j in range(n):
@@ -211,10 +218,15 @@ def fit_tsne(embeddings, seed: int = 0, perplexity: float = 30.0):
 __all__ = [
     "CLASS_PALETTE",
     "LOSS_COMPONENTS",
+    "cell_grid",
+    "confusion_grid",
     "confusion_matrix_plot",
     "fit_tsne",
+    "learning_curve",
     "loss_curves",
+    "recall_bars",
     "reconstruction_grid",
+    "step_curves",
     "tsne_plot",
 ]
 
@@ -238,4 +250,123 @@ def learning_curve(points: pd.DataFrame, metric: str = "balanced accuracy", titl
     if title:
         ax.set_title(title)
     fig.tight_layout()
+    return fig
+
+
+def recall_bars(recall: pd.DataFrame, title: str | None = None) -> Figure:
+    """Grouped bars of per-class recall: one group per class (columns of ``recall``), one bar per setting (its
+    rows), coloured by setting; a dashed line at the recall of a model that guesses uniformly (1 / classes)."""
+    classes, settings = list(recall.columns), list(recall.index)
+    fig, ax = plt.subplots(figsize=(8.0, 3.6), layout="constrained")
+    width = 0.8 / max(1, len(settings))
+    x = np.arange(len(classes))
+    for i, setting in enumerate(settings):
+        ax.bar(x + (i - (len(settings) - 1) / 2) * width, recall.loc[setting].to_numpy(dtype=float), width,
+               label=setting, color=_BASE[i % len(_BASE)])
+    if classes:
+        ax.axhline(1 / len(classes), color="0.4", linestyle="--", linewidth=1, label="uniform guess")
+    ax.set_xticks(x, classes)
+    ax.set(ylim=(0, 1.05), ylabel="recall")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def confusion_grid(matrices: Sequence[tuple[str, np.ndarray]], class_names: Sequence[str],
+                   title: str | None = None) -> Figure:
+    """Several confusion matrices side by side (rows = true class; colour = fraction of the true class, text =
+    counts), two a row, sharing one colour scale."""
+    n = len(matrices)
+    if n == 0:
+        raise ValueError("confusion_grid needs at least one matrix")
+    k = len(class_names)
+    cols = min(n, 2)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.2 * rows), squeeze=False, layout="constrained")
+    for ax in axes.ravel()[n:]:
+        fig.delaxes(ax)
+    for ax, (name, cm) in zip(axes.ravel(), matrices):
+        counts = np.asarray(cm, dtype=np.int64)
+        if counts.shape != (k, k):
+            raise ValueError(f"confusion matrix of shape {counts.shape} does not match {k} classes")
+        sums = counts.sum(axis=1, keepdims=True)
+        values = np.divide(counts, sums, out=np.zeros(counts.shape), where=sums > 0)
+        sns.heatmap(values, annot=counts.astype(str), fmt="", cmap="Blues", vmin=0.0, vmax=1.0, square=True,
+                    cbar=False, linewidths=0.5, xticklabels=list(class_names), yticklabels=list(class_names), ax=ax)
+        ax.set(xlabel="predicted", ylabel="true", title=name)
+        plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
+        ax.tick_params(axis="y", rotation=0)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def cell_grid(images, masks=None, titles: Sequence[str] | None = None, n: int = 12, per_row: int = 6) -> Figure:
+    """Cells (at most ``n``), ``per_row`` to a row and, given ``masks`` (N, H, W) or (N, 1, H, W), each row of
+    cells followed by a row of their masks, with "no mask" where a cell has none (an all-zero mask)."""
+    n = min(n, len(images))
+    if n == 0:
+        raise ValueError("cell_grid needs at least one image")
+    imgs = _rgb(images, n)
+    grey = None if masks is None else _grey(masks, n)
+    cols = min(per_row, n)
+    blocks = math.ceil(n / cols)
+    per_block = 1 if grey is None else 2
+    fig, axes = plt.subplots(blocks * per_block, cols, figsize=(1.9 * cols + 0.4, 1.9 * blocks * per_block),
+                             squeeze=False, layout="constrained")
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for j in range(blocks * cols):
+        r, c = divmod(j, cols)
+        top = axes[r * per_block, c]
+        if j >= n:
+            top.set_axis_off()
+            if grey is not None:
+                axes[r * per_block + 1, c].set_axis_off()
+            continue
+        top.imshow(imgs[j], interpolation="nearest")
+        if titles is not None and j < len(titles):
+            top.set_title(str(titles[j]), fontsize="small")
+        if grey is not None:
+            below = axes[r * per_block + 1, c]
+            if grey[j].any():
+                below.imshow(grey[j], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            else:
+                below.text(0.5, 0.5, "no mask", ha="center", va="center", fontsize="small", transform=below.transAxes)
+        if c == 0:
+            top.set_ylabel("cell")
+            if grey is not None:
+                axes[r * per_block + 1, c].set_ylabel("mask")
+    return fig
+
+
+def step_curves(history: pd.DataFrame, window: int = 10, title: str | None = None) -> Figure:
+    """Loss terms against the optimiser step (thin: every step; thick: a ``window``-step running mean; the
+    Dice term only on steps whose batch had a mask) and, where recorded, held-out accuracy."""
+    panels = [(c, LOSS_COMPONENTS[c]) for c in LOSS_COMPONENTS if c in history and _informative(history[c])]
+    has_acc = "val_accuracy" in history and history["val_accuracy"].notna().any()
+    n = len(panels) + has_acc
+    cols = min(3, max(1, n))
+    rows = math.ceil(max(1, n) / cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False, layout="constrained")
+    axes = grid.ravel()
+    for ax in axes[n:]:
+        fig.delaxes(ax)
+    steps = history["step"]
+    for ax, (col, name) in zip(axes, panels):
+        values = pd.to_numeric(history[col], errors="coerce")
+        ok = values.notna()
+        ax.plot(steps[ok], values[ok], color="C0", alpha=0.3, linewidth=0.8)
+        ax.plot(steps[ok], values[ok].rolling(window, min_periods=1).mean(), color="C0", linewidth=2)
+        ax.set(title=name, xlabel="step", ylabel="loss")
+    if has_acc:
+        ax = axes[len(panels)]
+        ok = history["val_accuracy"].notna()
+        ax.plot(steps[ok], history["val_accuracy"][ok], marker="o", color="C1")
+        ax.set(title="held-out accuracy", xlabel="step", ylabel="accuracy", ylim=(0, 1.02))
+    if title:
+        fig.suptitle(title)
     return fig

@@ -357,20 +357,97 @@ def describe(job_id: str) -> str:
     return ", ".join([*words, f"seed {seed}"])
 
 
-def tidy_for_book(notebook: Path, destination: Path, title: str | None = None, subtitle: str | None = None) -> None:
-    """Copy an executed notebook for the book: drop the default-parameters cell (the injected cell shows the
-    values used) and, for run pages, title the page with the run id."""
+#: Cell tags the book honours: inputs of code cells are collapsed (shown on a click), parameter cells removed.
+#: ``show-input`` (the project's own tag) keeps a cell's code in view, as the walkthrough does for its steps.
+HIDE_INPUT, REMOVE_CELL = "hide-input", "remove-cell"
+PRESENTATION_TAGS = {HIDE_INPUT, REMOVE_CELL, "remove-input", "remove-output", "hide-cell", "hide-output",
+                     "show-input"}
+
+
+def path_replacements(*roots: str | Path | None, named: dict | None = None) -> list[tuple[str, str]]:
+    """(absolute path, what the book shows instead) for the project, the given folders, the ``named`` ones
+    (path -> placeholder, e.g. a data root outside the project) and the home directory: the project and the
+    folders become relative paths, the home directory ``~``. Longest paths first."""
+    pairs = {}
+    for root in (ROOT, *roots):
+        if root:
+            pairs[str(Path(root).resolve())] = "."
+    for root, placeholder in (named or {}).items():
+        if root:
+            pairs.setdefault(str(Path(root).expanduser().resolve()), placeholder)
+    home = str(Path.home().resolve())
+    if home != "/":
+        pairs.setdefault(home, "~")
+    out = []
+    for path, short in sorted(pairs.items(), key=lambda kv: -len(kv[0])):
+        out += [(path + "/", "" if short == "." else short + "/"), (path, short)]
+    return out
+
+
+def scrub(text: str, replacements: list[tuple[str, str]]) -> str:
+    """``text`` with every absolute path of :func:`path_replacements` made relative (or ``~``)."""
+    for path, short in replacements:
+        text = text.replace(path, short)
+    return text
+
+
+def _scrub_value(value, replacements):
+    if isinstance(value, str):
+        return scrub(value, replacements)
+    if isinstance(value, list):
+        return [_scrub_value(v, replacements) for v in value]
+    if isinstance(value, dict):
+        return {k: _scrub_value(v, replacements) for k, v in value.items()}
+    return value
+
+
+def present(nb, replacements: list[tuple[str, str]]):
+    """Make an executed notebook read like a report: parameter cells (the notebook's own and the one papermill
+    injects) get ``remove-cell``, every other code cell ``hide-input`` unless it carries a presentation tag of
+    its own, and no absolute path of this machine is left in a source or an output. Idempotent."""
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            cell.source = scrub(cell.source, replacements)
+            continue
+        tags = list(cell.metadata.get("tags", []))
+        if {"parameters", "injected-parameters"} & set(tags):
+            wanted = REMOVE_CELL
+        elif PRESENTATION_TAGS & set(tags):
+            wanted = None
+        else:
+            wanted = HIDE_INPUT
+        if wanted and wanted not in tags:
+            tags.append(wanted)
+        if tags:
+            cell.metadata["tags"] = tags
+        cell.source = scrub(cell.source, replacements)
+        for out in cell.get("outputs", []):
+            for key in ("text", "evalue", "traceback"):
+                if key in out:
+                    out[key] = _scrub_value(out[key], replacements)
+            if "data" in out:
+                out["data"] = {mime: (v if mime.startswith("image/") and mime != "image/svg+xml"
+                                      else _scrub_value(v, replacements)) for mime, v in out["data"].items()}
+    for key in ("papermill",):  # papermill records the parameters and paths it ran with
+        if key in nb.metadata:
+            nb.metadata[key] = _scrub_value(nb.metadata[key], replacements)
+    return nb
+
+
+def tidy_for_book(notebook: Path, destination: Path, title: str | None = None, subtitle: str | None = None,
+                  replacements: list[tuple[str, str]] | None = None) -> None:
+    """Copy an executed notebook for the book: tables and figures first (see :func:`present`) and, for run
+    pages, the page titled with the run id."""
     import nbformat
 
-    nb = nbformat.read(notebook, as_version=4)
-    nb.cells = [c for c in nb.cells if "parameters" not in c.metadata.get("tags", [])]
+    nb = present(nbformat.read(notebook, as_version=4), replacements or path_replacements())
     if title and nb.cells and nb.cells[0].cell_type == "markdown":
         nb.cells[0].source = f"# {title}\n\n*{subtitle}*\n" if subtitle else f"# {title}\n"
     destination.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, destination)
 
 
-def publish_runs(jobs: list[Job], book_root: Path) -> None:
+def publish_runs(jobs: list[Job], book_root: Path, replacements: list[tuple[str, str]] | None = None) -> None:
     """Copy the executed training notebooks of finished runs into the book's generated pages."""
     out = generated(book_root) / "runs"
     if out.exists():
@@ -378,7 +455,7 @@ def publish_runs(jobs: list[Job], book_root: Path) -> None:
     out.mkdir(parents=True)
     for j in jobs:
         if j.status in ("finished", "reused") and j.notebook and j.notebook.is_file():
-            tidy_for_book(j.notebook, out / f"{j.id}.ipynb", j.id, describe(j.id))
+            tidy_for_book(j.notebook, out / f"{j.id}.ipynb", j.id, describe(j.id), replacements)
 
 
 def write_data_summary(book_root: Path, roots: dict[str, Path], sources: dict[str, str]) -> None:
@@ -521,7 +598,8 @@ def study_time_tables() -> str:
     return ("### Where the study's time goes\n\n" + "\n\n".join(blocks)) if blocks else ""
 
 
-def write_evaluation_page(book_root: Path, runs_dir: Path, external: list[str] | None) -> None:
+def write_evaluation_page(book_root: Path, runs_dir: Path, external: list[str] | None,
+                          replacements: list[tuple[str, str]] | None = None) -> None:
     """The external-evaluation page: the executed evaluation notebook, or a note that none was requested."""
     gen = generated(book_root)
     for stale in ("evaluation.md", "evaluation.ipynb"):
@@ -529,7 +607,7 @@ def write_evaluation_page(book_root: Path, runs_dir: Path, external: list[str] |
     if external:
         execute(NOTEBOOKS / "evaluation.ipynb", gen / "evaluation.ipynb",
                 {"runs_dir": str(runs_dir), "external": [str(Path(e).resolve()) for e in external]}, NOTEBOOKS)
-        tidy_for_book(gen / "evaluation.ipynb", gen / "evaluation.ipynb")
+        tidy_for_book(gen / "evaluation.ipynb", gen / "evaluation.ipynb", replacements=replacements)
         return
     page = gen / "evaluation.md"
     text = ["# External evaluation", ""]
@@ -537,6 +615,64 @@ def write_evaluation_page(book_root: Path, runs_dir: Path, external: list[str] |
                 "(for example Raabin-WBC Test-A or the BCCD crops) to evaluate the trained models on it, or "
                 "`wbc evaluate --checkpoint runs/<id> --data DIR --out OUT` for one model.")
     runs.write_atomic(page, "\n".join(text) + "\n")
+
+
+def launch_links(notebook: str = "notebooks/walkthrough.ipynb", config_file: Path | None = None) -> str:
+    """Markdown links that open ``notebook`` of the repository set in ``_config.yml`` (``repository.url`` and
+    ``branch``) on Binder, Colab and, where ``launch_buttons.jupyterhub_url`` is set, a JupyterHub."""
+    import urllib.parse
+
+    import yaml
+
+    conf = yaml.safe_load(Path(config_file or ROOT / "_config.yml").read_text()) or {}
+    repo = (conf.get("repository") or {}).get("url", "").rstrip("/")
+    branch = (conf.get("repository") or {}).get("branch") or "main"
+    launch = conf.get("launch_buttons") or {}
+    if not repo:
+        return ""
+    links = []
+    gh = repo.split("github.com/", 1)[1] if "github.com/" in repo else None
+    if launch.get("binderhub_url") and gh:
+        links.append(f"[Binder]({launch['binderhub_url'].rstrip('/')}/v2/gh/{gh}/{branch}?urlpath=lab/tree/{notebook})")
+    if launch.get("colab_url") and gh:
+        links.append(f"[Colab]({launch['colab_url'].rstrip('/')}/github/{gh}/blob/{branch}/{notebook})")
+    if launch.get("jupyterhub_url"):
+        query = urllib.parse.urlencode({"repo": repo, "urlpath": f"lab/tree/{repo.rsplit('/', 1)[-1]}/{notebook}",
+                                        "branch": branch})
+        links.append(f"[JupyterHub]({launch['jupyterhub_url'].rstrip('/')}/hub/user-redirect/git-pull?{query})")
+    links.append(f"[the notebook in the repository]({repo}/blob/{branch}/{notebook})")
+    return "Open it to run it yourself: " + " · ".join(links) + "."
+
+
+#: The walkthrough's default number of training steps (its notebook's own default; about 2 min on 2 CPU cores).
+WALKTHROUGH_STEPS = 300
+
+
+def write_walkthrough_page(book_root: Path, steps: int | None = WALKTHROUGH_STEPS,
+                           replacements: list[tuple[str, str]] | None = None) -> float:
+    """Execute the teaching walkthrough into the book (``steps`` training steps; 0: a page saying how to run
+    it instead). Returns the seconds it took."""
+    gen = generated(book_root)
+    for stale in ("walkthrough.md", "walkthrough.ipynb"):
+        (gen / stale).unlink(missing_ok=True)
+    t = time.time()
+    if steps == 0:
+        runs.write_atomic(gen / "walkthrough.md", "# Walkthrough\n\nThis build skipped the walkthrough "
+                          "(`wbc study --walkthrough-steps 0`). Open `notebooks/walkthrough.ipynb` in JupyterLab "
+                          "(`make lab`) and run it top to bottom.\n")
+        return 0.0
+    # One thread: the page is built beside other work on a shared CPU, where two threads wait on each other.
+    params = {"threads": 1, **({} if steps is None else {"steps": int(steps)})}
+    execute(NOTEBOOKS / "walkthrough.ipynb", gen / "walkthrough.ipynb", params, NOTEBOOKS)
+    tidy_for_book(gen / "walkthrough.ipynb", gen / "walkthrough.ipynb", replacements=replacements)
+    links = launch_links(config_file=Path(book_root) / "_config.yml")
+    if links:  # the page's own launch buttons would open the generated copy, which a clone does not have
+        import nbformat
+
+        nb = nbformat.read(gen / "walkthrough.ipynb", as_version=4)
+        nb.cells.insert(1, nbformat.v4.new_markdown_cell(links, metadata={"tags": ["launch-links"]}))
+        nbformat.write(nb, gen / "walkthrough.ipynb")
+    return time.time() - t
 
 
 def notebook_errors(path: Path) -> list[str]:
@@ -552,13 +688,17 @@ def build_book(book_root: Path = ROOT, log=print) -> Path:
     errors = [e for p in sorted(gen.rglob("*.ipynb")) for e in notebook_errors(p)]
     if errors:
         raise WbcError("notebooks with errors cannot be published:\n  " + "\n  ".join(errors[:20]))
-    missing = [p for p in ("results.ipynb", "data_summary.md", "evaluation", "performance.md")
+    missing = [p for p in ("results.ipynb", "data_summary.md", "evaluation", "performance.md", "walkthrough")
                if not (gen / p).exists() and not list(gen.glob(p + ".*"))]
     if missing:
         raise WbcError(f"book/generated/ lacks {', '.join(missing)}: run `wbc study` first")
+    import nbformat
+
+    for p in sorted(gen.rglob("*.ipynb")):  # pages written by an older study read like a report too
+        nb = nbformat.read(p, as_version=4)
+        nbformat.write(present(nb, path_replacements(book_root)), p)
     exe = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(book_root), "--warningiserror",
-           "--keep-going", "--quiet"]
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(book_root), "-W", "--keep-going", "--quiet"]
     log("book: " + " ".join(cmd[1:]))
     proc = subprocess.run(cmd, cwd=book_root, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -600,6 +740,7 @@ class Options:
     no_book: bool = False
     book_root: str | None = None
     dry_run: bool = False
+    walkthrough_steps: int | None = None  # training steps of the walkthrough page (0: a stub page)
 
 
 def run(args: Options, log=print) -> int:
@@ -654,7 +795,13 @@ def _study(args: Options, t0, seeds, overrides, runs_dir, jobs, data_root, exter
     if not args.no_book:
         book_root = prepare_book_root(args.book_root)
         gen = generated(book_root)
-        publish_runs(jobs, book_root)
+        named = {data_root: "<data-root>"}
+        if os.environ.get("WBC_CACHE"):
+            from .data import cache_dir
+
+            named[cache_dir()] = "$WBC_CACHE"
+        shown = path_replacements(book_root, runs_dir.parent, named=named)
+        publish_runs(jobs, book_root, shown)
         write_data_summary(book_root, roots, sources)
         write_performance_page(book_root)
         t = time.time()
@@ -662,10 +809,12 @@ def _study(args: Options, t0, seeds, overrides, runs_dir, jobs, data_root, exter
             execute(NOTEBOOKS / "analysis.ipynb", gen / "results.ipynb", {"runs_dir": str(runs_dir),
                                                                            "external": external[0] if external
                                                                            else None}, NOTEBOOKS)
-            tidy_for_book(gen / "results.ipynb", gen / "results.ipynb")
+            tidy_for_book(gen / "results.ipynb", gen / "results.ipynb", replacements=shown)
 
         for what, call in (("notebooks/analysis.ipynb", analyse),
-                           ("the external evaluation", lambda: write_evaluation_page(book_root, runs_dir, external))):
+                           ("the external evaluation", lambda: write_evaluation_page(book_root, runs_dir, external, shown)),
+                           ("notebooks/walkthrough.ipynb", lambda: write_walkthrough_page(
+                               book_root, args.walkthrough_steps, shown))):
             log(f"analysis: executing {what}")
             try:
                 call()
