@@ -195,6 +195,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--mask-threshold", type=int, default=None, help="mask pixel >= this is cell (default 128)")
     p.add_argument("--skip-bad", action="store_true")
+    p.add_argument("--adabn", action="store_true",
+                   help="first re-estimate the BatchNorm statistics on the set's images (AdaBN; labels unused)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 

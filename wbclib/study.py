@@ -88,7 +88,7 @@ def notebook_params(job: Job, profile: str, data_root: str | None, runs_dir: Pat
     # Every parameter of the notebook is passed, so none of its interactive defaults leaks into a run.
     return {"profile": profile, "run_dir": str((runs_dir / job.id).resolve()), "data": data, "data_root": data_root,
             "init": init,
-            "subset": 100, "epochs": None, **job.params, "overrides": overrides}
+            "subset": 100, "epochs": None, **job.params, "overrides": {**overrides, **job.params.get("overrides", {})}}
 
 
 def job_config(job: Job, profile: str, data_root: str | None, runs_dir: Path, overrides: dict,
@@ -322,6 +322,10 @@ def prepare_book_root(book_root: str | Path | None) -> Path:
 
 def describe(job_id: str) -> str:
     """A run id in words, e.g. 'WBC_10, pretrained, with masks, seed 0'."""
+    from . import shift
+
+    if shift.setting_of(job_id):
+        return shift.describe(job_id)
     config, _, seed = job_id.rpartition("-s")
     parts = config.split("-")
     if parts[0] == "prcc":
@@ -486,7 +490,10 @@ def notebook_errors(path: Path) -> list[str]:
 
 def build_book(book_root: Path = ROOT, log=print) -> Path:
     """Build the HTML book from stored outputs (no notebook is executed); fail on warnings or errored pages."""
+    from . import shift
+
     gen = generated(book_root)
+    shift.ensure_page(book_root)
     errors = [e for p in sorted(gen.rglob("*.ipynb")) for e in notebook_errors(p)]
     if errors:
         raise WbcError("notebooks with errors cannot be published:\n  " + "\n  ".join(errors[:20]))
@@ -523,7 +530,11 @@ def main(args) -> int:
     seeds = args.seeds or (3 if args.profile == "paper" else 1)
     overrides = dict(cfg.parse_assignment(s) for s in args.set)
     runs_dir = Path(args.runs_dir).resolve()
-    jobs = select(grid(list(range(seeds))), args.only)
+    # The domain-shift runs (shift-*) are opt-in: only a pattern given with --only can select them.
+    from . import shift
+
+    jobs = select(grid(list(range(seeds))) + (shift.grid(list(range(args.seeds or shift.SEEDS))) if args.only
+                                              else []), args.only)
     data_root = str(Path(args.data_root).expanduser().resolve()) if args.data_root else None
     # Validate every config before anything runs (a bad --set fails here, once).
     for j in jobs:
@@ -566,7 +577,8 @@ def main(args) -> int:
             tidy_for_book(gen / "results.ipynb", gen / "results.ipynb")
 
         for what, call in (("notebooks/analysis.ipynb", analyse),
-                           ("the external evaluation", lambda: write_evaluation_page(book_root, runs_dir, external))):
+                           ("the external evaluation", lambda: write_evaluation_page(book_root, runs_dir, external)),
+                           ("the domain-shift chapter", lambda: shift.write_page(book_root, runs_dir, external))):
             print(f"analysis: executing {what}")
             try:
                 call()

@@ -211,7 +211,8 @@ def build_splits(config: cfg.RunConfig, root: Path, check: bool = True) -> Split
         tr = [data.Record(r.path, r.label, None) for r in tr]
 
     def make(records, train):
-        tf = transforms.build(config.input_size, config.resize, train, config.rot90, config.color_jitter)
+        tf = transforms.build(config.input_size, config.resize, train, config.rot90, config.color_jitter,
+                              config.hue_jitter, config.zoom)
         return data.CellDataset(records, classes, tf,
                                 config.mask_threshold, config.resize, root)
 
@@ -248,7 +249,7 @@ def to_device(batch: dict, rt: Runtime):
 # -- model ------------------------------------------------------------------------------------------------
 
 def build_model(config: cfg.RunConfig) -> MultiTaskUNet:
-    return MultiTaskUNet(config.num_classes, config.base_width, config.depth)
+    return MultiTaskUNet(config.num_classes, config.base_width, config.depth, norm=config.norm)
 
 
 def load_model(run_or_file: str | Path, device: str | torch.device = "cpu") -> tuple[MultiTaskUNet, cfg.RunConfig]:

@@ -1,0 +1,400 @@
+"""Domain shift: does a model trained on one laboratory's cells work on another's?
+
+The pieces of the book's domain-shift chapter, kept out of the notebook:
+
+- :data:`SETTINGS` and :func:`grid`: the training runs ``shift-<setting>-s<seed>`` that ``wbc study --only
+  'shift-*'`` trains (WBC_100 from scratch with masks, on the default data, each with one remedy switched on);
+- :func:`adapt_batchnorm`: AdaBN (Li et al., 2016), the BatchNorm statistics re-estimated on the target
+  images at test time, without their labels (``wbc evaluate --adabn``);
+- :func:`image_statistics`: colour and scale of each image of a set, to show what differs between sets;
+- :func:`evaluate_runs`, :func:`remedy_table`, :func:`paired_table` and :func:`choose`: the chapter's tables,
+  its paired comparisons and its selection rule (settings chosen on one external set, reported on the other).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import metrics
+
+#: Run-id prefix of the domain-shift runs.
+PREFIX = "shift-"
+#: Seeds per setting when ``wbc study --seeds`` is not given.
+SEEDS = 3
+#: The training settings: a name, the config fields it changes and a sentence on what it is. ``bn`` is the
+#: study's WBC_100 from-scratch, with-mask configuration unchanged.
+SETTINGS: dict[str, tuple[dict, str]] = {
+    "bn": ({}, "BatchNorm, the default augmentation (the study's WBC_100 model)"),
+    "gn": ({"norm": "group"}, "GroupNorm instead of BatchNorm"),
+    "bn-color": ({"color_jitter": 0.3, "hue_jitter": 0.1}, "stronger colour jitter with a hue shift"),
+    "bn-zoom": ({"zoom": [1.0, 3.0]}, "half the images enlarged 1-3x"),
+    "bn-color-zoom": ({"color_jitter": 0.3, "hue_jitter": 0.1, "zoom": [1.0, 3.0]}, "colour and zoom"),
+    "gn-color-zoom": ({"norm": "group", "color_jitter": 0.3, "hue_jitter": 0.1, "zoom": [1.0, 3.0]},
+                      "GroupNorm, colour and zoom"),
+}
+#: How a model is applied at test time: unchanged, or with AdaBN (BatchNorm models only).
+MODES = ("plain", "adabn")
+
+
+def setting_of(run_id: str) -> tuple[str, int] | None:
+    """``shift-bn-zoom-s2`` -> ``("bn-zoom", 2)``; None for another run id."""
+    if not run_id.startswith(PREFIX):
+        return None
+    name, _, seed = run_id[len(PREFIX):].rpartition("-s")
+    return (name, int(seed)) if name in SETTINGS and seed.isdigit() else None
+
+
+def describe(run_id: str) -> str:
+    """A shift run id in words (the title of its page in the book)."""
+    name, seed = setting_of(run_id) or (run_id, 0)
+    return f"domain shift: {SETTINGS[name][1] if name in SETTINGS else name}, WBC_100 from scratch, seed {seed}"
+
+
+def grid(seeds: list[int]) -> list:
+    """The study's jobs of the domain-shift chapter: every setting of :data:`SETTINGS` for every seed."""
+    from .study import Job
+
+    return [Job(f"{PREFIX}{name}-s{s}", {"dataset": "wbc", "subset": 100, "masks": True, "seed": s,
+                                         "overrides": dict(changes)})
+            for s in seeds for name, (changes, _) in SETTINGS.items()]
+
+
+# -- AdaBN ------------------------------------------------------------------------------------------------
+
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, BATCHNORMS)]
+
+
+@torch.no_grad()
+def adapt_batchnorm(model: nn.Module, loader, device: torch.device | str = "cpu", autocast=None) -> int:
+    """AdaBN: replace every BatchNorm layer's running mean and variance by the statistics of the images of
+    ``loader`` (Li et al., 2016). Only the images are used: labels and masks are never read. The BatchNorm
+    layers run in training mode with ``momentum=None`` (a cumulative average over the batches) while every
+    other module stays in evaluation mode; no gradient is computed and no weight changes. The model is left in
+    evaluation mode with its momenta restored. Returns the number of layers adapted (0: nothing to do, e.g. a
+    GroupNorm model)."""
+    layers = batchnorm_layers(model)
+    if not layers:
+        model.eval()
+        return 0
+    momenta = [m.momentum for m in layers]
+    model.eval()
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        for batch in loader:
+            images = batch["image"] if isinstance(batch, dict) else batch
+            images = images.to(device)
+            if autocast is not None:
+                with autocast():
+                    model(images)
+            else:
+                model(images)
+    finally:
+        for m, momentum in zip(layers, momenta):
+            m.momentum = momentum
+        model.eval()
+    return len(layers)
+
+
+# -- what differs between the sets ------------------------------------------------------------------------
+
+def _hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hue (0..1), saturation and value of an (..., 3) float RGB array in [0, 1]."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    mx, mn = rgb.max(-1), rgb.min(-1)
+    delta = mx - mn
+    safe = np.where(delta == 0, 1, delta)
+    h = np.where(mx == r, ((g - b) / safe) % 6, np.where(mx == g, (b - r) / safe + 2, (r - g) / safe + 4)) / 6
+    h = np.where(delta == 0, 0, h)
+    s = np.where(mx == 0, 0, delta / np.where(mx == 0, 1, mx))
+    return h, s, mx
+
+
+def stained_fraction(rgb: np.ndarray) -> float:
+    """Share of the frame covered by the white cell's stained parts: pixels much bluer than they are green
+    (nucleus and granules are blue-violet after Romanowsky-type stains; red cells and background are not),
+    with the threshold at half the image's own range of that difference, so that a paler or bluer stain
+    moves the threshold with it. A proxy for how large the cell appears in the frame, not a segmentation."""
+    blue = rgb[..., 2] - rgb[..., 1]
+    lo, hi = np.percentile(blue, [5, 99.5])
+    if hi - lo < 0.08:  # no stained cell stands out
+        return 0.0
+    return float((blue > lo + 0.5 * (hi - lo)).mean())
+
+
+def image_statistics(folder: str | Path, name: str | None = None, limit: int | None = None,
+                     seed: int = 0) -> pd.DataFrame:
+    """One row per image of a class-folder set: its set name, class, size, mean RGB, mean hue, saturation
+    and brightness, and :func:`stained_fraction`. ``limit`` draws that many images at random (seeded)."""
+    from . import WBC_CLASSES, data
+
+    records, _ = data.folder_records(Path(folder), WBC_CLASSES, check=False)
+    if limit and len(records) > limit:
+        idx = np.random.default_rng(seed).choice(len(records), limit, replace=False)
+        records = [records[i] for i in sorted(idx)]
+    rows = []
+    for r in records:
+        img = data.open_image(r.path)
+        rgb = np.asarray(img, dtype=np.float32) / 255
+        h, s, v = _hsv(rgb)
+        # Hue is circular: average it as an angle.
+        hue = float(np.angle(np.mean(np.exp(2j * np.pi * h[s > 0.1]))) / (2 * np.pi) % 1) if (s > 0.1).any() else 0.0
+        rows.append({"set": name or Path(folder).name, "class": WBC_CLASSES[r.label], "width": img.size[0],
+                     "height": img.size[1], "red": float(rgb[..., 0].mean()), "green": float(rgb[..., 1].mean()),
+                     "blue": float(rgb[..., 2].mean()), "hue": hue, "saturation": float(s.mean()),
+                     "brightness": float(v.mean()), "stained_fraction": stained_fraction(rgb)})
+    return pd.DataFrame(rows)
+
+
+# -- the chapter's tables ---------------------------------------------------------------------------------
+
+def shift_runs(runs_dir: str | Path) -> pd.DataFrame:
+    """The finished domain-shift runs of ``runs_dir``: run, setting, seed, norm, path and held-out PBC
+    (the embedded validation split) accuracy and balanced accuracy."""
+    from . import runs
+
+    rows = []
+    for p in sorted(Path(runs_dir).glob(f"{PREFIX}*/metrics.json")):
+        parsed = setting_of(p.parent.name)
+        if parsed is None:
+            continue
+        m = runs.read_json(p) or {}
+        config = runs.read_json(p.parent / "config.json") or {}
+        val = m.get(m.get("reported_split", "val"), {})
+        rows.append({"run": p.parent.name, "setting": parsed[0], "seed": parsed[1],
+                     "norm": config.get("norm", "batch"), "path": str(p.parent),
+                     "pbc_accuracy": val.get("accuracy"), "pbc_balanced_accuracy": val.get("balanced_accuracy")})
+    return pd.DataFrame(rows, columns=["run", "setting", "seed", "norm", "path", "pbc_accuracy",
+                                       "pbc_balanced_accuracy"])
+
+
+def evaluate_runs(runs: pd.DataFrame, sets: dict[str, str | Path], progress=None) -> pd.DataFrame:
+    """Every run on every external set, unchanged and (BatchNorm models) with AdaBN. One row per run, set and
+    mode with the metrics of :func:`wbclib.evaluate.evaluate`; results are written into each run directory
+    (``external-<set>[-adabn]``), never into a data set."""
+    from . import evaluate
+
+    rows = []
+    for _, r in runs.iterrows():
+        for set_name, folder in sets.items():
+            for mode in MODES:
+                if mode == "adabn" and r["norm"] != "batch":
+                    continue
+                out = Path(r["path"]) / (f"external-{set_name}" + ("-adabn" if mode == "adabn" else ""))
+                res = evaluate.evaluate(r["path"], folder, out, adabn=mode == "adabn")
+                rows.append({"run": r["run"], "setting": r["setting"], "seed": r["seed"], "set": set_name,
+                             "mode": mode, "balanced_accuracy": res["balanced_accuracy"],
+                             "accuracy": res["accuracy"], "macro_f1": res["macro_f1"], "n": res["n"],
+                             "recall": {c: v["recall"] for c, v in res["per_class"].items()},
+                             "confusion": res["confusion_matrix"], "predictions": out / "predictions.csv"})
+                if progress:
+                    progress(f"{r['run']} {set_name} {mode}: balanced accuracy {res['balanced_accuracy']:.3f}")
+    return pd.DataFrame(rows)
+
+
+def variant(setting: str, mode: str) -> str:
+    """The name of a remedy: the training setting, with ``+adabn`` where AdaBN was applied at test time."""
+    return setting + ("+adabn" if mode == "adabn" else "")
+
+
+def _ci(values) -> dict:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and np.isnan(v))]
+    return metrics.mean_ci(values) if values else {"mean": np.nan, "low": None, "high": None, "n": 0}
+
+
+def _cell(values, digits: int = 3) -> str:
+    ci = _ci(values)
+    if ci["n"] == 0:
+        return "–"
+    if ci["low"] is None:
+        return f"{ci['mean']:.{digits}f} (1 seed)"
+    return f"{ci['mean']:.{digits}f} [{ci['low']:.{digits}f}, {ci['high']:.{digits}f}]"
+
+
+def remedy_table(runs: pd.DataFrame, results: pd.DataFrame, metric: str = "balanced_accuracy") -> pd.DataFrame:
+    """One row per remedy (setting x test-time mode): held-out PBC and each external set's ``metric`` as the
+    mean over seeds with a 95 % Student-t interval, the seeds, and the seed means as numbers (for verdicts)."""
+    rows = []
+    sets = list(dict.fromkeys(results["set"])) if len(results) else []
+    for setting in [s for s in SETTINGS if s in set(runs["setting"])]:
+        mine = runs[runs["setting"] == setting]
+        for mode in MODES:
+            res = results[(results["setting"] == setting) & (results["mode"] == mode)] if len(results) else results
+            if mode == "adabn" and not len(res):
+                continue
+            row = {"remedy": variant(setting, mode), "setting": setting, "mode": mode, "seeds": len(mine),
+                   "PBC held-out": _cell(mine["pbc_balanced_accuracy"]),
+                   "pbc_mean": _ci(mine["pbc_balanced_accuracy"])["mean"]}
+            for s in sets:
+                vals = res.loc[res["set"] == s, metric]
+                row[s] = _cell(vals)
+                row[f"{s}_mean"] = _ci(vals)["mean"]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _correct(predictions: Path) -> pd.Series:
+    df = pd.read_csv(predictions)
+    return pd.Series((df["true_class"] == df["predicted_class"]).to_numpy(), index=df["path"])
+
+
+def paired_table(results: pd.DataFrame, baseline: str = "bn", n_boot: int = 2000) -> pd.DataFrame:
+    """Each remedy against the unchanged baseline on the same external images: per seed the difference in
+    balanced accuracy (mean over seeds, 95 % t-interval), and over all seeds pooled a paired bootstrap and
+    McNemar's test of per-image correctness (images paired by seed and path)."""
+    rows = []
+    if not len(results):
+        return pd.DataFrame(rows)
+    base = results[(results["setting"] == baseline) & (results["mode"] == "plain")]
+    for (setting, mode), grp in results.groupby(["setting", "mode"], sort=False):
+        if setting == baseline and mode == "plain":
+            continue
+        for set_name, sub in grp.groupby("set", sort=False):
+            b = base[base["set"] == set_name].set_index("seed")
+            diffs, ca, cb = [], [], []
+            for _, r in sub.iterrows():
+                if r["seed"] not in b.index:
+                    continue
+                diffs.append(r["balanced_accuracy"] - b.loc[r["seed"], "balanced_accuracy"])
+                a_ok, b_ok = _correct(r["predictions"]), _correct(b.loc[r["seed"], "predictions"])
+                common = a_ok.index.intersection(b_ok.index)
+                ca.append(a_ok[common].to_numpy())
+                cb.append(b_ok[common].to_numpy())
+            if not diffs:
+                continue
+            ci = _ci(diffs)
+            ca, cb = np.concatenate(ca), np.concatenate(cb)
+            boot = metrics.paired_bootstrap(ca, cb, n_boot=n_boot)
+            mc = metrics.mcnemar(ca, cb)
+            rows.append({"remedy": variant(setting, mode), "set": set_name, "seeds": len(diffs),
+                         "Δ balanced accuracy (points)": 100 * ci["mean"],
+                         "95 % CI over seeds": "–" if ci["low"] is None else
+                         f"{100 * ci['low']:+.1f} to {100 * ci['high']:+.1f}",
+                         "Δ accuracy, pooled (points)": 100 * boot["diff"],
+                         "bootstrap 95 % CI": f"{100 * boot['low']:+.1f} to {100 * boot['high']:+.1f}",
+                         "McNemar p": mc["p_value"], "verdict": verdict(ci, boot, mc)})
+    return pd.DataFrame(rows)
+
+
+def verdict(seed_ci: dict, boot: dict, mc: dict, alpha: float = 0.05) -> str:
+    """A plain word for a paired comparison: helps / hurts when the per-image tests and the seed interval
+    agree on the sign, 'no clear effect' otherwise."""
+    sure = mc["p_value"] < alpha and (boot["low"] > 0 or boot["high"] < 0)
+    seeds_agree = seed_ci["low"] is not None and (seed_ci["low"] > 0 or seed_ci["high"] < 0)
+    if sure and seeds_agree:
+        return "helps" if boot["diff"] > 0 else "hurts"
+    if sure or seeds_agree:
+        return ("probably helps" if (boot["diff"] if sure else seed_ci["mean"]) > 0 else "probably hurts") + \
+            " (only one of the tests is clear)"
+    return "no clear effect"
+
+
+def choose(table: pd.DataFrame, select_on: str, tolerance: float = 0.01) -> dict | None:
+    """The selection rule of the chapter, fixed before looking at the other set: among the remedies whose mean
+    held-out PBC balanced accuracy is within ``tolerance`` of the best remedy's, the one with the highest mean
+    balanced accuracy on ``select_on``. Returns its row (as a dict) or None."""
+    if not len(table) or f"{select_on}_mean" not in table:
+        return None
+    best_pbc = table["pbc_mean"].max()
+    ok = table[table["pbc_mean"] >= best_pbc - tolerance]
+    if not len(ok):
+        return None
+    return ok.sort_values(f"{select_on}_mean", ascending=False).iloc[0].to_dict()
+
+
+def recall_table(results: pd.DataFrame, set_name: str) -> pd.DataFrame:
+    """Mean recall of each class over seeds, one row per remedy, on one external set."""
+    rows = {}
+    for (setting, mode), grp in results[results["set"] == set_name].groupby(["setting", "mode"], sort=False):
+        rec = pd.DataFrame(list(grp["recall"]))
+        rows[variant(setting, mode)] = rec.mean()
+    return pd.DataFrame(rows).T
+
+
+def mean_confusion(results: pd.DataFrame, set_name: str, setting: str, mode: str = "plain") -> np.ndarray | None:
+    """The confusion matrices of one remedy on one set, summed over seeds."""
+    sel = results[(results["set"] == set_name) & (results["setting"] == setting) & (results["mode"] == mode)]
+    if not len(sel):
+        return None
+    return np.sum([np.asarray(c) for c in sel["confusion"]], axis=0)
+
+
+__all__ = [
+    "MODES",
+    "SETTINGS",
+    "adapt_batchnorm",
+    "batchnorm_layers",
+    "choose",
+    "evaluate_runs",
+    "grid",
+    "image_statistics",
+    "mean_confusion",
+    "paired_table",
+    "recall_table",
+    "remedy_table",
+    "setting_of",
+    "shift_runs",
+    "stained_fraction",
+]
+
+
+# -- the chapter ------------------------------------------------------------------------------------------
+
+#: What a build without domain-shift runs shows on the chapter's page.
+STUB = """# Domain shift: another laboratory
+
+This build trained no domain-shift run. The chapter trains the WBC_100 model on the embedded PBC cells with
+each remedy of the study's list (GroupNorm instead of BatchNorm, colour and hue augmentation, zoom
+augmentation, and their combinations; AdaBN is applied at test time to every BatchNorm model) and evaluates
+it unchanged on the BCCD crops and the held-out segwbc cells. It is not part of the default build because it
+trains {runs} runs ({settings} settings x {seeds} seeds, about {minutes} minutes on two CPU cores):
+
+```bash
+wbc study --only 'shift-*'            # then `wbc book`, or any later `wbc study`, shows the chapter
+```
+"""
+
+
+def stub_text() -> str:
+    return STUB.format(runs=len(SETTINGS) * SEEDS, settings=len(SETTINGS), seeds=SEEDS,
+                       minutes=round(len(SETTINGS) * SEEDS * 80 / 2 / 60))
+
+
+def write_page(book_root: Path, runs_dir: Path, external: list[str] | None) -> Path:
+    """The chapter: ``notebooks/domain-shift.ipynb`` executed on the finished ``shift-*`` runs of ``runs_dir``
+    (``book/generated/domain-shift.ipynb``), or a page that says how to train them where there are none."""
+    from . import runs, study
+
+    gen = study.generated(book_root)
+    for stale in ("domain-shift.md", "domain-shift.ipynb"):
+        (gen / stale).unlink(missing_ok=True)
+    if not len(shift_runs(runs_dir)):
+        page = gen / "domain-shift.md"
+        runs.write_atomic(page, stub_text())
+        return page
+    page = gen / "domain-shift.ipynb"
+    sets = [str(Path(e).resolve()) for e in external] if external else None
+    study.execute(study.NOTEBOOKS / "domain-shift.ipynb", page, {"runs_dir": str(Path(runs_dir).resolve()),
+                                                                 "external": sets}, study.NOTEBOOKS)
+    study.tidy_for_book(page, page)
+    return page
+
+
+def ensure_page(book_root: Path) -> None:
+    """Write the stub page where the chapter is missing (a book built from a study that predates it)."""
+    from . import runs, study
+
+    gen = study.generated(book_root)
+    if not list(gen.glob("domain-shift.*")):
+        runs.write_atomic(gen / "domain-shift.md", stub_text())
