@@ -205,6 +205,26 @@ def test_chapter_page_without_shift_runs_says_how_to_train_them(tmp_path):
     assert page.name == "domain-shift.md" and "wbc study --only 'shift-*'" in page.read_text()
 
 
+def test_chapter_notebook_runs_on_shift_runs(shift_runs, tmp_path):
+    """The chapter executed on two tiny runs: tables, verdicts and the chosen remedy, and no error."""
+    import papermill
+
+    out = tmp_path / "domain-shift.ipynb"
+    target = str(shift_runs / "target")
+    papermill.execute_notebook(str(study.NOTEBOOKS / "domain-shift.ipynb"), str(out), kernel_name=study.KERNEL,
+                               parameters={"runs_dir": str(shift_runs / "runs"), "external": [target, target],
+                                           "select_on": "target", "report_on": "target", "stats_limit": 5},
+                               cwd=str(study.NOTEBOOKS), progress_bar=False)
+    nb = json.loads(out.read_text())
+    text = "\n".join("".join(o.get("data", {}).get("text/markdown", "")) + "".join(o.get("data", {}).get(
+        "text/plain", "")) + "".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+    assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert "2 finished domain-shift run(s)" in text and "bn+adabn" in text and "Chosen on target" in text
+    assert "Goal" in text and "gn" in text
+    assert (shift_runs / "runs" / "shift-bn-s0" / "external-target-adabn" / "metrics.json").is_file()
+    assert not (shift_runs / "runs" / "shift-gn-s0" / "external-target-adabn").exists()
+
+
 def test_stained_fraction_and_image_statistics():
     rgb = np.ones((100, 100, 3), np.float32) * np.array([0.9, 0.75, 0.75], np.float32)  # pink background
     yy, xx = np.mgrid[:100, :100]

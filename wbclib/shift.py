@@ -157,6 +157,70 @@ def image_statistics(folder: str | Path, name: str | None = None, limit: int | N
     return pd.DataFrame(rows)
 
 
+STAT_COLUMNS = {"stained_fraction": "stained share of the frame (cell scale)", "brightness": "brightness (HSV value)",
+                "saturation": "saturation", "hue": "mean hue of coloured pixels (0-1)"}
+
+
+def statistics_figure(stats: pd.DataFrame):
+    """One panel per statistic of :func:`image_statistics`, a box per set side by side."""
+    import matplotlib.pyplot as plt
+
+    sets = list(dict.fromkeys(stats["set"]))
+    fig, axes = plt.subplots(1, len(STAT_COLUMNS), figsize=(3.2 * len(STAT_COLUMNS), 3.2), layout="constrained")
+    for ax, (col, label) in zip(axes, STAT_COLUMNS.items()):
+        ax.boxplot([stats.loc[stats["set"] == s, col] for s in sets], showfliers=False)
+        ax.set_xticks(range(1, len(sets) + 1), sets)
+        ax.set_title(label, fontsize="small")
+    return fig
+
+
+def examples_figure(folders: dict[str, str | Path], n: int = 6, size: int = 96, seed: int = 0):
+    """``n`` random images of each set in a row (shorter side resized to ``size``, centre-cropped square),
+    as the sets come, before the model's own transform."""
+    import matplotlib.pyplot as plt
+
+    from . import WBC_CLASSES, data
+
+    fig, axes = plt.subplots(len(folders), n, figsize=(1.4 * n, 1.5 * len(folders)), layout="constrained",
+                             squeeze=False)
+    for row, (name, folder) in zip(axes, folders.items()):
+        records, _ = data.folder_records(Path(folder), WBC_CLASSES, check=False)
+        pick = np.random.default_rng(seed).choice(len(records), min(n, len(records)), replace=False)
+        for ax in row:
+            ax.axis("off")
+        for ax, i in zip(row, pick):
+            img = data.open_image(records[i].path)
+            w, h = img.size
+            k = size / min(w, h)
+            img = img.resize((max(size, round(w * k)), max(size, round(h * k))))
+            left, top = (img.size[0] - size) // 2, (img.size[1] - size) // 2
+            ax.imshow(np.asarray(img.crop((left, top, left + size, top + size))))
+            ax.set_title(WBC_CLASSES[records[i].label][:4], fontsize="x-small")
+        row[0].text(-0.1, 0.5, name, transform=row[0].transAxes, ha="right", va="center", fontsize="small")
+    return fig
+
+
+def confusion_figure(results: pd.DataFrame, set_name: str, remedies: list[tuple[str, str]]):
+    """Confusion matrices (rows: true class, colour: row fraction, text: counts summed over seeds) of the
+    given (setting, mode) pairs on one set, side by side."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from . import WBC_CLASSES
+
+    mats = [(variant(s, m), mean_confusion(results, set_name, s, m)) for s, m in remedies]
+    mats = [(name, cm) for name, cm in mats if cm is not None]
+    fig, axes = plt.subplots(1, len(mats), figsize=(4.2 * len(mats), 4), layout="constrained", squeeze=False)
+    for ax, (name, cm) in zip(axes[0], mats):
+        sums = cm.sum(axis=1, keepdims=True)
+        frac = np.divide(cm, sums, out=np.zeros(cm.shape), where=sums > 0)
+        sns.heatmap(frac, annot=cm.astype(int).astype(str), fmt="", cmap="Blues", vmin=0, vmax=1, cbar=False,
+                    square=True, xticklabels=[c[:4] for c in WBC_CLASSES], yticklabels=[c[:4] for c in WBC_CLASSES],
+                    ax=ax)
+        ax.set(title=f"{set_name}: {name}", xlabel="predicted", ylabel="true")
+    return fig
+
+
 # -- the chapter's tables ---------------------------------------------------------------------------------
 
 def shift_runs(runs_dir: str | Path) -> pd.DataFrame:
@@ -337,6 +401,7 @@ __all__ = [
     "batchnorm_layers",
     "choose",
     "evaluate_runs",
+    "goal_summary",
     "grid",
     "image_statistics",
     "mean_confusion",
@@ -398,3 +463,30 @@ def ensure_page(book_root: Path) -> None:
     gen = study.generated(book_root)
     if not list(gen.glob("domain-shift.*")):
         runs.write_atomic(gen / "domain-shift.md", stub_text())
+
+
+def goal_summary(table: pd.DataFrame, select_on: str, report_on: str, goal: float = 0.60,
+                 tolerance: float = 0.01) -> str:
+    """The chapter's answer in Markdown: the remedy :func:`choose` picks on ``select_on``, its ``report_on``
+    balanced accuracy read once, and whether the goal (``goal`` on ``report_on``, held-out PBC within
+    ``tolerance`` of the best remedy's) is reached."""
+    chosen = choose(table, select_on, tolerance)
+    if chosen is None:
+        return "Nothing to choose from: no finished domain-shift run."
+    best = table.loc[table["pbc_mean"].idxmax()]
+    base = table[table["remedy"] == "bn"]
+    reached = chosen.get(f"{report_on}_mean", float("nan"))
+    within = chosen["pbc_mean"] >= best["pbc_mean"] - tolerance
+    against = f", against {base.iloc[0][report_on]} for the unchanged baseline" if len(base) else ""
+    if reached >= goal and within:
+        verdict_text = "**reached**."
+    else:
+        verdict_text = (f"**not reached**: {report_on} {reached:.3f}"
+                        + ("" if within else ", and held-out PBC more than one point below the best") + ".")
+    return "\n".join([
+        (f"- **Chosen on {select_on}:** `{chosen['remedy']}` ({chosen['seeds']} seed(s)): {select_on} "
+         f"{chosen[select_on]}, held-out PBC {chosen['PBC held-out']} (best in domain: `{best['remedy']}`, "
+         f"{best['pbc_mean']:.3f})."),
+        f"- **Reported on {report_on}, once:** balanced accuracy {chosen[report_on]}{against}.",
+        f"- **Goal** (≥ {goal:.2f} on {report_on}, held-out PBC within one point of the best): {verdict_text}",
+    ])
