@@ -223,6 +223,11 @@ def test_chapter_notebook_runs_on_shift_runs(shift_runs, tmp_path):
     assert "Goal" in text and "gn" in text
     assert (shift_runs / "runs" / "shift-bn-s0" / "external-target-adabn" / "metrics.json").is_file()
     assert not (shift_runs / "runs" / "shift-gn-s0" / "external-target-adabn").exists()
+    # executed again (a later study), the evaluations are reused, not recomputed
+    written = sorted((shift_runs / "runs").glob("*/external-target*/metrics.json"))
+    stamps = [p.stat().st_mtime_ns for p in written]
+    again = shift.evaluate_runs(shift.shift_runs(shift_runs / "runs"), {"target": target})
+    assert len(again) == 3 and len(written) == 3 and [p.stat().st_mtime_ns for p in written] == stamps
 
 
 def test_stained_fraction_and_image_statistics():
