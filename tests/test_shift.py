@@ -242,13 +242,20 @@ def test_stained_fraction_and_image_statistics():
     assert df[["red", "green", "blue", "hue", "saturation", "brightness"]].stack().between(0, 1).all()
 
 
-def test_verdicts_and_the_selection_rule():
-    clear = {"diff": 0.1, "low": 0.05, "high": 0.15}
-    assert shift.verdict({"low": 0.02, "high": 0.2, "mean": 0.1}, clear, {"p_value": 0.001}) == "helps"
-    assert shift.verdict({"low": -0.3, "high": 0.4, "mean": 0.05}, {"diff": 0.0, "low": -0.02, "high": 0.02},
-                         {"p_value": 0.9}) == "no clear effect"
-    assert shift.verdict({"low": -0.2, "high": -0.1, "mean": -0.15}, {"diff": -0.1, "low": -0.2, "high": -0.05},
-                         {"p_value": 0.01}) == "hurts"
+def test_verdicts_balanced_bootstrap_and_the_selection_rule():
+    clear_up, clear_down = {"low": 0.05, "high": 0.15}, {"low": -0.2, "high": -0.05}
+    assert shift.verdict({"low": 0.02, "high": 0.2}, clear_up) == "helps"
+    assert shift.verdict({"low": -0.2, "high": -0.1}, clear_down) == "hurts"
+    assert shift.verdict({"low": None, "high": None}, clear_up).startswith("probably helps")
+    assert shift.verdict({"low": -0.3, "high": 0.4}, {"low": -0.02, "high": 0.02}) == "no clear effect"
+    assert shift.verdict({"low": 0.1, "high": 0.2}, clear_down).startswith("mixed")
+    # balanced accuracy: A right on every image of the rare class, B on every image of the common one
+    labels = np.array([0] * 2 + [1] * 18)
+    a, b = labels == 0, labels == 1
+    boot = shift.balanced_bootstrap(a, b, labels, n_boot=500)
+    assert boot["diff"] == pytest.approx(0.0) and boot["low"] < 0 < boot["high"]
+    boot = shift.balanced_bootstrap(np.ones(20, bool), b, labels, n_boot=500)
+    assert boot["diff"] == pytest.approx(0.5) and boot["low"] > 0
     table = pd.DataFrame([{"remedy": "a", "pbc_mean": 0.97, "segwbc_mean": 0.5},
                           {"remedy": "b", "pbc_mean": 0.955, "segwbc_mean": 0.9},   # > 1 point below the best
                           {"remedy": "c", "pbc_mean": 0.962, "segwbc_mean": 0.7}])

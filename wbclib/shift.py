@@ -248,6 +248,8 @@ def evaluate_runs(runs: pd.DataFrame, sets: dict[str, str | Path], progress=None
     mode with the metrics of :func:`wbclib.evaluate.evaluate`; results are written into each run directory
     (``external-<set>[-adabn]``), never into a data set, and reused while they are newer than the run's
     checkpoint (so a later study re-executes the chapter in seconds)."""
+    import matplotlib.pyplot as plt
+
     from . import evaluate
 
     def cached(run_path, folder, out, adabn):
@@ -275,6 +277,7 @@ def evaluate_runs(runs: pd.DataFrame, sets: dict[str, str | Path], progress=None
                              "accuracy": res["accuracy"], "macro_f1": res["macro_f1"], "n": res["n"],
                              "recall": {c: v["recall"] for c, v in res["per_class"].items()},
                              "confusion": res["confusion_matrix"], "predictions": out / "predictions.csv"})
+                plt.close("all")  # evaluate() draws a confusion figure for its folder; the chapter draws its own
                 if progress:
                     progress(f"{r['run']} {set_name} {mode}: balanced accuracy {res['balanced_accuracy']:.3f}")
     return pd.DataFrame(rows)
@@ -321,15 +324,36 @@ def remedy_table(runs: pd.DataFrame, results: pd.DataFrame, metric: str = "balan
     return pd.DataFrame(rows)
 
 
-def _correct(predictions: Path) -> pd.Series:
-    df = pd.read_csv(predictions)
-    return pd.Series((df["true_class"] == df["predicted_class"]).to_numpy(), index=df["path"])
+def _predictions(predictions: Path) -> pd.DataFrame:
+    return pd.read_csv(predictions).set_index("path")
+
+
+def balanced_bootstrap(correct_a, correct_b, labels, n_boot: int = 2000, seed: int = 0,
+                       confidence: float = 0.95) -> dict:
+    """Difference in balanced accuracy (A - B) on the same images, with a percentile interval from resampling
+    images with replacement. Each image carries the weight 1 / (classes x images of its class), so the weighted
+    mean of per-image correctness is the balanced accuracy; the bootstrap resamples the weighted differences.
+    Two-sided p as in :func:`wbclib.metrics.paired_bootstrap`."""
+    a, b = np.asarray(correct_a, dtype=np.float64), np.asarray(correct_b, dtype=np.float64)
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    weight = 1.0 / (len(classes) * counts[np.searchsorted(classes, labels)])
+    d = (a - b) * weight * len(a)  # mean(d) = balanced accuracy of A - that of B
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(boots, [tail, 100 - tail])
+    diff = float(d.mean())
+    p = 1.0 if diff == 0 else min(1.0, 2.0 * float(np.mean(boots <= 0) if diff > 0 else np.mean(boots >= 0)))
+    return {"diff": diff, "low": float(low), "high": float(high), "p_value": p, "n": len(d),
+            "n_boot": n_boot}
 
 
 def paired_table(results: pd.DataFrame, baseline: str = "bn", n_boot: int = 2000) -> pd.DataFrame:
     """Each remedy against the unchanged baseline on the same external images: per seed the difference in
-    balanced accuracy (mean over seeds, 95 % t-interval), and over all seeds pooled a paired bootstrap and
-    McNemar's test of per-image correctness (images paired by seed and path)."""
+    balanced accuracy (mean over seeds, 95 % t-interval), and over all seeds pooled (images paired by seed
+    and path) a paired bootstrap of the difference in balanced accuracy and McNemar's test of per-image
+    correctness."""
     rows = []
     if not len(results):
         return pd.DataFrame(rows)
@@ -339,41 +363,46 @@ def paired_table(results: pd.DataFrame, baseline: str = "bn", n_boot: int = 2000
             continue
         for set_name, sub in grp.groupby("set", sort=False):
             b = base[base["set"] == set_name].set_index("seed")
-            diffs, ca, cb = [], [], []
+            diffs, ca, cb, labels = [], [], [], []
             for _, r in sub.iterrows():
                 if r["seed"] not in b.index:
                     continue
                 diffs.append(r["balanced_accuracy"] - b.loc[r["seed"], "balanced_accuracy"])
-                a_ok, b_ok = _correct(r["predictions"]), _correct(b.loc[r["seed"], "predictions"])
-                common = a_ok.index.intersection(b_ok.index)
-                ca.append(a_ok[common].to_numpy())
-                cb.append(b_ok[common].to_numpy())
+                pa, pb = _predictions(r["predictions"]), _predictions(b.loc[r["seed"], "predictions"])
+                common = pa.index.intersection(pb.index)
+                pa, pb = pa.loc[common], pb.loc[common]
+                ca.append((pa["true_class"] == pa["predicted_class"]).to_numpy())
+                cb.append((pb["true_class"] == pb["predicted_class"]).to_numpy())
+                labels.append(pa["true_class"].to_numpy())
             if not diffs:
                 continue
             ci = _ci(diffs)
             ca, cb = np.concatenate(ca), np.concatenate(cb)
-            boot = metrics.paired_bootstrap(ca, cb, n_boot=n_boot)
+            boot = balanced_bootstrap(ca, cb, np.concatenate(labels), n_boot=n_boot)
             mc = metrics.mcnemar(ca, cb)
             rows.append({"remedy": variant(setting, mode), "set": set_name, "seeds": len(diffs),
                          "Δ balanced accuracy (points)": 100 * ci["mean"],
                          "95 % CI over seeds": "–" if ci["low"] is None else
                          f"{100 * ci['low']:+.1f} to {100 * ci['high']:+.1f}",
-                         "Δ accuracy, pooled (points)": 100 * boot["diff"],
-                         "bootstrap 95 % CI": f"{100 * boot['low']:+.1f} to {100 * boot['high']:+.1f}",
-                         "McNemar p": mc["p_value"], "verdict": verdict(ci, boot, mc)})
+                         "bootstrap 95 % CI (pooled)": f"{100 * boot['low']:+.1f} to {100 * boot['high']:+.1f}",
+                         "Δ accuracy (points)": 100 * (ca.mean() - cb.mean()),
+                         "McNemar p": mc["p_value"], "verdict": verdict(ci, boot)})
     return pd.DataFrame(rows)
 
 
-def verdict(seed_ci: dict, boot: dict, mc: dict, alpha: float = 0.05) -> str:
-    """A plain word for a paired comparison: helps / hurts when the per-image tests and the seed interval
-    agree on the sign, 'no clear effect' otherwise."""
-    sure = mc["p_value"] < alpha and (boot["low"] > 0 or boot["high"] < 0)
-    seeds_agree = seed_ci["low"] is not None and (seed_ci["low"] > 0 or seed_ci["high"] < 0)
-    if sure and seeds_agree:
-        return "helps" if boot["diff"] > 0 else "hurts"
-    if sure or seeds_agree:
-        return ("probably helps" if (boot["diff"] if sure else seed_ci["mean"]) > 0 else "probably hurts") + \
-            " (only one of the tests is clear)"
+def verdict(seed_ci: dict, boot: dict) -> str:
+    """A plain word for a paired comparison of balanced accuracy: *helps* / *hurts* when the bootstrap over
+    images and the interval over seeds both exclude zero on the same side; *probably* when only one of them is
+    clear (with one seed there is no seed interval); *no clear effect* otherwise."""
+    by_images = (boot["low"] > 0) - (boot["high"] < 0)  # +1, -1 or 0
+    by_seeds = 0 if seed_ci.get("low") is None else (seed_ci["low"] > 0) - (seed_ci["high"] < 0)
+    if by_images and by_images == by_seeds:
+        return "helps" if by_images > 0 else "hurts"
+    if by_images and by_seeds:
+        return "mixed (images and seeds disagree)"
+    if by_images or by_seeds:
+        why = "over images only" if by_images else "over seeds only"
+        return ("probably helps" if (by_images or by_seeds) > 0 else "probably hurts") + f" (clear {why})"
     return "no clear effect"
 
 
