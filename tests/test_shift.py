@@ -250,7 +250,7 @@ def test_verdicts_balanced_bootstrap_and_the_selection_rule():
     assert shift.verdict({"low": -0.3, "high": 0.4}, {"low": -0.02, "high": 0.02}) == "no clear effect"
     assert shift.verdict({"low": 0.1, "high": 0.2}, clear_down).startswith("mixed")
     # balanced accuracy: A right on every image of the rare class, B on every image of the common one
-    labels = np.array([0] * 2 + [1] * 18)
+    labels = np.array([0] * 6 + [1] * 14)
     a, b = labels == 0, labels == 1
     boot = shift.balanced_bootstrap(a, b, labels, n_boot=500)
     assert boot["diff"] == pytest.approx(0.0) and boot["low"] < 0 < boot["high"]
