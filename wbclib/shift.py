@@ -25,7 +25,7 @@ from . import metrics
 #: Run-id prefix of the domain-shift runs.
 PREFIX = "shift-"
 #: Seeds per setting when ``wbc study --seeds`` is not given.
-SEEDS = 3
+SEEDS = 2
 #: The training settings: a name, the config fields it changes and a sentence on what it is. ``bn`` is the
 #: study's WBC_100 from-scratch, with-mask configuration unchanged.
 SETTINGS: dict[str, tuple[dict, str]] = {
