@@ -462,20 +462,24 @@ __all__ = [
 STUB = """# Domain shift: another laboratory
 
 This build trained no domain-shift run. The chapter trains the WBC_100 model on the embedded PBC cells with
-each remedy of the study's list (GroupNorm instead of BatchNorm, colour and hue augmentation, zoom
+each of a few cheap remedies (GroupNorm instead of BatchNorm, colour and hue augmentation, zoom
 augmentation, and their combinations; AdaBN is applied at test time to every BatchNorm model) and evaluates
 it unchanged on the BCCD crops and the held-out segwbc cells. It is not part of the default build because it
-trains {runs} runs ({settings} settings x {seeds} seeds, about {minutes} minutes on two CPU cores):
+trains {runs} runs ({settings} settings x {seeds} seeds; each run takes 3 to 8 minutes on one core of a
+two-core CPU, two at a time, so about {minutes} minutes):
 
 ```bash
-wbc study --only 'shift-*'            # then `wbc book`, or any later `wbc study`, shows the chapter
+wbc study --only 'shift-*'   # trains them and builds the book with this chapter
 ```
+
+Any later `wbc study` executes the chapter again (in seconds: its evaluations are kept in the run directories)
+while the runs exist.
 """
 
 
 def stub_text() -> str:
     return STUB.format(runs=len(SETTINGS) * SEEDS, settings=len(SETTINGS), seeds=SEEDS,
-                       minutes=round(len(SETTINGS) * SEEDS * 80 / 2 / 60))
+                       minutes=round(len(SETTINGS) * SEEDS * 300 / 2 / 60))
 
 
 def write_page(book_root: Path, runs_dir: Path, external: list[str] | None) -> Path:
