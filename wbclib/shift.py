@@ -148,8 +148,9 @@ def image_statistics(folder: str | Path, name: str | None = None, limit: int | N
         img = data.open_image(r.path)
         rgb = np.asarray(img, dtype=np.float32) / 255
         h, s, v = _hsv(rgb)
-        # Hue is circular: average it as an angle.
-        hue = float(np.angle(np.mean(np.exp(2j * np.pi * h[s > 0.1]))) / (2 * np.pi) % 1) if (s > 0.1).any() else 0.0
+        # Hue is circular: averaged as an angle, reported in -0.5..0.5 (0 red, positive towards yellow, negative
+        # towards magenta and violet), so that the reds on either side of 0 do not average to cyan.
+        hue = float(np.angle(np.mean(np.exp(2j * np.pi * h[s > 0.1]))) / (2 * np.pi)) if (s > 0.1).any() else 0.0
         rows.append({"set": name or Path(folder).name, "class": WBC_CLASSES[r.label], "width": img.size[0],
                      "height": img.size[1], "red": float(rgb[..., 0].mean()), "green": float(rgb[..., 1].mean()),
                      "blue": float(rgb[..., 2].mean()), "hue": hue, "saturation": float(s.mean()),
@@ -158,7 +159,7 @@ def image_statistics(folder: str | Path, name: str | None = None, limit: int | N
 
 
 STAT_COLUMNS = {"stained_fraction": "stained share of the frame (cell scale)", "brightness": "brightness (HSV value)",
-                "saturation": "saturation", "hue": "mean hue of coloured pixels (0-1)"}
+                "saturation": "saturation", "hue": "mean hue of coloured pixels (0 = red, < 0 violet)"}
 
 
 def statistics_figure(stats: pd.DataFrame):
