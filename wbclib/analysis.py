@@ -38,6 +38,8 @@ def load_runs(runs_dir: str | Path) -> pd.DataFrame:
     rows = []
     for d in sorted(Path(runs_dir).glob("*/metrics.json")):
         run_dir = d.parent
+        if run_dir.name.startswith("shift-"):
+            continue  # the domain-shift chapter's runs (wbclib.shift) are not part of the report's tables
         m = runs.read_json(d) or {}
         match = RUN_ID.match(run_dir.name)
         split = m.get(m.get("reported_split", ""), {})

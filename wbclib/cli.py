@@ -146,7 +146,11 @@ def cmd_evaluate(a) -> int:
     from . import evaluate
 
     result = evaluate.evaluate(a.checkpoint, a.data, a.out, a.mask_threshold, a.skip_bad,
-                               progress=not a.no_progress and sys.stderr.isatty())
+                               progress=not a.no_progress and sys.stderr.isatty(), adabn=a.adabn)
+    if "adabn" in result:
+        what = result["adabn"]
+        print(f"adabn: {what['layers']} BatchNorm layer(s) re-estimated on {what['images']} images"
+              if what["layers"] else f"adabn: {what['note']}")
     line = (f"{result['n']} images: accuracy {result['accuracy']:.4f}, balanced accuracy "
             f"{result['balanced_accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f} (majority class "
             f"{result['majority_baseline']:.4f})")
@@ -228,6 +232,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--mask-threshold", type=int, default=None, help="mask pixel >= this is cell (default 128)")
     p.add_argument("--skip-bad", action="store_true")
+    p.add_argument("--adabn", action="store_true",
+                   help="first re-estimate the BatchNorm statistics on the set's images (AdaBN; labels unused)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 

@@ -28,6 +28,7 @@ DATASETS = ("wbc", "cam16", "prcc")
 DATA_SOURCES = ("embedded", "synthetic")
 PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("step", "cosine")
+NORMS = ("batch", "group")
 #: The report decays the learning rate after 12 of its 32 epochs; scaled profiles keep that fraction.
 PAPER_DECAY_FRACTION = 12 / 32
 
@@ -55,8 +56,11 @@ class RunConfig:
     resize: int | None = 96  # shorter side before cropping; None = native resolution
     rot90: bool = True  # training augmentation: random right-angle rotations (besides the flips)
     color_jitter: float = 0.1  # training augmentation: brightness, contrast, saturation by ±x; 0 = off
+    hue_jitter: float = 0.0  # training augmentation: hue shift by ±x of the colour circle (0..0.5); 0 = off
+    zoom: list[float] | None = None  # training augmentation: [low, high] rescale of half the images; None = off
     base_width: int = 16
     depth: int = 4
+    norm: str = "batch"  # normalisation layer: batch (BatchNorm, the report's) | group (GroupNorm, 8 groups)
     batch_size: int = 32
     epochs: int = 6
     min_steps: int = 100  # at least this many optimiser steps: small training sets get more epochs (0 = off)
@@ -103,6 +107,8 @@ class RunConfig:
 
     # -- construction and validation --------------------------------------------------------------------
     def __post_init__(self):
+        if isinstance(self.zoom, tuple):
+            self.zoom = list(self.zoom)  # the JSON form, so a config equals its own config.json
         self.validate()
 
     def validate(self) -> None:
@@ -120,6 +126,7 @@ class RunConfig:
         need(isinstance(self.warmup_epochs, (int, float)) and 0 <= self.warmup_epochs
              and (not isinstance(self.epochs, int) or self.warmup_epochs < self.epochs),
              f"warmup_epochs must be >= 0 and below epochs, got {self.warmup_epochs!r}")
+        need(self.norm in NORMS, f"norm must be one of {NORMS}, got {self.norm!r}")
         need(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         need(isinstance(self.min_steps, int) and self.min_steps >= 0,
              f"min_steps must be a non-negative integer, got {self.min_steps!r}")
@@ -140,6 +147,13 @@ class RunConfig:
         for name in ("grad_clip", "lambda_ce", "lambda_dice", "color_jitter"):
             v = getattr(self, name)
             need(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0, f"{name} must be >= 0, got {v!r}")
+        need(isinstance(self.hue_jitter, (int, float)) and 0 <= self.hue_jitter <= 0.5,
+             f"hue_jitter must be in 0..0.5, got {self.hue_jitter!r}")
+        z = self.zoom
+        need(z is None or (isinstance(z, (list, tuple)) and len(z) == 2
+                           and all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in z)
+                           and z[0] <= z[1]),
+             f"zoom must be None or [low, high] with 0 < low <= high, got {z!r}")
         need(self.num_workers is None or (isinstance(self.num_workers, int) and self.num_workers >= 0),
              f"num_workers must be >= 0 or None, got {self.num_workers!r}")
         cam = self.synthetic_cam16_scale

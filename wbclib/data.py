@@ -481,7 +481,8 @@ def build_splits(config: cfg.RunConfig, root: Path, check: bool = True) -> Split
         tr = [Record(r.path, r.label, None) for r in tr]
 
     def make(records, train):
-        tf = transforms.build(config.input_size, config.resize, train, config.rot90, config.color_jitter)
+        tf = transforms.build(config.input_size, config.resize, train, config.rot90, config.color_jitter,
+                              config.hue_jitter, config.zoom)
         return CellDataset(records, classes, tf,
                                 config.mask_threshold, config.resize, root)
 

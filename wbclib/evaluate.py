@@ -35,6 +35,18 @@ def _loader(ds, config, rt):
     return make_loader(ds, config.replace(batch_size=max(config.batch_size, 32)), rt)
 
 
+def _adapt(model, ds, config, rt) -> dict:
+    """AdaBN on the images of ``ds`` (see :func:`wbclib.shift.adapt_batchnorm`); what was done, for metrics.json."""
+    from . import shift
+
+    layers = shift.adapt_batchnorm(model, _loader(ds, config, rt), rt.device, rt.autocast)
+    if not layers:
+        return {"layers": 0, "images": len(ds), "note": "the model has no BatchNorm layer (norm="
+                f"{getattr(config, 'norm', 'batch')}); AdaBN changes nothing"}
+    return {"layers": layers, "images": len(ds), "note": "BatchNorm statistics re-estimated on this set's images "
+            "(labels not used)"}
+
+
 def _run(model, ds, config, rt, progress: bool) -> dict:
     loader = _loader(ds, config, rt)
     if progress:
@@ -51,9 +63,12 @@ def embed_folder(checkpoint, folder, mask_threshold=None, skip_bad: bool = False
     return pred
 
 
-def evaluate(checkpoint, folder, out, mask_threshold=None, skip_bad: bool = False, progress: bool = False) -> dict:
+def evaluate(checkpoint, folder, out, mask_threshold=None, skip_bad: bool = False, progress: bool = False,
+             adabn: bool = False) -> dict:
     """Metrics of a trained model on a labelled class-folder set; writes metrics.json, confusion.png and
-    predictions.csv under ``out`` (never inside the data folder)."""
+    predictions.csv under ``out`` (never inside the data folder). With ``adabn``, the BatchNorm statistics are
+    first re-estimated on the set's images (AdaBN; their labels are not used), and ``result["adabn"]`` says
+    what was adapted (nothing for a GroupNorm model)."""
     from . import plots
 
     out = Path(out)
@@ -61,10 +76,14 @@ def evaluate(checkpoint, folder, out, mask_threshold=None, skip_bad: bool = Fals
     runs.refuse_inside(out, [folder], "--out")
     _same_task(checkpoint, config, folder)
     records, root = data.folder_records(folder, classes, skip_bad=skip_bad)
-    pred = _run(model, _dataset(records, classes, config, root, mask_threshold), config, rt, progress)
+    ds = _dataset(records, classes, config, root, mask_threshold)
+    adapted = _adapt(model, ds, config, rt) if adabn else None
+    pred = _run(model, ds, config, rt, progress)
     y_pred = pred["logits"].argmax(1)
     result = {"checkpoint": str(runs.resolve_checkpoint(checkpoint)), "data": str(Path(folder).resolve()),
               **metrics.classification_metrics(pred["label"], y_pred, list(classes)), "psnr": pred["psnr"]}
+    if adapted is not None:
+        result["adabn"] = adapted
     if pred["segmentation"] is not None:
         result["masks"] = pred["segmentation"]
     out.mkdir(parents=True, exist_ok=True)

@@ -116,7 +116,7 @@ def make_loader(dataset, config: cfg.RunConfig, rt: Runtime, shuffle: bool = Fal
 
 
 def build_model(config: cfg.RunConfig) -> MultiTaskUNet:
-    return MultiTaskUNet(config.num_classes, config.base_width, config.depth)
+    return MultiTaskUNet(config.num_classes, config.base_width, config.depth, norm=config.norm)
 
 
 def load_model(run_or_file: str | Path, device: str | torch.device = "cpu") -> tuple[MultiTaskUNet, cfg.RunConfig]:

@@ -13,24 +13,41 @@ deepest encoder level has half the channels it would have in the original UNet (
 
 from __future__ import annotations
 
+import math
 from itertools import pairwise
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
+#: Normalisation layers: ``batch`` (the report's BatchNorm) or ``group`` (GroupNorm, Wu & He 2018).
+NORMS = ("batch", "group")
+#: GroupNorm splits the channels into this many groups (fewer where a layer has fewer channels).
+GROUPS = 8
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """BatchNorm2d, or GroupNorm with ``gcd(GROUPS, channels)`` groups: statistics of each image alone, so the
+    same at training and test time and independent of the other images of a batch."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(GROUPS, channels), channels)
+    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+
 
 class DoubleConv(nn.Sequential):
-    """(3x3 convolution -> BatchNorm -> ReLU) twice; the building block of every level."""
+    """(3x3 convolution -> normalisation (BatchNorm by default) -> ReLU) twice; the building block of every
+    level."""
 
-    def __init__(self, in_channels: int, out_channels: int, mid_channels: int | None = None):
+    def __init__(self, in_channels: int, out_channels: int, mid_channels: int | None = None, norm: str = "batch"):
         mid = mid_channels or out_channels
         super().__init__(
             nn.Conv2d(in_channels, mid, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(mid),
+            norm_layer(norm, mid),
             nn.ReLU(inplace=True),
             nn.Conv2d(mid, out_channels, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
+            norm_layer(norm, out_channels),
             nn.ReLU(inplace=True),
         )
 
@@ -38,17 +55,17 @@ class DoubleConv(nn.Sequential):
 class Down(nn.Sequential):
     """Halve the resolution with 2x2 max pooling, then a DoubleConv."""
 
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__(nn.MaxPool2d(2), DoubleConv(in_channels, out_channels))
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "batch"):
+        super().__init__(nn.MaxPool2d(2), DoubleConv(in_channels, out_channels, norm=norm))
 
 
 class Up(nn.Module):
     """Double the resolution by bilinear upsampling, concatenate the encoder map of that size, DoubleConv."""
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "batch"):
         super().__init__()
         self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
-        self.conv = DoubleConv(in_channels, out_channels, mid_channels=in_channels // 2)
+        self.conv = DoubleConv(in_channels, out_channels, mid_channels=in_channels // 2, norm=norm)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.conv(torch.cat([skip, self.up(x)], dim=1))
@@ -57,9 +74,9 @@ class Up(nn.Module):
 class ClassifierBranch(nn.Module):
     """One more Down from the bottleneck, global average pooling to the embedding, a linear classifier."""
 
-    def __init__(self, channels: int, num_classes: int):
+    def __init__(self, channels: int, num_classes: int, norm: str = "batch"):
         super().__init__()
-        self.down = Down(channels, channels)
+        self.down = Down(channels, channels, norm)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes)
 
@@ -92,27 +109,31 @@ class MultiTaskUNet(nn.Module):
         base_width: channels of the first level; each deeper level doubles it.
         depth: number of 2x downsamplings between the input and the bottleneck.
         in_channels: image channels.
+        norm: ``batch`` (BatchNorm, the report's) or ``group`` (GroupNorm).
 
     Input sides must be divisible by ``2 ** (depth + 1)`` (the classifier branch downsamples once more).
     """
 
-    def __init__(self, num_classes: int = 5, base_width: int = 64, depth: int = 4, in_channels: int = 3):
+    def __init__(self, num_classes: int = 5, base_width: int = 64, depth: int = 4, in_channels: int = 3,
+                 norm: str = "batch"):
         super().__init__()
         if depth < 1 or base_width < 1 or num_classes < 1:
             raise ValueError(f"need depth >= 1, base_width >= 1, num_classes >= 1; got {depth}, {base_width}, "
                              f"{num_classes}")
-        self.num_classes, self.base_width, self.depth = num_classes, base_width, depth
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        self.num_classes, self.base_width, self.depth, self.norm = num_classes, base_width, depth, norm
         widths = [base_width * 2**i for i in range(depth)]  # encoder levels above the bottleneck
         bottleneck = widths[-1]  # bilinear halving: base_width * 2**depth // 2
         self.embedding_dim = bottleneck
 
-        self.inc = DoubleConv(in_channels, widths[0])
-        self.downs = nn.ModuleList(Down(a, b) for a, b in pairwise(widths))
-        self.bottleneck = Down(widths[-1], bottleneck)
+        self.inc = DoubleConv(in_channels, widths[0], norm=norm)
+        self.downs = nn.ModuleList(Down(a, b, norm) for a, b in pairwise(widths))
+        self.bottleneck = Down(widths[-1], bottleneck, norm)
         # Each Up takes the upsampled map plus the skip of the same width, and halves towards the next skip.
         outs = [w // 2 for w in widths[1:]][::-1] + [widths[0]]
-        self.ups = nn.ModuleList(Up(2 * w, o) for w, o in zip(widths[::-1], outs))
-        self.classifier = ClassifierBranch(bottleneck, num_classes)
+        self.ups = nn.ModuleList(Up(2 * w, o, norm) for w, o in zip(widths[::-1], outs))
+        self.classifier = ClassifierBranch(bottleneck, num_classes, norm)
         self.reconstruction_head = nn.Conv2d(widths[0], in_channels, kernel_size=1)
         self.mask_head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
 
@@ -166,6 +187,7 @@ def count_parameters(model: nn.Module) -> int:
 
 
 __all__ = [
+    "NORMS",
     "ClassifierBranch",
     "DoubleConv",
     "Down",
@@ -175,4 +197,5 @@ __all__ = [
     "Up",
     "count_parameters",
     "load_matching",
+    "norm_layer",
 ]

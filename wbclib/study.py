@@ -87,7 +87,7 @@ def notebook_params(job: Job, profile: str, data_root: str | None, runs_dir: Pat
     # Every parameter of the notebook is passed, so none of its interactive defaults leaks into a run.
     return {"profile": profile, "run_dir": str((runs_dir / job.id).resolve()), "data": data, "data_root": data_root,
             "init": init,
-            "subset": 100, "epochs": None, **job.params, "overrides": overrides}
+            "subset": 100, "epochs": None, **job.params, "overrides": {**overrides, **job.params.get("overrides", {})}}
 
 
 def job_config(job: Job, profile: str, data_root: str | None, runs_dir: Path, overrides: dict,
@@ -344,6 +344,10 @@ def prepare_book_root(book_root: str | Path | None) -> Path:
 
 def describe(job_id: str) -> str:
     """A run id in words, e.g. 'WBC_10, pretrained, with masks, seed 0'."""
+    from . import shift
+
+    if shift.setting_of(job_id):
+        return shift.describe(job_id)
     config, _, seed = job_id.rpartition("-s")
     parts = config.split("-")
     if parts[0] == "prcc":
@@ -675,6 +679,36 @@ def write_walkthrough_page(book_root: Path, steps: int | None = WALKTHROUGH_STEP
     return time.time() - t
 
 
+def write_shift_page(book_root: Path, runs_dir: Path, external: list[str] | None,
+                     replacements: list[tuple[str, str]] | None = None) -> Path:
+    """The chapter: ``notebooks/domain-shift.ipynb`` executed on the finished ``shift-*`` runs of ``runs_dir``
+    (``book/generated/domain-shift.ipynb``), or a page that says how to train them where there are none."""
+    from . import shift
+
+    gen = generated(book_root)
+    for stale in ("domain-shift.md", "domain-shift.ipynb"):
+        (gen / stale).unlink(missing_ok=True)
+    if not len(shift.shift_runs(runs_dir)):
+        page = gen / "domain-shift.md"
+        runs.write_atomic(page, shift.stub_text())
+        return page
+    page = gen / "domain-shift.ipynb"
+    sets = [str(Path(e).resolve()) for e in external] if external else None
+    execute(NOTEBOOKS / "domain-shift.ipynb", page, {"runs_dir": str(Path(runs_dir).resolve()), "external": sets},
+            NOTEBOOKS)
+    tidy_for_book(page, page, replacements=replacements)
+    return page
+
+
+def ensure_shift_page(book_root: Path) -> None:
+    """Write the stub page where the chapter is missing (a book built from a study that predates it)."""
+    from . import shift
+
+    gen = generated(book_root)
+    if not list(gen.glob("domain-shift.*")):
+        runs.write_atomic(gen / "domain-shift.md", shift.stub_text())
+
+
 def notebook_errors(path: Path) -> list[str]:
     """Error outputs stored in an executed notebook (the book refuses to publish those)."""
     nb = json.loads(path.read_text())
@@ -684,7 +718,9 @@ def notebook_errors(path: Path) -> list[str]:
 
 def build_book(book_root: Path = ROOT, log=print) -> Path:
     """Build the HTML book from stored outputs (no notebook is executed); fail on warnings or errored pages."""
+
     gen = generated(book_root)
+    ensure_shift_page(book_root)
     errors = [e for p in sorted(gen.rglob("*.ipynb")) for e in notebook_errors(p)]
     if errors:
         raise WbcError("notebooks with errors cannot be published:\n  " + "\n  ".join(errors[:20]))
@@ -751,7 +787,11 @@ def run(args: Options, log=print) -> int:
     seeds = args.seeds or (3 if args.profile == "paper" else 1)
     overrides = args.overrides
     runs_dir = Path(args.runs_dir).resolve()
-    jobs = select(grid(list(range(seeds))), args.only)
+    # The domain-shift runs (shift-*) are opt-in: only a pattern given with --only can select them.
+    from . import shift
+
+    jobs = select(grid(list(range(seeds))) + (shift.grid(list(range(args.seeds or shift.SEEDS))) if args.only
+                                              else []), args.only)
     data_root = str(Path(args.data_root).expanduser().resolve()) if args.data_root else None
     # Validate every config before anything runs (a bad --set fails here, once).
     for j in jobs:
@@ -814,7 +854,8 @@ def _study(args: Options, t0, seeds, overrides, runs_dir, jobs, data_root, exter
         for what, call in (("notebooks/analysis.ipynb", analyse),
                            ("the external evaluation", lambda: write_evaluation_page(book_root, runs_dir, external, shown)),
                            ("notebooks/walkthrough.ipynb", lambda: write_walkthrough_page(
-                               book_root, args.walkthrough_steps, shown))):
+                               book_root, args.walkthrough_steps, shown)),
+                           ("the domain-shift chapter", lambda: write_shift_page(book_root, runs_dir, external, shown))):
             log(f"analysis: executing {what}")
             try:
                 call()
