@@ -183,7 +183,7 @@ def test_evaluate_adabn_on_a_group_norm_model_says_it_changes_nothing(shift_runs
 # -- the study's shift-* runs and the chapter ------------------------------------------------------------
 
 def test_shift_runs_are_opt_in_and_carry_their_settings(tmp_path, capsys):
-    jobs = shift.grid([0, 1])
+    jobs = [study.Job(i, p) for i, p in shift.grid([0, 1])]
     assert [j.id for j in jobs[:2]] == ["shift-bn-s0", "shift-gn-s0"] and len(jobs) == 2 * len(shift.SETTINGS)
     assert shift.setting_of("shift-bn-color-zoom-s2") == ("bn-color-zoom", 2) and shift.setting_of("wbc1-s0") is None
     for job in jobs:

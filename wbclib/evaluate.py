@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from . import WbcError, data, metrics, runs, transforms
-from .inference import Runtime, load_model, make_loader, predict, predicted_mask
+from .inference import Runtime, adapt_batchnorm, load_model, make_loader, predict, predicted_mask
 
 
 def _model(checkpoint):
@@ -36,10 +36,10 @@ def _loader(ds, config, rt):
 
 
 def _adapt(model, ds, config, rt) -> dict:
-    """AdaBN on the images of ``ds`` (see :func:`wbclib.shift.adapt_batchnorm`); what was done, for metrics.json."""
-    from . import shift
+    """AdaBN on the images of ``ds`` (see :func:`wbclib.inference.adapt_batchnorm`); what was done, for
+    metrics.json."""
 
-    layers = shift.adapt_batchnorm(model, _loader(ds, config, rt), rt.device, rt.autocast)
+    layers = adapt_batchnorm(model, _loader(ds, config, rt), rt.device, rt.autocast)
     if not layers:
         return {"layers": 0, "images": len(ds), "note": "the model has no BatchNorm layer (norm="
                 f"{getattr(config, 'norm', 'batch')}); AdaBN changes nothing"}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from . import WbcError, data, distributed, faults, metrics, runs
@@ -287,3 +288,46 @@ def gpu_peak_flops(device: torch.device) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in GPU_PEAK_BF16.items() if k in name), None)
+
+
+# -- test-time adaptation ---------------------------------------------------------------------------------
+
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, BATCHNORMS)]
+
+
+@torch.no_grad()
+def adapt_batchnorm(model: nn.Module, loader, device: torch.device | str = "cpu", autocast=None) -> int:
+    """AdaBN: replace every BatchNorm layer's running mean and variance by the statistics of the images of
+    ``loader`` (Li et al., 2016). Only the images are used: labels and masks are never read. The BatchNorm
+    layers run in training mode with ``momentum=None`` (a cumulative average over the batches) while every
+    other module stays in evaluation mode; no gradient is computed and no weight changes. The model is left in
+    evaluation mode with its momenta restored. Returns the number of layers adapted (0: nothing to do, e.g. a
+    GroupNorm model)."""
+    layers = batchnorm_layers(model)
+    if not layers:
+        model.eval()
+        return 0
+    momenta = [m.momentum for m in layers]
+    model.eval()
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        for batch in loader:
+            images = batch["image"] if isinstance(batch, dict) else batch
+            images = images.to(device)
+            if autocast is not None:
+                with autocast():
+                    model(images)
+            else:
+                model(images)
+    finally:
+        for m, momentum in zip(layers, momenta):
+            m.momentum = momentum
+        model.eval()
+    return len(layers)

@@ -4,8 +4,8 @@ The pieces of the book's domain-shift chapter, kept out of the notebook:
 
 - :data:`SETTINGS` and :func:`grid`: the training runs ``shift-<setting>-s<seed>`` that ``wbc study --only
   'shift-*'`` trains (WBC_100 from scratch with masks, on the default data, each with one remedy switched on);
-- :func:`adapt_batchnorm`: AdaBN (Li et al., 2016), the BatchNorm statistics re-estimated on the target
-  images at test time, without their labels (``wbc evaluate --adabn``);
+- AdaBN (Li et al., 2016; :func:`wbclib.inference.adapt_batchnorm`), the BatchNorm statistics re-estimated
+  on the target images at test time, without their labels (``wbc evaluate --adabn``);
 - :func:`image_statistics`: colour and scale of each image of a set, to show what differs between sets;
 - :func:`evaluate_runs`, :func:`remedy_table`, :func:`paired_table` and :func:`choose`: the chapter's tables,
   its paired comparisons and its selection rule (settings chosen on one external set, reported on the other).
@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
 
 from . import metrics
+from .inference import adapt_batchnorm, batchnorm_layers
 
 #: Run-id prefix of the domain-shift runs.
 PREFIX = "shift-"
@@ -55,56 +54,12 @@ def describe(run_id: str) -> str:
     return f"domain shift: {SETTINGS[name][1] if name in SETTINGS else name}, WBC_100 from scratch, seed {seed}"
 
 
-def grid(seeds: list[int]) -> list:
-    """The study's jobs of the domain-shift chapter: every setting of :data:`SETTINGS` for every seed."""
-    from .study import Job
-
-    return [Job(f"{PREFIX}{name}-s{s}", {"dataset": "wbc", "subset": 100, "masks": True, "seed": s,
-                                         "overrides": dict(changes)})
+def grid(seeds: list[int]) -> list[tuple[str, dict]]:
+    """The runs of the domain-shift chapter, as (run id, notebook parameters): every setting of
+    :data:`SETTINGS` for every seed (the study makes them jobs)."""
+    return [(f"{PREFIX}{name}-s{s}", {"dataset": "wbc", "subset": 100, "masks": True, "seed": s,
+                                      "overrides": dict(changes)})
             for s in seeds for name, (changes, _) in SETTINGS.items()]
-
-
-# -- AdaBN ------------------------------------------------------------------------------------------------
-
-BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
-
-def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, BATCHNORMS)]
-
-
-@torch.no_grad()
-def adapt_batchnorm(model: nn.Module, loader, device: torch.device | str = "cpu", autocast=None) -> int:
-    """AdaBN: replace every BatchNorm layer's running mean and variance by the statistics of the images of
-    ``loader`` (Li et al., 2016). Only the images are used: labels and masks are never read. The BatchNorm
-    layers run in training mode with ``momentum=None`` (a cumulative average over the batches) while every
-    other module stays in evaluation mode; no gradient is computed and no weight changes. The model is left in
-    evaluation mode with its momenta restored. Returns the number of layers adapted (0: nothing to do, e.g. a
-    GroupNorm model)."""
-    layers = batchnorm_layers(model)
-    if not layers:
-        model.eval()
-        return 0
-    momenta = [m.momentum for m in layers]
-    model.eval()
-    for m in layers:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    try:
-        for batch in loader:
-            images = batch["image"] if isinstance(batch, dict) else batch
-            images = images.to(device)
-            if autocast is not None:
-                with autocast():
-                    model(images)
-            else:
-                model(images)
-    finally:
-        for m, momentum in zip(layers, momenta):
-            m.momentum = momentum
-        model.eval()
-    return len(layers)
 
 
 # -- what differs between the sets ------------------------------------------------------------------------

@@ -790,8 +790,8 @@ def run(args: Options, log=print) -> int:
     # The domain-shift runs (shift-*) are opt-in: only a pattern given with --only can select them.
     from . import shift
 
-    jobs = select(grid(list(range(seeds))) + (shift.grid(list(range(args.seeds or shift.SEEDS))) if args.only
-                                              else []), args.only)
+    shift_jobs = [Job(i, p) for i, p in shift.grid(list(range(args.seeds or shift.SEEDS)))] if args.only else []
+    jobs = select(grid(list(range(seeds))) + shift_jobs, args.only)
     data_root = str(Path(args.data_root).expanduser().resolve()) if args.data_root else None
     # Validate every config before anything runs (a bad --set fails here, once).
     for j in jobs:
