@@ -116,16 +116,25 @@ def test_pages_open_with_results_and_carry_no_absolute_path_of_the_machine(tiny_
     assert 0 < first_table and (first_code == -1 or page.find("tag_hide-input") < first_code)
 
 
-def test_runner_passes_every_notebook_parameter():
-    """The runner's config must be the notebook's: no default of the parameters cell may leak into a run."""
+def test_the_notebook_trains_exactly_the_config_the_runner_resolved(tmp_path):
+    """The runner resolves each job's config once and hands it to the notebook whole: executing the notebook's
+    parameters cell, papermill's injected values and its config cell must give back that very config."""
     import nbformat
 
+    from wbclib import shift
+
     nb = nbformat.read(study.NOTEBOOKS / "train.ipynb", as_version=4)
-    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    names = {line.split("=")[0].strip() for line in cell.source.splitlines() if "=" in line and
-             not line.lstrip().startswith("#")}
-    for job in study.grid([0]):
-        assert set(study.notebook_params(job, "quick", None, Path("runs"), {})) == names, job.id
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", [])).source
+    setup = next(c for c in nb.cells if "cfg.from_dict(run_config)" in c.source).source
+    jobs = study.grid([0]) + [study.Job(i, p) for i, p in shift.grid([0])]
+    for job in jobs:
+        config = study.job_config(job, "quick", None, tmp_path, {"lr": 0.01, "resize": None})
+        ns: dict = {}
+        exec(params, ns)
+        ns.update(study.notebook_params(config, tmp_path / job.id))
+        exec(setup, ns)
+        assert ns["config"] == config and str(ns["run_dir"]) == str((tmp_path / job.id).resolve()), job.id
+    assert config.lr == 0.01 and config.resize is None  # KEY=none reaches the run
 
 
 def test_time_breakdown_adds_the_parts_of_trained_runs_only(tmp_path):
@@ -159,7 +168,8 @@ def test_a_kept_alive_kernel_trains_exactly_what_a_fresh_kernel_trains(tmp_path)
     def run(slot, rid, runs_dir):
         job = study.Job(rid, params[rid])
         job.notebook = runs_dir / rid / "train.ipynb"
-        slot.run(job, study.notebook_params(job, "quick", str(root), runs_dir, overrides))
+        config = study.job_config(job, "quick", str(root), runs_dir, overrides)
+        slot.run(job, study.notebook_params(config, runs_dir / rid))
         assert job.status == "finished", job.detail
         return pd.read_csv(runs_dir / rid / "history.csv").drop(columns="seconds")
 

@@ -80,22 +80,20 @@ def select(jobs: list[Job], pattern: str | None) -> list[Job]:
     return [j for j in jobs if j.id in wanted]
 
 
-def notebook_params(job: Job, profile: str, data_root: str | None, runs_dir: Path, overrides: dict,
-                    data: str = "embedded") -> dict:
-    """The parameters papermill injects into the training notebook for this job."""
-    init = str((runs_dir / job.depends).resolve()) if job.depends else None
-    # Every parameter of the notebook is passed, so none of its interactive defaults leaks into a run.
-    return {"profile": profile, "run_dir": str((runs_dir / job.id).resolve()), "data": data, "data_root": data_root,
-            "init": init,
-            "subset": 100, "epochs": None, **job.params, "overrides": {**overrides, **job.params.get("overrides", {})}}
-
-
 def job_config(job: Job, profile: str, data_root: str | None, runs_dir: Path, overrides: dict,
                data: str = "embedded") -> cfg.RunConfig:
-    """The RunConfig the notebook builds from this job's parameters (the very call it makes)."""
-    params = notebook_params(job, profile, data_root, runs_dir, overrides, data)
-    params.pop("run_dir")
-    return cfg.from_parameters(**params)
+    """The one config of a job: the profile, the study's overrides, the job's own (a shift run's remedy), then
+    its parameters (dataset, subset, masks, seed, the run it starts from). The runner resolves it once and
+    hands it to the notebook whole."""
+    init = str((runs_dir / job.depends).resolve()) if job.depends else None
+    params = {k: v for k, v in job.params.items() if k != "overrides"}
+    return cfg.from_parameters(profile, {**overrides, **job.params.get("overrides", {})}, data=data,
+                               data_root=data_root, init=init, **params)
+
+
+def notebook_params(config: cfg.RunConfig, run_dir: Path) -> dict:
+    """What papermill injects into the training notebook: the resolved config, whole, and the run directory."""
+    return {"run_config": config.to_dict(), "run_dir": str(Path(run_dir).resolve())}
 
 
 def ensure_kernel() -> None:
@@ -211,8 +209,8 @@ def default_jobs() -> int:
     return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
-def run_grid(jobs: list[Job], profile: str, data_root: str | None, runs_dir: Path, overrides: dict,
-             parallel: int = 1, log=print, data: str = "embedded") -> list[Job]:
+def run_grid(jobs: list[Job], configs: dict[str, cfg.RunConfig], runs_dir: Path, parallel: int = 1,
+             log=print) -> list[Job]:
     """Execute each job's training notebook, skipping finished runs with the same config; never stop early.
 
     ``parallel`` slots (see :class:`Slot`) take the jobs in order; a job starts once its starting point has
@@ -252,12 +250,11 @@ def run_grid(jobs: list[Job], profile: str, data_root: str | None, runs_dir: Pat
                         continue  # its starting point is still pending or running
                     pending.remove(job)
                     job.notebook = runs_dir / job.id / "train.ipynb"
-                    config = job_config(job, profile, data_root, runs_dir, overrides, data)
-                    if not _decide(job, status, config, runs_dir / job.id):
+                    if not _decide(job, status, configs[job.id], runs_dir / job.id):
                         report(job)
                         continue
                     slot = free.pop(0)
-                    params = notebook_params(job, profile, data_root, runs_dir, overrides, data)
+                    params = notebook_params(configs[job.id], runs_dir / job.id)
                     running[pool.submit(slot.run, job, params)] = (job, slot)
                 if running:
                     done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -793,9 +790,8 @@ def run(args: Options, log=print) -> int:
     shift_jobs = [Job(i, p) for i, p in shift.grid(list(range(args.seeds or shift.SEEDS)))] if args.only else []
     jobs = select(grid(list(range(seeds))) + shift_jobs, args.only)
     data_root = str(Path(args.data_root).expanduser().resolve()) if args.data_root else None
-    # Validate every config before anything runs (a bad --set fails here, once).
-    for j in jobs:
-        job_config(j, args.profile, data_root, runs_dir, overrides, args.data)
+    # Every config resolved once, before anything runs (a bad --set fails here, once).
+    configs = {j.id: job_config(j, args.profile, data_root, runs_dir, overrides, args.data) for j in jobs}
     log(f"study: {len(jobs)} run(s), profile {args.profile}, {seeds} seed(s), runs in {runs_dir}")
     if args.dry_run:
         for j in jobs:
@@ -810,11 +806,11 @@ def run(args: Options, log=print) -> int:
         runs.refuse_inside(args.book_root, read, "--book-root")
     with runs.FolderLock(runs_dir, "runs folder"):
         runs.remove_stale_temps(runs_dir)
-        return _study(args, t0, seeds, overrides, runs_dir, jobs, data_root, external, log)
+        return _study(args, t0, configs, runs_dir, jobs, data_root, external, log)
 
 
-def _study(args: Options, t0, seeds, overrides, runs_dir, jobs, data_root, external, log) -> int:
-    probe = job_config(jobs[0], args.profile, data_root, runs_dir, overrides, args.data)
+def _study(args: Options, t0, configs, runs_dir, jobs, data_root, external, log) -> int:
+    probe = configs[jobs[0].id]
     t = time.time()
     roots, sources = data_sources(probe, data_root, args.data)
     for key, name in (("wbc", "WBC"), ("prcc", "pRCC stage"), ("cam16", "CAM16 stage")):
@@ -828,7 +824,7 @@ def _study(args: Options, t0, seeds, overrides, runs_dir, jobs, data_root, exter
     parallel = args.jobs or default_jobs()
     if parallel > 1:
         log(f"study: up to {parallel} configurations at a time")
-    run_grid(jobs, args.profile, data_root, runs_dir, overrides, parallel, log, data=args.data)
+    run_grid(jobs, configs, runs_dir, parallel, log)
     log(summary(jobs))
     failed = any(j.status in ("failed", "skipped") for j in jobs)
     book_seconds = 0.0
