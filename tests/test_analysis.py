@@ -31,6 +31,8 @@ def fake_run(runs: Path, run_id: str, dataset: str = "wbc", source: str = "embed
     (d / "metrics.json").write_text(json.dumps({
         "dataset": dataset, "reported_split": split, "train_images": train_images, split: body}))
     (d / "manifest.json").write_text(json.dumps({"synthetic": source == "synthetic", "data_source": source}))
+    configuration, _, seed = run_id.rpartition("-s")  # what the study records in run.json
+    (d / "run.json").write_text(json.dumps({"configuration": configuration, "seed": int(seed), "chapter": "report"}))
     if correct is not None:
         paths = list(correct)
         labels = np.arange(len(paths)) % 5

@@ -16,7 +16,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from conftest import make_wbc_tree, write_image
-from wbclib import cli, data, evaluate, inference, shift, study, train, transforms
+from wbclib import cli, data, evaluate, inference, runs, shift, study, train, transforms
 from wbclib import config as cfg
 from wbclib.model import MultiTaskUNet
 
@@ -144,7 +144,10 @@ def shift_runs(tmp_path_factory):
     root = make_wbc_tree(base / "data", per_class=3, val_per_class=1, size=(48, 48))
     for name, norm in (("bn", "batch"), ("gn", "group")):
         config = cfg.from_profile("quick", data_root=str(root), norm=norm, **TINY)
-        train.fit(config, base / "runs" / f"shift-{name}-s0", progress=False, log=lambda s: None)
+        run_dir = base / "runs" / f"shift-{name}-s0"
+        train.fit(config, run_dir, progress=False, log=lambda s: None)
+        runs.write_structure(run_dir, study.make_job(f"shift-{name}", 0, {"dataset": "wbc"}, setting=name,
+                                                     chapter="shift").structure)  # as the study records it
     target = base / "target"
     for i, cls in enumerate(["Lymphocyte", "Neutrophil", "Monocyte"]):
         for j in range(3):
@@ -183,12 +186,13 @@ def test_evaluate_adabn_on_a_group_norm_model_says_it_changes_nothing(shift_runs
 # -- the study's shift-* runs and the chapter ------------------------------------------------------------
 
 def test_shift_runs_are_opt_in_and_carry_their_settings(tmp_path, capsys):
-    jobs = [study.Job(i, p) for i, p in shift.grid([0, 1])]
+    jobs = [study.make_job(c, s, p, setting=name, chapter="shift") for c, s, p, name in shift.grid([0, 1])]
     assert [j.id for j in jobs[:2]] == ["shift-bn-s0", "shift-gn-s0"] and len(jobs) == 2 * len(shift.SETTINGS)
-    assert shift.setting_of("shift-bn-color-zoom-s2") == ("bn-color-zoom", 2) and shift.setting_of("wbc1-s0") is None
+    assert jobs[0].structure == {"configuration": "shift-bn", "seed": 0, "chapter": "shift", "dataset": "wbc",
+                                 "subset": 100, "masks": True, "pretrained": False, "setting": "bn"}
     for job in jobs:
         c = study.job_config(job, "quick", None, tmp_path, {"epochs": 2})
-        changes = shift.SETTINGS[shift.setting_of(job.id)[0]][0]
+        changes = shift.SETTINGS[job.structure["setting"]][0]
         assert c.epochs == 2 and c.subset == 100 and c.masks and c.init is None
         assert all(getattr(c, k) == v for k, v in changes.items()), job.id
     assert study.describe("shift-gn-s1").startswith("domain shift: GroupNorm")

@@ -8,7 +8,6 @@ settings on the same images whose intervals include the variation between traini
 from __future__ import annotations
 
 import json
-import re
 from importlib import resources
 from pathlib import Path
 
@@ -17,10 +16,8 @@ import pandas as pd
 
 from . import WBC_SUBSETS, data, metrics, runs
 
-RUN_ID = re.compile(r"^(?P<config>.+)-s(?P<seed>\d+)$")
-WBC_ID = re.compile(r"^wbc(?P<subset>\d+)-(?P<init>scratch|pretrained)-(?P<mask>nomask|mask)$")
-TABLE1_SETTINGS = [("cam16-ce", "CE"), ("cam16-ce-prcc", "CE + pRCC"), ("cam16-ce-dice", "CE + Dice"),
-                   ("cam16-ce-prcc-dice", "CE + pRCC + Dice")]
+TABLE1_SETTINGS = [(runs.cam16_configuration(prcc, dice), name) for prcc, dice, name in (
+    (False, False, "CE"), (True, False, "CE + pRCC"), (False, True, "CE + Dice"), (True, True, "CE + pRCC + Dice"))]
 TABLE2_COLUMNS = [("scratch", "nomask"), ("scratch", "mask"), ("pretrained", "nomask"), ("pretrained", "mask")]
 #: The reference report's column: each of its numbers is one training run (it reports no seeds or intervals).
 REPORT_COLUMN = "report (single run)"
@@ -38,15 +35,15 @@ def load_runs(runs_dir: str | Path) -> pd.DataFrame:
     rows = []
     for d in sorted(Path(runs_dir).glob("*/metrics.json")):
         run_dir = d.parent
-        if run_dir.name.startswith("shift-"):
+        structure = runs.read_structure(run_dir)
+        if structure.get("chapter", "report") != "report":
             continue  # the domain-shift chapter's runs (wbclib.shift) are not part of the report's tables
         m = runs.read_json(d) or {}
-        match = RUN_ID.match(run_dir.name)
         split = m.get(m.get("reported_split", ""), {})
         manifest = runs.read_json(run_dir / "manifest.json") or {}
         rows.append({
-            "run": run_dir.name, "config": match["config"] if match else run_dir.name,
-            "seed": int(match["seed"]) if match else 0, "dataset": m.get("dataset"),
+            "run": run_dir.name, "config": structure["configuration"], "seed": int(structure["seed"]),
+            "dataset": m.get("dataset"),
             "split": m.get("reported_split"), "n": split.get("n"), "accuracy": split.get("accuracy"),
             "balanced_accuracy": split.get("balanced_accuracy"), "macro_f1": split.get("macro_f1"),
             "majority_baseline": split.get("majority_baseline"), "psnr": split.get("psnr"),
@@ -128,13 +125,14 @@ def table2(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
     for n in WBC_SUBSETS:
         row = {"dataset": f"WBC_{n}"}
         for init, mask in TABLE2_COLUMNS:
-            cid = f"wbc{n}-{init}-{mask}"
+            cid = runs.wbc_configuration(n, init == "pretrained", mask == "mask")
             row[(COLUMN_NAMES[(init, mask)], "ours")] = _ci_cell(df.loc[df["config"] == cid, metric])
             if metric == "accuracy":
                 row[(COLUMN_NAMES[(init, mask)], REPORT_COLUMN)] = f"{ref[cid]:.4f}"
         rows.append(row)
     # Always answering the most frequent class of the full training set (WBC_100; Neutrophil on the real data).
-    wbc100 = df[df["config"].str.startswith("wbc100-")]["majority_baseline"].dropna()
+    wbc100 = df[df["config"].isin([runs.wbc_configuration(100, p, m) for p in (False, True) for m in (False, True)])
+                ]["majority_baseline"].dropna()
     majority = f"{wbc100.iloc[0]:.4f} (this split)" if metric == "accuracy" and len(wbc100) else "–"
     notes = reference()["course_notes"]
     base = {"dataset": "majority class"}
@@ -155,7 +153,7 @@ def learning_points(df: pd.DataFrame, metric: str = "balanced_accuracy") -> pd.D
     rows = []
     for init, mask in TABLE2_COLUMNS:
         for n in WBC_SUBSETS:
-            sub = df[df["config"] == f"wbc{n}-{init}-{mask}"]
+            sub = df[df["config"] == runs.wbc_configuration(n, init == "pretrained", mask == "mask")]
             values = sub[metric].dropna().to_numpy()
             if not len(values):
                 continue
@@ -222,15 +220,16 @@ def _interval(t: dict) -> str:
 
 def ablation_pairs() -> list[tuple[str, str, str, str, str]]:
     """Every ablation of Tables 1 and 2 as (set, configuration A, configuration B, name of A, name of B)."""
-    pairs = [("CAM16", "cam16-ce-dice", "cam16-ce", "Dice", "no Dice"),
-             ("CAM16", "cam16-ce-prcc", "cam16-ce", "pRCC", "no pRCC"),
-             ("CAM16", "cam16-ce-prcc-dice", "cam16-ce-dice", "pRCC + Dice", "Dice only")]
+    cam = runs.cam16_configuration
+    pairs = [("CAM16", cam(False, True), cam(False, False), "Dice", "no Dice"),
+             ("CAM16", cam(True, False), cam(False, False), "pRCC", "no pRCC"),
+             ("CAM16", cam(True, True), cam(False, True), "pRCC + Dice", "Dice only")]
     for n in WBC_SUBSETS:
         for init in ("scratch", "pretrained"):
-            pairs.append((f"WBC_{n}", f"wbc{n}-{init}-mask", f"wbc{n}-{init}-nomask", f"{init}, with mask",
+            pairs.append((f"WBC_{n}", runs.wbc_configuration(n, init == "pretrained", True), runs.wbc_configuration(n, init == "pretrained", False), f"{init}, with mask",
                           f"{init}, without mask"))
         for mask in ("nomask", "mask"):
-            pairs.append((f"WBC_{n}", f"wbc{n}-pretrained-{mask}", f"wbc{n}-scratch-{mask}",
+            pairs.append((f"WBC_{n}", runs.wbc_configuration(n, True, mask == "mask"), runs.wbc_configuration(n, False, mask == "mask"),
                           f"pretrained ({mask})", f"scratch ({mask})"))
     return pairs
 
@@ -259,7 +258,7 @@ def per_class_recall(df: pd.DataFrame, subset: int = 100) -> pd.DataFrame:
     rows = {}
     for init, mask in TABLE2_COLUMNS:
         recalls = []
-        for _, r in df[df["config"] == f"wbc{subset}-{init}-{mask}"].iterrows():
+        for _, r in df[df["config"] == runs.wbc_configuration(subset, init == "pretrained", mask == "mask")].iterrows():
             split = (runs.read_json(Path(r["path"]) / "metrics.json") or {}).get(r["split"] or "", {})
             if "per_class" in split:
                 recalls.append({c: v["recall"] for c, v in split["per_class"].items()})

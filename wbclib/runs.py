@@ -30,6 +30,24 @@ except ImportError:  # not POSIX: no locks
     fcntl = None
 
 CHECKPOINT = "checkpoint.pt"
+#: Where the study records a run's place in its grid (configuration, seed, dataset, subset, pretrained, masks,
+#: chapter): the analysis and the book group on this file, so a run id is made once and never parsed back.
+STRUCTURE = "run.json"
+
+
+def run_id(configuration: str, seed: int) -> str:
+    """The one run-id format: ``<configuration>-s<seed>``."""
+    return f"{configuration}-s{seed}"
+
+
+def wbc_configuration(subset: int, pretrained: bool, masks: bool) -> str:
+    """The name of a Table 2 configuration, e.g. ``wbc10-pretrained-mask``."""
+    return f"wbc{subset}-{'pretrained' if pretrained else 'scratch'}-{'mask' if masks else 'nomask'}"
+
+
+def cam16_configuration(prcc: bool, dice: bool) -> str:
+    """The name of a Table 1 configuration, e.g. ``cam16-ce-prcc-dice``."""
+    return "cam16-ce" + ("-prcc" if prcc else "") + ("-dice" if dice else "")
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
@@ -235,3 +253,15 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def write_structure(run_dir: Path, structure: dict) -> None:
+    """Record a run's place in the study (see :data:`STRUCTURE`)."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    write_json(Path(run_dir) / STRUCTURE, structure)
+
+
+def read_structure(run_dir: Path) -> dict:
+    """A run's place in the study; a run trained outside it (``wbc train``) is its own configuration, seed 0."""
+    return read_json(Path(run_dir) / STRUCTURE) or {"configuration": Path(run_dir).name, "seed": 0,
+                                                     "chapter": "report"}

@@ -40,26 +40,16 @@ SETTINGS: dict[str, tuple[dict, str]] = {
 MODES = ("plain", "adabn")
 
 
-def setting_of(run_id: str) -> tuple[str, int] | None:
-    """``shift-bn-zoom-s2`` -> ``("bn-zoom", 2)``; None for another run id."""
-    if not run_id.startswith(PREFIX):
-        return None
-    name, _, seed = run_id[len(PREFIX):].rpartition("-s")
-    return (name, int(seed)) if name in SETTINGS and seed.isdigit() else None
+def describe(setting: str, seed: int) -> str:
+    """A shift run in words (the title of its page in the book)."""
+    return f"domain shift: {SETTINGS[setting][1] if setting in SETTINGS else setting}, WBC_100 from scratch, seed {seed}"
 
 
-def describe(run_id: str) -> str:
-    """A shift run id in words (the title of its page in the book)."""
-    name, seed = setting_of(run_id) or (run_id, 0)
-    return f"domain shift: {SETTINGS[name][1] if name in SETTINGS else name}, WBC_100 from scratch, seed {seed}"
-
-
-def grid(seeds: list[int]) -> list[tuple[str, dict]]:
-    """The runs of the domain-shift chapter, as (run id, notebook parameters): every setting of
-    :data:`SETTINGS` for every seed (the study makes them jobs)."""
-    return [(f"{PREFIX}{name}-s{s}", {"dataset": "wbc", "subset": 100, "masks": True, "seed": s,
-                                      "overrides": dict(changes)})
-            for s in seeds for name, (changes, _) in SETTINGS.items()]
+def grid(seeds: list[int]) -> list[tuple[str, int, dict, str]]:
+    """The runs of the domain-shift chapter, as (configuration, seed, notebook parameters, setting): every
+    setting of :data:`SETTINGS` for every seed (the study makes them jobs)."""
+    return [(f"{PREFIX}{name}", s, {"dataset": "wbc", "subset": 100, "masks": True, "overrides": dict(changes)},
+             name) for s in seeds for name, (changes, _) in SETTINGS.items()]
 
 
 # -- what differs between the sets ------------------------------------------------------------------------
@@ -185,10 +175,11 @@ def shift_runs(runs_dir: str | Path) -> pd.DataFrame:
     from . import runs
 
     rows = []
-    for p in sorted(Path(runs_dir).glob(f"{PREFIX}*/metrics.json")):
-        parsed = setting_of(p.parent.name)
-        if parsed is None:
+    for p in sorted(Path(runs_dir).glob("*/metrics.json")):
+        structure = runs.read_structure(p.parent)
+        if structure.get("chapter") != "shift":
             continue
+        parsed = (structure["setting"], structure["seed"])
         m = runs.read_json(p) or {}
         config = runs.read_json(p.parent / "config.json") or {}
         val = m.get(m.get("reported_split", "val"), {})
@@ -406,7 +397,6 @@ __all__ = [
     "paired_table",
     "recall_table",
     "remedy_table",
-    "setting_of",
     "shift_runs",
     "stained_fraction",
 ]

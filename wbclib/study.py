@@ -31,33 +31,44 @@ WBC_PRETRAINED_FROM = "cam16-ce-prcc-dice"
 
 @dataclass
 class Job:
-    """One configuration of the grid: its id, notebook parameters and the run it starts from."""
+    """One configuration of the grid: its id, notebook parameters, the run it starts from and its place in the
+    study (``structure``, written to the run's ``run.json``)."""
 
     id: str
     params: dict
     depends: str | None = None
+    structure: dict = field(default_factory=dict)
     status: str = "pending"
     detail: str = ""
     seconds: float = 0.0
     notebook: Path | None = field(default=None, repr=False)
 
 
+def make_job(configuration: str, seed: int, params: dict, depends: str | None = None, **structure) -> Job:
+    """A job of configuration ``configuration`` and seed ``seed``; ``depends`` names the configuration it
+    starts from (same seed)."""
+    return Job(runs.run_id(configuration, seed), {**params, "seed": seed},
+               runs.run_id(depends, seed) if depends else None,
+               {"configuration": configuration, "seed": seed, "chapter": "report", "dataset": params["dataset"],
+                "subset": params.get("subset"), "masks": params.get("masks", True), "pretrained": bool(depends),
+                **structure})
+
+
 def grid(seeds: list[int]) -> list[Job]:
     """Every configuration of the report, in dependency order (and the largest WBC subsets first)."""
     jobs = []
     for s in seeds:
-        jobs.append(Job(f"prcc-s{s}", {"dataset": "prcc", "masks": False, "seed": s}))
+        jobs.append(make_job("prcc", s, {"dataset": "prcc", "masks": False}))
         for pre in (False, True):
             for dice in (False, True):
-                name = "cam16-ce" + ("-prcc" if pre else "") + ("-dice" if dice else "")
-                jobs.append(Job(f"{name}-s{s}", {"dataset": "cam16", "masks": dice, "seed": s},
-                                f"prcc-s{s}" if pre else None))
+                jobs.append(make_job(runs.cam16_configuration(pre, dice), s, {"dataset": "cam16", "masks": dice},
+                                "prcc" if pre else None))
         for n in reversed(WBC_SUBSETS):  # the longest runs first: parallel slots finish together
             for pre in (False, True):
                 for mask in (False, True):
-                    rid = f"wbc{n}-{'pretrained' if pre else 'scratch'}-{'mask' if mask else 'nomask'}-s{s}"
-                    jobs.append(Job(rid, {"dataset": "wbc", "subset": n, "masks": mask, "seed": s},
-                                    f"{WBC_PRETRAINED_FROM}-s{s}" if pre else None))
+                    jobs.append(make_job(runs.wbc_configuration(n, pre, mask), s,
+                                    {"dataset": "wbc", "subset": n, "masks": mask},
+                                    WBC_PRETRAINED_FROM if pre else None))
     order = {"prcc": 0, "cam16": 1, "wbc": 2}
     return sorted(jobs, key=lambda j: order[j.params["dataset"]])
 
@@ -251,8 +262,11 @@ def run_grid(jobs: list[Job], configs: dict[str, cfg.RunConfig], runs_dir: Path,
                     pending.remove(job)
                     job.notebook = runs_dir / job.id / "train.ipynb"
                     if not _decide(job, status, configs[job.id], runs_dir / job.id):
+                        if job.status == "reused":
+                            runs.write_structure(runs_dir / job.id, job.structure)  # a study of an older version
                         report(job)
                         continue
+                    runs.write_structure(runs_dir / job.id, job.structure)
                     slot = free.pop(0)
                     params = notebook_params(configs[job.id], runs_dir / job.id)
                     running[pool.submit(slot.run, job, params)] = (job, slot)
@@ -339,23 +353,24 @@ def prepare_book_root(book_root: str | Path | None) -> Path:
     return book_root
 
 
-def describe(job_id: str) -> str:
-    """A run id in words, e.g. 'WBC_10, pretrained, with masks, seed 0'."""
+def describe(structure: dict) -> str:
+    """A run's place in the study in words, e.g. 'WBC_10, pretrained on pRCC + CAM16, with masks, seed 0'."""
     from . import shift
 
-    if shift.setting_of(job_id):
-        return shift.describe(job_id)
-    config, _, seed = job_id.rpartition("-s")
-    parts = config.split("-")
-    if parts[0] == "prcc":
+    if structure.get("chapter") == "shift":
+        return shift.describe(structure["setting"], structure["seed"])
+    dataset, masks, pretrained = structure.get("dataset"), structure.get("masks"), structure.get("pretrained")
+    if dataset == "prcc":
         words = ["pRCC pretraining (reconstruction only)"]
-    elif parts[0] == "cam16":
-        words = ["CAM16, cross-entropy" + (" after pRCC pretraining" if "prcc" in parts else "")
-                 + (" + Dice" if "dice" in parts else "")]
+    elif dataset == "cam16":
+        words = ["CAM16, cross-entropy" + (" after pRCC pretraining" if pretrained else "")
+                 + (" + Dice" if masks else "")]
+    elif dataset == "wbc":
+        words = [f"WBC_{structure['subset']}", "pretrained on pRCC + CAM16" if pretrained else "from scratch",
+                 "with masks" if masks else "without masks"]
     else:
-        words = [f"WBC_{parts[0][3:]}", "pretrained on pRCC + CAM16" if parts[1] == "pretrained" else "from scratch",
-                 "with masks" if parts[2] == "mask" else "without masks"]
-    return ", ".join([*words, f"seed {seed}"])
+        words = [structure.get("configuration", "a run")]
+    return ", ".join([*words, f"seed {structure.get('seed', 0)}"])
 
 
 #: Cell tags the book honours: inputs of code cells are collapsed (shown on a click), parameter cells removed.
@@ -456,7 +471,7 @@ def publish_runs(jobs: list[Job], book_root: Path, replacements: list[tuple[str,
     out.mkdir(parents=True)
     for j in jobs:
         if j.status in ("finished", "reused") and j.notebook and j.notebook.is_file():
-            tidy_for_book(j.notebook, out / f"{j.id}.ipynb", j.id, describe(j.id), replacements)
+            tidy_for_book(j.notebook, out / f"{j.id}.ipynb", j.id, describe(j.structure), replacements)
 
 
 def write_data_summary(book_root: Path, roots: dict[str, Path], sources: dict[str, str]) -> None:
@@ -787,7 +802,8 @@ def run(args: Options, log=print) -> int:
     # The domain-shift runs (shift-*) are opt-in: only a pattern given with --only can select them.
     from . import shift
 
-    shift_jobs = [Job(i, p) for i, p in shift.grid(list(range(args.seeds or shift.SEEDS)))] if args.only else []
+    shift_jobs = [make_job(c, s, p, setting=name, chapter="shift") for c, s, p, name in
+                  shift.grid(list(range(args.seeds or shift.SEEDS)))] if args.only else []
     jobs = select(grid(list(range(seeds))) + shift_jobs, args.only)
     data_root = str(Path(args.data_root).expanduser().resolve()) if args.data_root else None
     # Every config resolved once, before anything runs (a bad --set fails here, once).
