@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -38,14 +37,9 @@ from wbclib.losses import MultiTaskLoss
 
 
 def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one) and its core count."""
-    try:
-        line = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("model name"))
-        name = line.split(":", 1)[1].strip()
-    except (OSError, StopIteration):
-        name = platform.processor() or platform.machine()
+    """The CPU's model name, its thread count and whether it has native bf16."""
     native = " with native bf16" if inference.cpu_has_native_bf16() else ""
-    return f"{name}, {torch.get_num_threads()} threads{native}"
+    return f"{inference.device_name()}, {torch.get_num_threads()} threads{native}"
 
 
 def sync(device: torch.device) -> None:
@@ -173,7 +167,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="timed training steps per variant")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     ap.add_argument("--default-only", action="store_true", help="measure the device's default variant only")
-    ap.add_argument("--data-root", default=None, help="course data for the loader measurement (default: the embedded real cells)")
+    ap.add_argument("--data-root", default=None,
+                    help="course data for the loader measurement (default: the embedded real cells)")
     ap.add_argument("--json", default=None, help="write the results here")
     a = ap.parse_args(argv)
 

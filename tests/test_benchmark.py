@@ -52,7 +52,8 @@ def test_gpu_check_cpu_dry_run_writes_every_part(tmp_path):
     parts = r["parts"]
     assert parts["matmul"]["bf16_flops_per_s"] > 0 and parts["matmul"]["tf32_flops_per_s"] > 0
     eager = [v for v in parts["steps"]["variants"] if v["batch_size"] == 2]
-    assert [v["name"] for v in eager] == ["fp32", "bf16", "bf16 + channels_last", "bf16 + channels_last + cudnn.benchmark"]
+    assert [v["name"] for v in eager] == ["fp32", "bf16", "bf16 + channels_last",
+                                          "bf16 + channels_last + cudnn.benchmark"]
     assert all(v["images_per_s"] > 0 and v["share_of_bf16_peak"] == pytest.approx(
         v["model_flops_per_s"] / parts["matmul"]["bf16_flops_per_s"]) for v in eager)
     (row,) = parts["epoch"]["rows"]

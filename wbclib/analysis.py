@@ -224,12 +224,14 @@ def ablation_pairs() -> list[tuple[str, str, str, str, str]]:
     pairs = [("CAM16", cam(False, True), cam(False, False), "Dice", "no Dice"),
              ("CAM16", cam(True, False), cam(False, False), "pRCC", "no pRCC"),
              ("CAM16", cam(True, True), cam(False, True), "pRCC + Dice", "Dice only")]
+    wbc = runs.wbc_configuration
     for n in WBC_SUBSETS:
         for init in ("scratch", "pretrained"):
-            pairs.append((f"WBC_{n}", runs.wbc_configuration(n, init == "pretrained", True), runs.wbc_configuration(n, init == "pretrained", False), f"{init}, with mask",
+            pre = init == "pretrained"
+            pairs.append((f"WBC_{n}", wbc(n, pre, True), wbc(n, pre, False), f"{init}, with mask",
                           f"{init}, without mask"))
         for mask in ("nomask", "mask"):
-            pairs.append((f"WBC_{n}", runs.wbc_configuration(n, True, mask == "mask"), runs.wbc_configuration(n, False, mask == "mask"),
+            pairs.append((f"WBC_{n}", wbc(n, True, mask == "mask"), wbc(n, False, mask == "mask"),
                           f"pretrained ({mask})", f"scratch ({mask})"))
     return pairs
 

@@ -42,7 +42,8 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="from_dir", required=True, metavar="DIR", help="the source dataset folder")
     p.add_argument("--out", required=True, metavar="DIR", help="new (or empty) folder for the course layout")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="every random choice follows from it (default 0)")
-    p.add_argument("--val-fraction", type=float, default=0.2, metavar="F", help="validation share per class (default 0.2)")
+    p.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
+                   help="validation share per class (default 0.2)")
     p.add_argument("--per-class", type=int, default=None, metavar="K", help="at most K images per class")
     p.add_argument("--balanced", action="store_true", help="cap every class at the smallest class's size")
     p.add_argument("--masked", default=None, metavar="KIND=DIR",
@@ -54,7 +55,8 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tiles", default=None, metavar="DIR", help="smear photographs cut into pRCC_nolabel tiles")
     p.add_argument("--tiles-per-image", type=int, default=None, metavar="K", help="at most K tiles per photo")
     p.add_argument("--size", type=int, default=None, metavar="N", help="resize so the shorter side is N")
-    p.add_argument("--quality", type=int, default=90, metavar="Q", help="JPEG quality of re-encoded images (default 90)")
+    p.add_argument("--quality", type=int, default=90, metavar="Q",
+                   help="JPEG quality of re-encoded images (default 90)")
     p.add_argument("--skip-bad", action="store_true", help="leave unusable source files out")
     p.add_argument("--no-progress", action="store_true")
 

@@ -331,3 +331,17 @@ def adapt_batchnorm(model: nn.Module, loader, device: torch.device | str = "cpu"
             m.momentum = momentum
         model.eval()
     return len(layers)
+
+
+def device_name(device: str | torch.device = "cpu") -> str:
+    """The GPU's name, or the CPU's model name (from /proc/cpuinfo where there is one): what every timing names."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        line = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("model name"))
+        return line.split(":", 1)[1].strip()
+    except (OSError, StopIteration):
+        import platform
+
+        return platform.processor() or platform.machine()

@@ -18,7 +18,8 @@ def generalized_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth_nr:
     r"""Generalized Dice Loss (Sudre et al. 2017; Eq. 1 of the report) on sigmoid probabilities.
 
     .. math::
-        L_D = 1 - \frac{2 \sum_l w_l \sum_i \hat y_{li} y_{li} + s_{nr}}{\sum_l w_l \sum_i (\hat y_{li} + y_{li}) + s_{dr}},
+        L_D = 1 - \frac{2 \sum_l w_l \sum_i \hat y_{li} y_{li} + s_{nr}}
+                       {\sum_l w_l \sum_i (\hat y_{li} + y_{li}) + s_{dr}},
         \qquad w_l = \frac{1}{(\sum_i y_{li})^2}
 
     where :math:`\hat y = \sigma(\text{logits})`, :math:`l` runs over the C channels and :math:`i` over every

@@ -42,7 +42,8 @@ MODES = ("plain", "adabn")
 
 def describe(setting: str, seed: int) -> str:
     """A shift run in words (the title of its page in the book)."""
-    return f"domain shift: {SETTINGS[setting][1] if setting in SETTINGS else setting}, WBC_100 from scratch, seed {seed}"
+    words = SETTINGS[setting][1] if setting in SETTINGS else setting
+    return f"domain shift: {words}, WBC_100 from scratch, seed {seed}"
 
 
 def grid(seeds: list[int]) -> list[tuple[str, int, dict, str]]:

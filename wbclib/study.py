@@ -244,7 +244,8 @@ def run_grid(jobs: list[Job], configs: dict[str, cfg.RunConfig], runs_dir: Path,
             if job.status in ("finished", "reused") else None
         bar.update(1)
         log(f"  {job.id:32s} {job.status:9s} {job.seconds:6.1f}s" + (f"  accuracy {acc:.4f}" if acc is not None
-                                                                       else "") + (f"  {job.detail}" if job.detail else ""))
+                                                                       else "")
+            + (f"  {job.detail}" if job.detail else ""))
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     threads = max(1, (os.cpu_count() or 1) // parallel)
@@ -553,7 +554,8 @@ def write_performance_page(book_root: Path) -> None:
         text = ("Training steps (the default variant of each device in bold). Each share is taken against the matmul "
                 "FLOP/s measured just before and after that variant (median of five bursts each). A bf16 step is "
                 "judged against bf16 matmuls, so its share of the fp32 rate may exceed 100 %; ⚠ marks a share of "
-                "its own precision's rate that stayed above 100 % when measured twice, which cannot be real:\n\n" + "\n".join(steps) +
+                "its own precision's rate that stayed above 100 % when measured twice, which cannot be real:\n\n"
+                + "\n".join(steps) +
                 "\n\nThe yardstick and the data pipeline:\n\n" + "\n".join(feed))
     else:
         text = "No benchmark has been recorded in `benchmarks/results/` yet."
@@ -863,11 +865,12 @@ def _study(args: Options, t0, configs, runs_dir, jobs, data_root, external, log)
                                                                            else None}, NOTEBOOKS)
             tidy_for_book(gen / "results.ipynb", gen / "results.ipynb", replacements=shown)
 
-        for what, call in (("notebooks/analysis.ipynb", analyse),
-                           ("the external evaluation", lambda: write_evaluation_page(book_root, runs_dir, external, shown)),
-                           ("notebooks/walkthrough.ipynb", lambda: write_walkthrough_page(
-                               book_root, args.walkthrough_steps, shown)),
-                           ("the domain-shift chapter", lambda: write_shift_page(book_root, runs_dir, external, shown))):
+        pages = (("notebooks/analysis.ipynb", analyse),
+                 ("the external evaluation", lambda: write_evaluation_page(book_root, runs_dir, external, shown)),
+                 ("notebooks/walkthrough.ipynb",
+                  lambda: write_walkthrough_page(book_root, args.walkthrough_steps, shown)),
+                 ("the domain-shift chapter", lambda: write_shift_page(book_root, runs_dir, external, shown)))
+        for what, call in pages:
             log(f"analysis: executing {what}")
             try:
                 call()

@@ -429,7 +429,8 @@ def manifest(config, rt: Runtime, splits: data.Splits, wall: float, init_report)
         "device": str(rt.device), "device_name": torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda"
         else platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
         "precision": "bf16" if rt.amp_dtype else "fp32", "channels_last": rt.channels_last,
-        "num_workers": rt.num_workers, "data_root": str(splits.root), "synthetic": data.data_source(config) == "synthetic",
+        "num_workers": rt.num_workers, "data_root": str(splits.root),
+        "synthetic": data.data_source(config) == "synthetic",
         "data_source": data.data_source(config),
         "data_fingerprint": data.fingerprint(splits.records, splits.root), "wall_time_s": wall,
         "init": init_report and {"source": init_report["source"], "loaded": len(init_report["loaded"]),
