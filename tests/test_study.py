@@ -126,7 +126,7 @@ def test_the_notebook_trains_exactly_the_config_the_runner_resolved(tmp_path):
     nb = nbformat.read(study.NOTEBOOKS / "train.ipynb", as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", [])).source
     setup = next(c for c in nb.cells if "cfg.from_dict(run_config)" in c.source).source
-    jobs = study.grid([0]) + [study.Job(i, p) for i, p in shift.grid([0])]
+    jobs = study.grid([0]) + [study.make_job(c, s, p, setting=n, chapter="shift") for c, s, p, n in shift.grid([0])]
     for job in jobs:
         config = study.job_config(job, "quick", None, tmp_path, {"lr": 0.01, "resize": None})
         ns: dict = {}
