@@ -69,3 +69,4 @@ def test_the_flow_runs_from_data_to_the_book():
     assert not g["data"] & {"model", "train", "study", "analysis", "cli"}
     assert not g["model"] & {"train", "study", "analysis", "cli"}
     assert "cli" not in set().union(*(g[m] for m in g if m != "cli"))  # nothing imports the command line
+    assert "study" not in g["book"] and "train" not in g["book"]  # the book reads run directories only

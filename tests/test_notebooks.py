@@ -10,7 +10,7 @@ from pathlib import Path
 import papermill
 import pytest
 
-from wbclib import study
+from wbclib import book
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def project(tmp_path):
 def run(project: Path, name: str, **params) -> str:
     out = project / f"out-{name}-{len(list(project.glob('out-*')))}.ipynb"
     papermill.execute_notebook(str(project / "notebooks" / name), str(out), parameters=params,
-                               kernel_name=study.KERNEL, cwd=str(project / "notebooks"), progress_bar=False)
+                               kernel_name=book.KERNEL, cwd=str(project / "notebooks"), progress_bar=False)
     return outputs(out)
 
 
@@ -66,7 +66,7 @@ def test_train_with_defaults_then_analysis_and_evaluation_with_theirs(project):
 
 def test_lab_uses_the_kernel_that_papermill_uses():
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(rf"^KERNEL\s*:=\s*{study.KERNEL}$", makefile, re.M)
+    assert re.search(rf"^KERNEL\s*:=\s*{book.KERNEL}$", makefile, re.M)
     assert "jupyter lab --notebook-dir=notebooks" in makefile
     for nb in (ROOT / "notebooks").glob("*.ipynb"):
-        assert json.loads(nb.read_text())["metadata"]["kernelspec"]["name"] == study.KERNEL, nb.name
+        assert json.loads(nb.read_text())["metadata"]["kernelspec"]["name"] == book.KERNEL, nb.name

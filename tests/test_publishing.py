@@ -11,7 +11,7 @@ import nbformat
 import pytest
 import yaml
 
-from wbclib import study
+from wbclib import book, study
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / ".github" / "workflows" / "book.yml"
@@ -52,7 +52,7 @@ def test_the_workflow_points_the_one_repository_setting_at_its_repository(tmp_pa
     conf = yaml.safe_load(config.read_text())
     assert conf["repository"]["url"] == "https://github.com/someone/fork"
     assert conf["launch_buttons"]["jupyterhub_url"] == "https://hub.test"
-    links = study.launch_links(config_file=config)
+    links = book.launch_links(config_file=config)
     assert "mybinder.org/v2/gh/someone/fork/main?urlpath=lab/tree/notebooks/walkthrough.ipynb" in links
     assert "colab.research.google.com/github/someone/fork/blob/main/notebooks/walkthrough.ipynb" in links
     assert "[JupyterHub](https://hub.test/hub/user-redirect/git-pull?" in links
@@ -75,13 +75,13 @@ def test_book_builds_fail_on_warnings(monkeypatch, tmp_path):
         seen["cmd"] = cmd
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    gen = study.generated(tmp_path)
+    gen = book.generated(tmp_path)
     gen.mkdir(parents=True)
     for name in ("results.ipynb", "data_summary.md", "evaluation.md", "performance.md", "walkthrough.md"):
         (gen / name).write_text("{}" if name.endswith("ipynb") else "# x\n")
     (gen / "results.ipynb").write_text(nbformat.writes(nbformat.v4.new_notebook()))
     monkeypatch.setattr(study.subprocess, "run", fake_run)
-    study.build_book(tmp_path)
+    book.build_book(tmp_path)
     assert seen["cmd"][1:3] == ["build", str(tmp_path)] and "-W" in seen["cmd"] and "--keep-going" in seen["cmd"]
     assert re.search(r"^book:.*\n\t\$\(BIN\)/wbc book$", (ROOT / "Makefile").read_text(), re.M)
 
@@ -92,16 +92,16 @@ def executed_like_papermill(tmp_path: Path) -> Path:
     nb.cells = [
         nbformat.v4.new_markdown_cell("# Run"),
         nbformat.v4.new_code_cell('run_dir = None', metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell(f'run_dir = "{study.ROOT}/runs/wbc1-s0"\ndata_root = "/data/course"',
+        nbformat.v4.new_code_cell(f'run_dir = "{book.ROOT}/runs/wbc1-s0"\ndata_root = "/data/course"',
                                   metadata={"tags": ["injected-parameters"]}),
         nbformat.v4.new_code_cell("display(table)", metadata={"tags": ["remove-input"]}),
         nbformat.v4.new_code_cell("train.fit(config)"),
     ]
     nb.cells[4].outputs = [
         nbformat.v4.new_output("stream", name="stdout", text=f"data: synthetic stand-in at {home}/.cache/wbc-study/x\n"
-                               f"init: loaded from {study.ROOT}/runs/prcc-s0\nroot {study.ROOT}\n"
+                               f"init: loaded from {book.ROOT}/runs/prcc-s0\nroot {book.ROOT}\n"
                                "course data in /data/course/WBC_1\n"),
-        nbformat.v4.new_output("display_data", data={"text/markdown": f"Run directory: `{study.ROOT}/runs/a`",
+        nbformat.v4.new_output("display_data", data={"text/markdown": f"Run directory: `{book.ROOT}/runs/a`",
                                                      "image/png": "iVBORw0KGgo="}),
     ]
     path = tmp_path / "executed.ipynb"
@@ -111,20 +111,20 @@ def executed_like_papermill(tmp_path: Path) -> Path:
 
 def test_pages_drop_parameters_fold_code_and_carry_no_machine_path(tmp_path):
     out = tmp_path / "page.ipynb"
-    shown = study.path_replacements(named={"/data/course": "<data-root>"})
-    study.tidy_for_book(executed_like_papermill(tmp_path), out, "wbc1-s0", "WBC_1, seed 0", shown)
+    shown = book.path_replacements(named={"/data/course": "<data-root>"})
+    book.tidy_for_book(executed_like_papermill(tmp_path), out, "wbc1-s0", "WBC_1, seed 0", shown)
     nb = nbformat.read(out, as_version=4)
     tags = [c.metadata.get("tags", []) for c in nb.cells]
     assert "remove-cell" in tags[1] and "remove-cell" in tags[2]  # both parameter cells
     assert tags[3] == ["remove-input"] and tags[4] == ["hide-input"]
     text = out.read_text()
-    assert str(study.ROOT) not in text and str(Path.home()) + "/" not in text and "/data/course" not in text
+    assert str(book.ROOT) not in text and str(Path.home()) + "/" not in text and "/data/course" not in text
     stream = nb.cells[4].outputs[0]["text"]
     assert "at ~/.cache/wbc-study/x" in stream and "loaded from runs/prcc-s0" in stream and "root .\n" in stream
     assert "<data-root>/WBC_1" in stream
     assert nb.cells[4].outputs[1]["data"]["text/markdown"] == "Run directory: `runs/a`"
     assert nb.cells[0].source.startswith("# wbc1-s0")
-    study.tidy_for_book(out, tmp_path / "again.ipynb", replacements=shown)  # idempotent
+    book.tidy_for_book(out, tmp_path / "again.ipynb", replacements=shown)  # idempotent
     assert nbformat.read(tmp_path / "again.ipynb", as_version=4).cells[4].metadata["tags"] == ["hide-input"]
 
 

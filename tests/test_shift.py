@@ -16,7 +16,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from conftest import make_wbc_tree, write_image
-from wbclib import cli, data, evaluate, inference, runs, shift, study, train, transforms
+from wbclib import book, cli, data, evaluate, inference, runs, shift, study, train, transforms
 from wbclib import config as cfg
 from wbclib.model import MultiTaskUNet
 
@@ -195,7 +195,7 @@ def test_shift_runs_are_opt_in_and_carry_their_settings(tmp_path, capsys):
         changes = shift.SETTINGS[job.structure["setting"]][0]
         assert c.epochs == 2 and c.subset == 100 and c.masks and c.init is None
         assert all(getattr(c, k) == v for k, v in changes.items()), job.id
-    assert study.describe(jobs[len(shift.SETTINGS) + 1].structure).startswith("domain shift: GroupNorm")
+    assert book.describe(jobs[len(shift.SETTINGS) + 1].structure).startswith("domain shift: GroupNorm")
     assert cli.main(["study", "--dry-run", "--runs-dir", str(tmp_path)]) == 0
     assert "shift-" not in capsys.readouterr().out  # not in the default study
     assert cli.main(["study", "--dry-run", "--only", "shift-gn-*", "--seeds", "2", "--runs-dir", str(tmp_path)]) == 0
@@ -205,7 +205,7 @@ def test_shift_runs_are_opt_in_and_carry_their_settings(tmp_path, capsys):
 
 def test_chapter_page_without_shift_runs_says_how_to_train_them(tmp_path):
     (tmp_path / "runs").mkdir()
-    page = study.write_shift_page(tmp_path, tmp_path / "runs", None)
+    page = book.write_shift_page(tmp_path, tmp_path / "runs", None)
     assert page.name == "domain-shift.md" and "wbc study --only 'shift-*'" in page.read_text()
 
 
@@ -215,10 +215,10 @@ def test_chapter_notebook_runs_on_shift_runs(shift_runs, tmp_path):
 
     out = tmp_path / "domain-shift.ipynb"
     target = str(shift_runs / "target")
-    papermill.execute_notebook(str(study.NOTEBOOKS / "domain-shift.ipynb"), str(out), kernel_name=study.KERNEL,
+    papermill.execute_notebook(str(book.NOTEBOOKS / "domain-shift.ipynb"), str(out), kernel_name=book.KERNEL,
                                parameters={"runs_dir": str(shift_runs / "runs"), "external": [target, target],
                                            "select_on": "target", "report_on": "target", "stats_limit": 5},
-                               cwd=str(study.NOTEBOOKS), progress_bar=False)
+                               cwd=str(book.NOTEBOOKS), progress_bar=False)
     nb = json.loads(out.read_text())
     text = "\n".join("".join(o.get("data", {}).get("text/markdown", "")) + "".join(o.get("data", {}).get(
         "text/plain", "")) + "".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, wbc
-from wbclib import study
+from wbclib import book, study
 
 
 def test_grid_ids_and_dependencies():
@@ -102,7 +102,7 @@ def test_pages_open_with_results_and_carry_no_absolute_path_of_the_machine(tiny_
     tmp_path, book, p = tiny_book
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     html = book / "_build" / "html"
-    forbidden = [str(study.ROOT), str(tmp_path), str(Path.home()) + "/"]
+    forbidden = [str(book.ROOT), str(tmp_path), str(Path.home()) + "/"]
     files = [f for f in html.rglob("*") if f.is_file() and f.suffix in (".html", ".ipynb", ".js", ".txt", ".md")]
     assert len(files) > 30
     for f in files:
@@ -123,7 +123,7 @@ def test_the_notebook_trains_exactly_the_config_the_runner_resolved(tmp_path):
 
     from wbclib import shift
 
-    nb = nbformat.read(study.NOTEBOOKS / "train.ipynb", as_version=4)
+    nb = nbformat.read(book.NOTEBOOKS / "train.ipynb", as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", [])).source
     setup = next(c for c in nb.cells if "cfg.from_dict(run_config)" in c.source).source
     jobs = study.grid([0]) + [study.make_job(c, s, p, setting=n, chapter="shift") for c, s, p, n in shift.grid([0])]
@@ -163,7 +163,7 @@ def test_a_kept_alive_kernel_trains_exactly_what_a_fresh_kernel_trains(tmp_path)
     synth.generate(root, scale=0.003, seed=0, progress=False)
     overrides = dict(cfg.parse_assignment(s) for s in TINY[1::2])
     params = {j.id: j.params for j in study.grid([0])}
-    study.ensure_kernel()
+    book.ensure_kernel()
 
     def run(slot, rid, runs_dir):
         job = study.Job(rid, params[rid])
@@ -190,6 +190,6 @@ def test_study_outside_a_checkout_says_it_needs_one(tmp_path, monkeypatch):
     """``pip install .`` installs wbclib without the notebooks and the book: the study says so in one line."""
     monkeypatch.setattr(study, "NOTEBOOKS", tmp_path / "notebooks")
     with pytest.raises(study.WbcError, match="needs a checkout of the project"):
-        study.require_checkout()
+        book.require_checkout()
     monkeypatch.undo()
-    study.require_checkout()  # this checkout has them
+    book.require_checkout()  # this checkout has them

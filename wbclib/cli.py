@@ -177,13 +177,13 @@ def cmd_predict(a) -> int:
 
 
 def cmd_book(a) -> int:
-    from . import runs, study
+    from . import book, runs
     from .data import EMBEDDED, cache_dir
 
-    study.require_checkout()
+    book.require_checkout()
     if a.book_root:
         runs.refuse_inside(a.book_root, [EMBEDDED, cache_dir()], "--book-root")
-    print(f"book: {study.build_book(study.prepare_book_root(a.book_root))}")
+    print(f"book: {book.build_book(book.prepare_book_root(a.book_root))}")
     return 0
 
 
