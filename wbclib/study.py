@@ -12,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -171,7 +172,8 @@ class Slot:
             return self.km
         self.close()  # a kernel that died (e.g. out of memory) is replaced
         self.km = KernelManager(kernel_name=KERNEL)
-        self.km.start_kernel(cwd=str(NOTEBOOKS), env={**os.environ, **self.env})
+        self.km.start_kernel(cwd=str(NOTEBOOKS), env={**os.environ, **self.env}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)  # its errors reach the notebook, not the study's log
         return self.km
 
     def run(self, job: Job, params: dict) -> None:
