@@ -178,6 +178,14 @@ def paired_bootstrap(correct_a, correct_b, n_boot: int = 10000, seed: int = 0, c
         stop = min(n_boot, start + chunk)
         boots[start:stop] = d[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
     diff = float(d.mean())
+    low, high, p = _bootstrap_summary(boots, diff, confidence)
+    return {"diff": diff, "low": float(low), "high": float(high), "p_value": min(p, 1.0),
+            "confidence": confidence, "n": int(n), "n_boot": int(n_boot), "method": "paired bootstrap"}
+
+
+def _bootstrap_summary(boots: np.ndarray, diff: float, confidence: float) -> tuple[float, float, float]:
+    """Percentile interval of bootstrap differences and the two-sided p-value: twice the share of replicates
+    on the other side of 0 from ``diff`` (1.0 when ``diff`` is 0)."""
     tail = (1.0 - confidence) / 2.0 * 100.0
     low, high = np.percentile(boots, [tail, 100.0 - tail])
     if diff > 0:
@@ -186,8 +194,7 @@ def paired_bootstrap(correct_a, correct_b, n_boot: int = 10000, seed: int = 0, c
         p = 2.0 * float(np.mean(boots >= 0))
     else:
         p = 1.0
-    return {"diff": diff, "low": float(low), "high": float(high), "p_value": min(p, 1.0),
-            "confidence": confidence, "n": int(n), "n_boot": int(n_boot), "method": "paired bootstrap"}
+    return float(low), float(high), p
 
 
 def seed_t_interval(differences, confidence: float = 0.95) -> dict:
@@ -244,14 +251,7 @@ def hierarchical_bootstrap(pairs, n_boot: int = 10000, seed: int = 0, confidence
                 boots[part] += means.reshape(len(part), int(reps)).sum(axis=1)
     boots /= s
     diff = float(np.mean([d.mean() for d in ds]))
-    tail = (1.0 - confidence) / 2.0 * 100.0
-    low, high = np.percentile(boots, [tail, 100.0 - tail])
-    if diff > 0:
-        p = 2.0 * float(np.mean(boots <= 0))
-    elif diff < 0:
-        p = 2.0 * float(np.mean(boots >= 0))
-    else:
-        p = 1.0
+    low, high, p = _bootstrap_summary(boots, diff, confidence)
     return {"diff": diff, "low": float(low), "high": float(high), "p_value": min(p, 1.0), "seeds": s,
             "n": int(sum(d.size for d in ds)), "confidence": confidence, "n_boot": int(n_boot),
             "method": "hierarchical bootstrap (seeds, then images)"}
