@@ -26,6 +26,8 @@ class TrainingDiverged(WbcError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+# -- the device ----------------------------------------------------------------------------------------------
+
 def resolve_device(name: str) -> torch.device:
     """The device of a config's ``device`` value; a clear error for a device this machine does not have."""
     if name == "auto":
@@ -85,6 +87,8 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
 
+# -- loaders -------------------------------------------------------------------------------------------------
+
 def seed_worker(worker_id: int) -> None:
     s = torch.initial_seed() % 2**32
     random.seed(s)
@@ -116,6 +120,8 @@ def make_loader(dataset, config: cfg.RunConfig, rt: Runtime, shuffle: bool = Fal
     return DataLoader(dataset, batch_sampler=sampler, **common)
 
 
+# -- the model -----------------------------------------------------------------------------------------------
+
 def build_model(config: cfg.RunConfig) -> MultiTaskUNet:
     return MultiTaskUNet(config.num_classes, config.base_width, config.depth, norm=config.norm)
 
@@ -138,6 +144,8 @@ def describe_network(config: cfg.RunConfig) -> str:
     return (f"{config.profile} profile, {config.dataset}, {config.num_classes} classes, base width "
             f"{config.base_width}, depth {config.depth}")
 
+
+# -- the forward pass and the metrics of a split -------------------------------------------------------------
 
 class Averages:
     """Running sample-weighted means of the loss components; the Dice term is averaged over the samples
@@ -264,6 +272,8 @@ def examples(run_dir: str | Path, n: int = 8, device: str = "cpu") -> dict:
     return result
 
 
+# -- what a step costs, and on what --------------------------------------------------------------------------
+
 def flops_per_image(config: cfg.RunConfig) -> float:
     """Forward + backward FLOPs of one training image, counted by ``torch.utils.flop_counter`` on a model
     built on the meta device (shapes only: nothing is computed, nothing random is drawn)."""
@@ -290,7 +300,7 @@ def gpu_peak_flops(device: torch.device) -> float | None:
     return next((v for k, v in GPU_PEAK_BF16.items() if k in name), None)
 
 
-# -- test-time adaptation ---------------------------------------------------------------------------------
+# -- test-time adaptation ------------------------------------------------------------------------------------
 
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
