@@ -198,7 +198,7 @@ def test_killed_study_reruns_to_the_same_tables_and_a_second_study_on_its_runs_f
     on the same runs folder is refused; the runner is SIGKILLed (its notebooks' processes go with it); the
     rerun reuses the finished run, resumes the other, and every number the tables are made of equals that of
     runs trained without interruption."""
-    from wbclib import analysis, study
+    from wbclib import analysis, runs, study
     from wbclib import config as cfg
     from wbclib.train import fit
 
@@ -230,6 +230,7 @@ def test_killed_study_reruns_to_the_same_tables_and_a_second_study_on_its_runs_f
     for job in study.select(study.grid([0]), "wbc1-scratch-*"):
         fit(study.job_config(job, "quick", str(data.resolve()), runs_dir, overrides), reference / job.id,
             progress=False, log=lambda s: None)
+        runs.write_structure(reference / job.id, job.structure)  # what the study records beside each run
         assert_same_outcome(reference / job.id, runs_dir / job.id)
     tables = [analysis.load_runs(d).drop(columns=["minutes", "path"]) for d in (reference, runs_dir)]
     pd.testing.assert_frame_equal(*tables, check_exact=True)
