@@ -111,35 +111,18 @@ def machine(check: Check) -> dict:
 # -- 2. the yardstick --------------------------------------------------------------------------------------
 
 def matmul(check: Check, device: torch.device) -> dict:
+    from throughput import matmul_flops
+
     n = 256 if check.tiny else 8192
     old = torch.backends.cuda.matmul.allow_tf32
     try:
-        bf16 = _matmul_rate(device, torch.bfloat16, n)
+        bf16 = matmul_flops(device, torch.bfloat16, n=n, reps=10, warmup=3)
         torch.backends.cuda.matmul.allow_tf32 = True
-        tf32 = _matmul_rate(device, torch.float32, n)
+        tf32 = matmul_flops(device, torch.float32, n=n, reps=10, warmup=3)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
     check.log(f"matmul {n}³: bf16 {bf16 / 1e12:.1f} TFLOP/s, tf32 {tf32 / 1e12:.1f} TFLOP/s")
     return {"n": n, "bf16_flops_per_s": bf16, "tf32_flops_per_s": tf32}
-
-
-def _matmul_rate(device: torch.device, dtype: torch.dtype, n: int, bursts: int = 5, reps: int = 10) -> float:
-    import statistics
-
-    from throughput import sync
-
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        torch.matmul(a, b)
-    sync(device)
-    rates = []
-    for _ in range(bursts):
-        t = time.perf_counter()
-        for _ in range(reps):
-            torch.matmul(a, b)
-        sync(device)
-        rates.append(reps * 2 * n**3 / (time.perf_counter() - t))
-    return statistics.median(rates)
 
 
 # -- 3. the training step ------------------------------------------------------------------------------------

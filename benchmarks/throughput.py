@@ -47,20 +47,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_flops(device: torch.device, dtype: torch.dtype, bursts: int = 5) -> float:
-    """Median FLOP/s of several short bursts of square matmuls in ``dtype`` (one burst can catch the machine
-    in a slow or a fast moment; the median of several is the yardstick)."""
-    n = 2048 if device.type == "cpu" else 8192
+def matmul_flops(device: torch.device, dtype: torch.dtype, bursts: int = 5, n: int | None = None,
+                 reps: int = 3, warmup: int = 1) -> float:
+    """Median FLOP/s of several short bursts of ``reps`` square n x n matmuls in ``dtype`` (one burst can catch
+    the machine in a slow or a fast moment; the median of several is the yardstick). n: 2048 on a CPU, 8192
+    on a GPU unless given."""
+    n = n or (2048 if device.type == "cpu" else 8192)
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    torch.matmul(a, b)
+    for _ in range(warmup):
+        torch.matmul(a, b)
     sync(device)
     rates = []
     for _ in range(bursts):
         t = time.perf_counter()
-        for _ in range(3):
+        for _ in range(reps):
             torch.matmul(a, b)
         sync(device)
-        rates.append(3 * 2 * n**3 / (time.perf_counter() - t))
+        rates.append(reps * 2 * n**3 / (time.perf_counter() - t))
     return statistics.median(rates)
 
 

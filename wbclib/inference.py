@@ -4,6 +4,7 @@ metrics of a split, the predicted-mask rule, and the examples the figures show."
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
@@ -276,12 +277,18 @@ def examples(run_dir: str | Path, n: int = 8, device: str = "cpu") -> dict:
 
 def flops_per_image(config: cfg.RunConfig) -> float:
     """Forward + backward FLOPs of one training image, counted by ``torch.utils.flop_counter`` on a model
-    built on the meta device (shapes only: nothing is computed, nothing random is drawn)."""
+    built on the meta device (shapes only: nothing is computed, nothing random is drawn). Counted once per
+    network and input size (the runs of a study share a handful)."""
+    return _flops(config.num_classes, config.base_width, config.depth, config.norm, config.input_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _flops(num_classes: int, base_width: int, depth: int, norm: str, input_size: int) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
-        model = build_model(config)
-        x = torch.empty(1, 3, config.input_size, config.input_size)
+        model = MultiTaskUNet(num_classes, base_width, depth, norm=norm)
+        x = torch.empty(1, 3, input_size, input_size)
     with FlopCounterMode(display=False) as counter:
         out = model(x)
         (out.reconstruction.mean() + out.class_logits.mean() + out.mask_logits.mean()).backward()

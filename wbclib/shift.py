@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.colors import rgb_to_hsv
 
 from . import metrics
 from .inference import adapt_batchnorm, batchnorm_layers
@@ -55,18 +56,6 @@ def grid(seeds: list[int]) -> list[tuple[str, int, dict, str]]:
 
 # -- what differs between the sets ------------------------------------------------------------------------
 
-def _hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hue (0..1), saturation and value of an (..., 3) float RGB array in [0, 1]."""
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    mx, mn = rgb.max(-1), rgb.min(-1)
-    delta = mx - mn
-    safe = np.where(delta == 0, 1, delta)
-    h = np.where(mx == r, ((g - b) / safe) % 6, np.where(mx == g, (b - r) / safe + 2, (r - g) / safe + 4)) / 6
-    h = np.where(delta == 0, 0, h)
-    s = np.where(mx == 0, 0, delta / np.where(mx == 0, 1, mx))
-    return h, s, mx
-
-
 def stained_fraction(rgb: np.ndarray) -> float:
     """Share of the frame covered by the white cell's stained parts: pixels much bluer than they are green
     (nucleus and granules are blue-violet after Romanowsky-type stains; red cells and background are not),
@@ -93,7 +82,7 @@ def image_statistics(folder: str | Path, name: str | None = None, limit: int | N
     for r in records:
         img = data.open_image(r.path)
         rgb = np.asarray(img, dtype=np.float32) / 255
-        h, s, v = _hsv(rgb)
+        h, s, v = np.moveaxis(rgb_to_hsv(rgb), -1, 0)
         # Hue is circular: averaged as an angle, reported in -0.5..0.5 (0 red, positive towards yellow, negative
         # towards magenta and violet), so that the reds on either side of 0 do not average to cyan.
         hue = float(np.angle(np.mean(np.exp(2j * np.pi * h[s > 0.1]))) / (2 * np.pi)) if (s > 0.1).any() else 0.0
