@@ -149,7 +149,7 @@ def test_data_sources(tmp_path):
 
     assert data.data_source(cfg.from_profile("quick")) == "embedded"
     assert data.data_source(cfg.from_profile("quick", dataset="prcc")) == "embedded"
-    assert data.data_source(cfg.from_profile("quick", dataset="cam16")) == "synthetic"  # no real CAM16 source
+    assert data.data_source(cfg.from_profile("quick", dataset="cam16")) == "embedded"  # EBHI-Seg tiles
     assert data.data_source(cfg.from_profile("quick", data="synthetic")) == "synthetic"
     assert data.data_source(cfg.from_profile("quick", data_root=str(tmp_path))) == "data-root"
     assert data.data_root(cfg.from_profile("quick")) == data.EMBEDDED

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 
 from conftest import shared_or_skip
-from wbclib import WBC_CLASSES, data
+from wbclib import CAM16_CLASSES, WBC_CLASSES, data
 
 EMBEDDED = data.EMBEDDED
 #: The command of embedded/README.md, run from the project root (paths relative to it).
 COMMAND = ["prepare", "pbc", "--from", "../shared/data/pbc", "--out", "{out}", "--size", "96",
            "--masked", "segwbc=../shared/data/segwbc/dataset2", "--external", "bccd=../shared/data/bccd",
-           "--tiles", "../shared/data/bccd-smears"]
+           "--external", "camelyon16=../shared/data/camelyon16-patches", "--cam16", "ebhi=../shared/data/ebhi-seg",
+           "--smear-tiles", "../shared/data/bccd-smears"]
 
 
 def manifest() -> dict:
@@ -46,11 +47,21 @@ def test_layout_counts_and_masks_as_documented():
     bccd, _ = data.folder_records(EMBEDDED / "external" / "bccd", check=False)
     segwbc, _ = data.folder_records(EMBEDDED / "external" / "segwbc", check=False)
     assert len(bccd) == 351 and len(segwbc) == 31 and all(r.mask_path for r in segwbc)
-    assert len(data.prcc_records(EMBEDDED, "train", check=False)) + len(
-        data.prcc_records(EMBEDDED, "val", check=False)) == 728
+    tiles = {folder: len(data.prcc_records(EMBEDDED, "train", check=False, folder=folder))
+             + len(data.prcc_records(EMBEDDED, "val", check=False, folder=folder))
+             for folder in ("pRCC_nolabel", "smears_nolabel")}
+    assert tiles == {"pRCC_nolabel": 150, "smears_nolabel": 728}  # EBHI low-grade IN (H&E); BCCD smear photographs
+    cam = {s: data.cam16_records(EMBEDDED, s, check=False) for s in ("train", "val", "test")}
+    assert [len(cam[s]) for s in ("train", "val", "test")] == [382, 55, 109]
+    assert [sum(r.mask_path is not None for r in cam[s]) for s in ("train", "val", "test")] == [38, 0, 109]
+    assert data.external_sets(CAM16_CLASSES) == [EMBEDDED / "external" / "camelyon16"]
+    assert [p.name for p in data.external_sets()] == ["bccd", "segwbc"]
+    camelyon, _ = data.folder_records(EMBEDDED / "external" / "camelyon16", CAM16_CLASSES, check=False)
+    assert len(camelyon) == 89 and all(r.mask_path for r in camelyon)
     licenses = {s["dataset"]: s["license"] for s in manifest()["sources"]}
     assert licenses == {"pbc": "CC BY 4.0", "segwbc": "GPL-3.0", "bccd": "MIT (BCCD_Dataset)",
-                        "bccd-smears": "MIT (BCCD_Dataset)"}
+                        "bccd-smears": "MIT (BCCD_Dataset)", "ebhi": "CC BY 4.0",
+                        "camelyon16": "CC0 1.0 (patches); Apache-2.0 (tumour outlines)"}
     assert "not the course data" in (EMBEDDED / "README.md").read_text()
 
 
@@ -86,11 +97,38 @@ def test_a_slice_trains_and_evaluates_end_to_end(tmp_path):
     assert res["n"] == 31 and res["masks"]["n"] == 31 and 0 <= res["masks"]["dice"] <= 1
 
 
-@pytest.mark.parametrize("name", ["PBC", "segwbc", "BCCD"])
+def test_no_stage_of_the_default_chain_is_synthetic():
+    from wbclib import config as cfg
+
+    for dataset in ("wbc", "cam16", "prcc"):
+        assert data.data_source(cfg.from_profile("quick", dataset=dataset)) == "embedded", dataset
+
+
+def test_a_cam16_slice_trains_and_evaluates_on_camelyon16(tmp_path):
+    """The CAM16 stage on the EBHI tiles, then `wbc evaluate` on the real CAMELYON16 patches: accuracy and Dice."""
+    tiny = ["--set", "base_width=4", "--set", "depth=2", "--set", "export_embeddings=false", "--set", "min_steps=0"]
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "wbclib.cli", "train", "--dataset", "cam16", "--epochs", "1",
+                           "--run-dir", str(run), "--no-progress", *tiny], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["reported_split"] == "test" and m["test"]["n"] == 109 and m["test"]["masks"]["n"] == 109
+    assert json.loads((run / "manifest.json").read_text())["data_source"] == "embedded"
+    done = subprocess.run([sys.executable, "-m", "wbclib.cli", "evaluate", "--checkpoint", str(run), "--data",
+                           str(EMBEDDED / "external" / "camelyon16"), "--out", str(tmp_path / "eval"),
+                           "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    res = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert res["n"] == 89 and res["masks"]["n"] == 89 and 0 <= res["masks"]["dice"] <= 1
+    assert set(res["per_class"]) == set(CAM16_CLASSES)
+
+
+@pytest.mark.parametrize("name", ["PBC", "segwbc", "BCCD", "EBHI-Seg", "CAMELYON16"])
 def test_readme_and_book_cite_the_sources_with_their_licenses(name):
     root = Path(__file__).resolve().parents[1]
     for text in ((root / "README.md").read_text(), (root / "book" / "data.md").read_text()):
         assert name.lower() in text.lower()
     readme = (root / "README.md").read_text()
-    assert "CC BY 4.0" in readme and "GPL-3.0" in readme and "MIT" in readme
+    assert "CC BY 4.0" in readme and "GPL-3.0" in readme and "MIT" in readme and "CC0" in readme
     assert "not the course data" in readme.lower()

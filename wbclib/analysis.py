@@ -46,6 +46,7 @@ def load_runs(runs_dir: str | Path) -> pd.DataFrame:
             "dataset": m.get("dataset"),
             "split": m.get("reported_split"), "n": split.get("n"), "accuracy": split.get("accuracy"),
             "balanced_accuracy": split.get("balanced_accuracy"), "macro_f1": split.get("macro_f1"),
+            "mask_dice": (split.get("masks") or {}).get("dice"),
             "majority_baseline": split.get("majority_baseline"), "psnr": split.get("psnr"),
             "train_mask_dice": (m.get("train_masks") or {}).get("dice"), "train_images": m.get("train_images"),
             "train_masks": m.get("train_masks_available"), "minutes": m.get("wall_time_s", 0) / 60,
@@ -53,8 +54,8 @@ def load_runs(runs_dir: str | Path) -> pd.DataFrame:
                 "synthetic" if manifest.get("synthetic") else "data-root"), "path": str(run_dir),
         })
     columns = ["run", "config", "seed", "dataset", "split", "n", "accuracy", "balanced_accuracy", "macro_f1",
-               "majority_baseline", "psnr", "train_mask_dice", "train_images", "train_masks", "minutes", "synthetic",
-               "data_source", "path"]
+               "mask_dice", "majority_baseline", "psnr", "train_mask_dice", "train_images", "train_masks", "minutes",
+               "synthetic", "data_source", "path"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -95,25 +96,57 @@ def _ci_cell(values: pd.Series, digits: int = 4) -> str:
     return metrics.format_mean_ci(metrics.mean_ci(values.to_numpy()), digits)
 
 
-def table1(df: pd.DataFrame) -> pd.DataFrame:
-    """CAM16 test accuracy of the four settings, with balanced accuracy, macro F1 and the report's number.
+def cam16_external(df: pd.DataFrame, sets: dict[str, str | Path] | None) -> pd.DataFrame:
+    """Every finished CAM16 run on each CAM16-class test set (the real CAMELYON16 patches of the embedded data):
+    one row per run and set with accuracy, balanced accuracy and mask Dice. The evaluations are written into
+    the run directories and reused (:func:`wbclib.evaluate.evaluate_into_run`)."""
+    import matplotlib.pyplot as plt
+
+    from .evaluate import evaluate_into_run
+
+    rows = []
+    for _, r in df[df["dataset"] == "cam16"].iterrows() if len(df) else ():
+        for name, folder in (sets or {}).items():
+            m = evaluate_into_run(r["path"], name, folder)
+            plt.close("all")
+            rows.append({"run": r["run"], "config": r["config"], "seed": r["seed"], "set": name, "n": m["n"],
+                         "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
+                         "mask_dice": (m.get("masks") or {}).get("dice")})
+    return pd.DataFrame(rows, columns=["run", "config", "seed", "set", "n", "accuracy", "balanced_accuracy",
+                                       "mask_dice"])
+
+
+def table1(df: pd.DataFrame, external: pd.DataFrame | None = None) -> pd.DataFrame:
+    """CAM16 test accuracy of the four settings, with balanced accuracy, macro F1, mask Dice and the report's
+    number; with ``external`` (:func:`cam16_external`), the same settings on each further test set.
 
     Ours: mean ± 95 % t half-width over seeds (the mean alone for one seed). The report's numbers are single
     runs. The majority-class row: ours is measured on the split we evaluated; the reference one comes from the
-    course notes (the report does not state it)."""
+    course notes (the report does not state it). Mask Dice is the mean over the images that have a mask (an
+    image whose true and predicted masks are both empty scores 1)."""
     ref = reference()["cam16_test_accuracy"]
+    ext = external if external is not None else pd.DataFrame(columns=["config", "set"])
+    names = list(dict.fromkeys(ext["set"]))
     rows = []
     for i, (cid, name) in enumerate(TABLE1_SETTINGS, start=1):
         sub = df[df["config"] == cid]
-        rows.append({"#": i, "setting": name, "CE": "✓", "pRCC": "✓" if "prcc" in cid else "",
-                     "Dice": "✓" if "dice" in cid else "", "seeds": len(sub),
-                     "accuracy": _ci_cell(sub["accuracy"]), "balanced accuracy": _ci_cell(sub["balanced_accuracy"]),
-                     "macro-F1": _ci_cell(sub["macro_f1"]), REPORT_COLUMN: f"{ref[cid]:.4f}"})
+        row = {"#": i, "setting": name, "CE": "✓", "pRCC": "✓" if "prcc" in cid else "",
+               "Dice": "✓" if "dice" in cid else "", "seeds": len(sub),
+               "accuracy": _ci_cell(sub["accuracy"]), "balanced accuracy": _ci_cell(sub["balanced_accuracy"]),
+               "macro-F1": _ci_cell(sub["macro_f1"]), "mask Dice": _ci_cell(sub["mask_dice"])}
+        for set_name in names:
+            got = ext[(ext["config"] == cid) & (ext["set"] == set_name)]
+            row[f"{set_name}: accuracy"] = _ci_cell(got["accuracy"])
+            row[f"{set_name}: balanced accuracy"] = _ci_cell(got["balanced_accuracy"])
+            row[f"{set_name}: mask Dice"] = _ci_cell(got["mask_dice"])
+        rows.append({**row, REPORT_COLUMN: f"{ref[cid]:.4f}"})
     cam = df[df["dataset"] == "cam16"]["majority_baseline"].dropna()
     notes = reference()["course_notes"]
     rows.append({"#": "", "setting": "majority class", "CE": "", "pRCC": "", "Dice": "", "seeds": "",
                  "accuracy": f"{cam.iloc[0]:.4f} (this split)" if len(cam) else "–", "balanced accuracy": "0.5000",
-                 "macro-F1": "", REPORT_COLUMN: f"{notes['cam16_test_majority_baseline']:.4f} (course notes)"})
+                 "macro-F1": "", "mask Dice": "", **{f"{n}: {k}": "" for n in names for k in
+                                                     ("accuracy", "balanced accuracy", "mask Dice")},
+                 REPORT_COLUMN: f"{notes['cam16_test_majority_baseline']:.4f} (course notes)"})
     return pd.DataFrame(rows).set_index("#")
 
 
@@ -286,3 +319,33 @@ def representative(df: pd.DataFrame, config: str) -> Path | None:
     """The lowest-seed finished run of a configuration (used for figures)."""
     sub = df[df["config"] == config].sort_values("seed")
     return Path(sub.iloc[0]["path"]) if len(sub) else None
+
+
+#: The three starting points the blood-smear comparison sets side by side, by the configuration of each subset.
+CHAINS = (("from scratch", lambda n: runs.wbc_configuration(n, False, True)),
+          ("H&E chain (EBHI tiles → CAM16 stage)", lambda n: runs.wbc_configuration(n, True, True)),
+          ("blood-smear chain (BCCD tiles → CAM16 stage)", lambda n: runs.smear_configuration("wbc", n)))
+
+
+def chain_comparison(df: pd.DataFrame, subsets=(1, 10), metric: str = "balanced_accuracy") -> pd.DataFrame:
+    """``metric`` on the WBC validation split at each subset for the three starting points of :data:`CHAINS`
+    (all with masks): mean ± 95 % t half-width over seeds, and each chain's difference from training from
+    scratch, paired by seed (mean ± t half-width of the per-seed differences). Empty without smear-chain runs."""
+    if not len(df) or not df["config"].isin([CHAINS[2][1](n) for n in subsets]).any():
+        return pd.DataFrame()
+    rows = []
+    for n in subsets:
+        scratch = df[df["config"] == CHAINS[0][1](n)].set_index("seed")[metric].dropna()
+        row = {"training set": f"WBC_{n}"}
+        for name, configuration in CHAINS:
+            got = df[df["config"] == configuration(n)].set_index("seed")[metric].dropna()
+            row[(name, "seeds")] = len(got)
+            row[(name, metric.replace("_", " "))] = _ci_cell(got, 3)
+            if configuration is not CHAINS[0][1]:
+                paired = (got - scratch).dropna()
+                row[(name, "− scratch (paired by seed)")] = (
+                    metrics.format_mean_ci(metrics.mean_ci(paired.to_numpy()), 3) if len(paired) else "–")
+        rows.append(row)
+    out = pd.DataFrame(rows).set_index("training set")
+    out.columns = pd.MultiIndex.from_tuples(out.columns)
+    return out

@@ -12,6 +12,7 @@ import sys
 
 from . import WBC_SUBSETS, WbcError
 from . import config as cfg
+from .sources import CAM16_SPLIT, EBHI_GROUPING, named_by
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -38,7 +39,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_prepare_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", choices=("pbc", "raabin", "segwbc", "folders"), help="layout of --from")
+    p.add_argument("source", choices=named_by("SOURCE"),
+                   help="layout of --from: a WBC pool (pbc, raabin, segwbc, folders), a histology set for the CAM16 "
+                        "stage (ebhi) or a CAM16-class test set (camelyon16)")
     p.add_argument("--from", dest="from_dir", required=True, metavar="DIR", help="the source dataset folder")
     p.add_argument("--out", required=True, metavar="DIR", help="new (or empty) folder for the course layout")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="every random choice follows from it (default 0)")
@@ -51,8 +54,21 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--masked-held-out", type=float, default=0.3, metavar="F",
                    help="share of --masked per class kept as external/<KIND> (default 0.3)")
     p.add_argument("--external", action="append", default=[], metavar="NAME=DIR",
-                   help="class-folder set copied to external/NAME (repeatable)")
-    p.add_argument("--tiles", default=None, metavar="DIR", help="smear photographs cut into pRCC_nolabel tiles")
+                   help="class-folder set copied to external/NAME (repeatable); NAME camelyon16 reads CAMELYON16 "
+                        "patches and draws their tumour masks")
+    p.add_argument("--tiles", default=None, metavar="DIR", help="photographs cut into pRCC_nolabel tiles")
+    p.add_argument("--cam16", default=None, metavar="KIND=DIR",
+                   help=f"histology set ({', '.join(named_by('--cam16'))}) for CAM16_100cls_10mask and, unless "
+                        "--tiles is given, pRCC_nolabel")
+    p.add_argument("--smear-tiles", default=None, metavar="DIR",
+                   help="blood-smear photographs cut into smears_nolabel tiles (a second pretraining source)")
+    p.add_argument("--grouping", default=None, metavar="SPEC",
+                   help=f"histology classes into normal / tumor / tiles (default: '{EBHI_GROUPING}')")
+    p.add_argument("--split", default=":".join(map(str, CAM16_SPLIT)), metavar="TRAIN:VAL:TEST",
+                   help="histology split in percent per class (default 70:10:20, the course's CAM16 proportions)")
+    p.add_argument("--mask-fraction", type=float, default=0.1, metavar="F",
+                   help="share of the histology training images that keep their mask (default 0.1; the test "
+                        "split keeps all)")
     p.add_argument("--tiles-per-image", type=int, default=None, metavar="K", help="at most K tiles per photo")
     p.add_argument("--size", type=int, default=None, metavar="N", help="resize so the shorter side is N")
     p.add_argument("--quality", type=int, default=90, metavar="Q",
@@ -100,32 +116,42 @@ def cmd_prepare(a) -> int:
         if name in external:
             raise WbcError(f"--external {name} is given twice")
         external[name] = path
+    try:
+        split = tuple(int(v) for v in a.split.split(":"))
+    except ValueError:
+        raise WbcError(f"--split expects TRAIN:VAL:TEST percentages, got {a.split!r}") from None
     summary = prep.prepare(
         a.source, a.from_dir, a.out, seed=a.seed, val_fraction=a.val_fraction, per_class=a.per_class,
         balanced=a.balanced, masked=prep.split_pair(a.masked, "--masked") if a.masked else None,
         masked_held_out=a.masked_held_out, external=external, tiles=a.tiles, tiles_per_image=a.tiles_per_image,
-        size=a.size, quality=a.quality, skip_bad=a.skip_bad, progress=False if a.no_progress else None)
+        size=a.size, quality=a.quality, skip_bad=a.skip_bad, progress=False if a.no_progress else None,
+        cam16=prep.split_pair(a.cam16, "--cam16") if a.cam16 else None, smear_tiles=a.smear_tiles,
+        grouping=a.grouping or EBHI_GROUPING, split=split, mask_fraction=a.mask_fraction)
     print(_prepare_table(summary))
     return 0
 
 
 def _prepare_table(summary: dict) -> str:
     """Images per split and class (masks in brackets), then what was left out and where the manifest is."""
-    from . import WBC_CLASSES
+    from . import CAM16_CLASSES, WBC_CLASSES
 
-    names = [c[:10] for c in WBC_CLASSES]
+    seen = {c for per_class in summary["counts"].values() for c in per_class}
+    classes = [c for c in (*WBC_CLASSES, *CAM16_CLASSES) if c in seen] + sorted(
+        seen - {*WBC_CLASSES, *CAM16_CLASSES})
+    names = [c[:10] for c in classes]
+    width = max([22, *(len(k) + 2 for k in summary["counts"])])
     lines = [f"prepared {summary['out']} ({summary['files']} files)",
-             f"{'split':<22}" + "".join(f"{n:>14}" for n in names) + f"{'total':>14}"]
+             f"{'split':<{width}}" + "".join(f"{n:>12}" for n in names) + f"{'total':>12}"]
     for key, per_class in summary["counts"].items():
-        cells = [per_class.get(c) for c in WBC_CLASSES]
+        cells = [per_class.get(c) for c in classes]
         total = {k: sum(v[k] for v in per_class.values()) for k in ("images", "masks")}
         row = ["" if v is None else f"{v['images']} ({v['masks']})" if v["masks"] else str(v["images"])
                for v in cells + [total]]
-        lines.append(f"{key:<22}" + "".join(f"{r:>14}" for r in row))
+        lines.append(f"{key:<{width}}" + "".join(f"{r:>12}" for r in row))
     if any(v["masks"] for per_class in summary["counts"].values() for v in per_class.values()):
         lines.append("(masks in brackets)")
     left = ", ".join(f"{k} {n}" for k, n in summary["left_out"].items())
-    lines.append(f"left out (not one of the five classes): {left or 'none'}")
+    lines.append(f"left out (classes not taken): {left or 'none'}")
     if summary["skipped"]:
         lines.append(f"bad files left out: {summary['skipped']} (listed in the manifest)")
     lines.append(f"manifest: {summary['manifest']}")
@@ -138,7 +164,8 @@ def cmd_study(a) -> int:
     options = study.Options(profile=a.profile, data=a.data, data_root=a.data_root, seeds=a.seeds, only=a.only,
                             runs_dir=a.runs_dir, jobs=a.jobs, external=a.external,
                             overrides=dict(cfg.parse_assignment(s) for s in a.set), no_book=a.no_book,
-                            book_root=a.book_root, dry_run=a.dry_run, walkthrough_steps=a.walkthrough_steps)
+                            book_root=a.book_root, dry_run=a.dry_run, walkthrough_steps=a.walkthrough_steps,
+                            smear_chain=a.smear_chain)
     return study.run(options, log=print)
 
 
@@ -213,13 +240,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", choices=cfg.DATA_SOURCES, default="embedded",
                    help="without --data-root: embedded real cells (default) or the synthetic stand-in")
     p.add_argument("--seeds", type=int, default=None, help="seeds per configuration (quick: 1, paper: 3)")
-    p.add_argument("--only", default=None, metavar="PATTERN", help="glob over run ids, e.g. 'wbc10-*'")
+    p.add_argument("--only", default=None, metavar="PATTERN",
+                   help="glob over run ids, e.g. 'wbc10-*' (several: separated by commas)")
+    p.add_argument("--smear-chain", action="store_true",
+                   help="also pretrain on blood-smear tiles instead of H&E, for WBC_1 and WBC_10 (the book compares "
+                        "both chains with training from scratch)")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--jobs", type=int, default=None,
                    help="configurations run side by side (default: one per GPU; two on a CPU with two or more cores)")
     p.add_argument("--external", action="append", default=None, metavar="DIR",
                    help="class-folder set to evaluate the models on (repeatable; default with the embedded data: "
-                        "its BCCD crops and held-out segwbc cells)")
+                        "its BCCD crops and held-out segwbc cells, and the CAMELYON16 patches for the CAM16 models)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
     p.add_argument("--no-book", action="store_true", help="skip the analysis notebook and the book")
     p.add_argument("--walkthrough-steps", type=int, default=None, metavar="N",

@@ -50,6 +50,7 @@ class RunConfig:
     synthetic_scale: float = 0.02  # size of the synthetic stand-in (fraction of the course counts)
     synthetic_cam16_scale: float | None = 0.1  # its CAM16 part (None: synthetic_scale)
     synthetic_seed: int = 0
+    prcc_folder: str = "pRCC_nolabel"  # the tiles the reconstruction stage reads: pRCC_nolabel | smears_nolabel
     masks: bool = True  # train the mask head with the Generalized Dice Loss where masks exist
     init: str | None = None  # checkpoint file or run directory to start from (head swap)
     input_size: int = 64  # side of the square crop fed to the network
@@ -121,6 +122,8 @@ class RunConfig:
 
         need(self.data in DATA_SOURCES, f"data must be one of {DATA_SOURCES}, got {self.data!r}")
         need(self.dataset in DATASETS, f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        need(isinstance(self.prcc_folder, str) and self.prcc_folder.endswith("_nolabel") and "/" not in
+             self.prcc_folder, f"prcc_folder must be a folder name ending in _nolabel, got {self.prcc_folder!r}")
         need(self.subset in WBC_SUBSETS, f"subset must be one of {WBC_SUBSETS}, got {self.subset!r}")
         need(self.lr_schedule in SCHEDULES, f"lr_schedule must be one of {SCHEDULES}, got {self.lr_schedule!r}")
         need(isinstance(self.warmup_epochs, (int, float)) and 0 <= self.warmup_epochs

@@ -28,6 +28,7 @@ from torchvision import tv_tensors
 
 from . import CAM16_CLASSES, NO_LABEL, WBC_CLASSES, WBC_SUBSETS, WbcError, transforms
 from . import config as cfg
+from .sources import LAYOUT_FOLDERS
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
@@ -36,8 +37,8 @@ LAYOUT_WBC = ("<root>/WBC_<n>/train/data/<Class>/<name>.jpg, masks in <root>/WBC
               "classes " + ", ".join(WBC_CLASSES))
 LAYOUT_CAM16 = ("<root>/CAM16_100cls_10mask/{train,val,test}/data/{normal,tumor}/<name>.jpg, masks in "
                 "<root>/CAM16_100cls_10mask/train/mask/{normal,tumor}/")
-LAYOUT_PRCC = "<root>/pRCC_nolabel/**/<name>.jpg (any depth, no labels)"
-LAYOUT_FOLDERS = "<dir>/<Class>/<image> (or <dir>/data/<Class>/<image> with masks in <dir>/mask/<Class>/)"
+PRCC_FOLDER = "pRCC_nolabel"
+LAYOUT_PRCC = f"<root>/{PRCC_FOLDER}/**/<name>.jpg (any depth, no labels)"
 
 
 class DatasetError(WbcError):
@@ -320,15 +321,16 @@ def cam16_records(root: Path, split: str, skip_bad: bool = False, check: bool = 
 
 
 def prcc_records(root: Path, split: str, val_every: int = 10, skip_bad: bool = False,
-                 check: bool = True) -> list[Record]:
-    """Every image under pRCC_nolabel/ (recursively), unlabeled. Every ``val_every``-th file in sorted
-    order is held out for validation (10 %, as in the report; the last file when there are fewer), the rest
-    is the training split."""
+                 check: bool = True, folder: str = PRCC_FOLDER) -> list[Record]:
+    """Every image under ``pRCC_nolabel/`` (or another tile ``folder`` of the root, e.g. ``smears_nolabel``),
+    recursively, unlabeled. Every ``val_every``-th file in sorted order is held out for validation (10 %, as in
+    the report; the last file when there are fewer), the rest is the training split."""
     if split not in ("train", "val"):
         raise ValueError(f"pRCC split must be 'train' or 'val', got {split!r}")
-    root = require_dir(Path(root), "data root", LAYOUT_PRCC)
-    base = require_dir(root / "pRCC_nolabel", "pRCC folder", LAYOUT_PRCC)
-    problems = Problems(base, LAYOUT_PRCC)
+    layout = LAYOUT_PRCC.replace(PRCC_FOLDER, folder)
+    root = require_dir(Path(root), "data root", layout)
+    base = require_dir(root / folder, "pretraining tile folder", layout)
+    problems = Problems(base, layout)
     files = []
     for dirpath, dirnames, filenames in os.walk(base):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -407,35 +409,62 @@ def embedded_root() -> Path:
     return EMBEDDED
 
 
+def external_sets(classes: tuple[str, ...] = WBC_CLASSES, root: Path | None = None) -> list[Path]:
+    """The labelled sets that ship with the embedded data (``external/<name>/``) whose class folders are of
+    ``classes`` (the WBC cells, or the CAM16 classes of the CAMELYON16 patches): evaluated by default."""
+    folder = (EMBEDDED if root is None else Path(root)) / "external"
+    sets = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    return [p for p in sets if holds_classes(p, classes)]
+
+
+def holds_classes(folder: Path, classes: tuple[str, ...]) -> bool:
+    """Whether a class-folder set's class folders are all of ``classes`` (e.g. a CAM16 normal/tumor set)."""
+    names = _class_names(Path(folder)) if Path(folder).is_dir() else []
+    return bool(names) and all(canonical_class(n, classes) is not None for n in names)
+
+
+def _class_names(folder: Path) -> list[str]:
+    base = folder / "data" if (folder / "data").is_dir() else folder
+    return [d.name for d in visible(base) if d.is_dir()]
+
+
 def embedded_external_sets() -> list[Path]:
-    """The labelled sets that ship with the embedded data (``external/<name>/``), evaluated by default."""
-    folder = EMBEDDED / "external"
-    return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    """The embedded external sets of white blood cells (see :func:`external_sets`)."""
+    return external_sets(WBC_CLASSES)
 
 
-#: Where a dataset's images come from, in words (Markdown): by data source, or by source and dataset.
+#: The folder each stage reads in a data root, and what the embedded data holds there, in words (Markdown).
+STAGE_FOLDERS = {"wbc": "WBC_100", "cam16": "CAM16_100cls_10mask", "prcc": PRCC_FOLDER}
 SOURCE_WORDS = {
     "embedded": "real cells embedded in the project (`embedded/`): PBC images (Acevedo et al., 2020; CC BY 4.0) "
                 "with expert-masked segwbc cells (Zheng et al., 2018; GPL-3.0) as the masked share; not the "
                 "course data",
-    "embedded-prcc": "real, unlabelled tiles of BCCD blood-smear photographs (MIT) embedded in the project, "
-                     "instead of pRCC kidney tissue",
+    "embedded-cam16": "real H&E colon-biopsy tiles of EBHI-Seg (Shi et al., 2023; CC BY 4.0) embedded in the "
+                      "project, normal and polyp against high-grade neoplasia and adenocarcinoma, with their gland "
+                      "masks, instead of the course's CAMELYON16 lymph-node patches; the real CAMELYON16 patches "
+                      "(CC0) are its second test set",
+    "embedded-prcc": "real, unlabelled H&E tiles of EBHI-Seg's low-grade neoplasia class (CC BY 4.0) embedded in "
+                     "the project, instead of pRCC kidney tissue",
+    "embedded-prcc-smears_nolabel": "real, unlabelled tiles of BCCD blood-smear photographs (MIT) embedded in the "
+                                    "project, instead of pRCC kidney tissue",
     "synthetic": "the **synthetic stand-in** (`wbc synth`): procedurally drawn images, not real cells",
     "data-root": "the course data given with `--data-root`",
 }
 
 
-def describe_source(source: str, dataset: str) -> str:
-    """The words of :data:`SOURCE_WORDS` for one dataset read from one data source."""
-    return SOURCE_WORDS.get(f"{source}-{dataset}", SOURCE_WORDS[source])
+def describe_source(source: str, dataset: str, folder: str = PRCC_FOLDER) -> str:
+    """The words of :data:`SOURCE_WORDS` for one dataset (and tile folder) read from one data source."""
+    return SOURCE_WORDS.get(f"{source}-{dataset}-{folder}", SOURCE_WORDS.get(f"{source}-{dataset}",
+                                                                             SOURCE_WORDS[source]))
 
 
 def data_source(config: cfg.RunConfig) -> str:
-    """Where a run's images come from: 'data-root' (a user's copy), 'embedded' (real cells shipped with the
-    project; it has no CAM16 part, so CAM16 runs use the synthetic stand-in) or 'synthetic'."""
+    """Where a run's images come from: 'data-root' (a user's copy), 'embedded' (the real images shipped with the
+    project, where it holds the run's stage) or 'synthetic'."""
     if config.data_root:
         return "data-root"
-    if config.data == "embedded" and config.dataset != "cam16":
+    folder = config.prcc_folder if config.dataset == "prcc" else STAGE_FOLDERS[config.dataset]
+    if config.data == "embedded" and (EMBEDDED / folder).is_dir():
         return "embedded"
     return "synthetic"
 
@@ -474,8 +503,8 @@ def build_splits(config: cfg.RunConfig, root: Path, check: bool = True) -> Split
         va = cam16_records(root, "val", skip, check)
         rep, rep_name = cam16_records(root, "test", skip, check), "test"
     else:
-        tr = prcc_records(root, "train", skip_bad=skip, check=check)
-        va = prcc_records(root, "val", skip_bad=skip, check=check)
+        tr = prcc_records(root, "train", skip_bad=skip, check=check, folder=config.prcc_folder)
+        va = prcc_records(root, "val", skip_bad=skip, check=check, folder=config.prcc_folder)
         rep, rep_name = va, "val"
     if not config.masks:
         tr = [Record(r.path, r.label, None) for r in tr]

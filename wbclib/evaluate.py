@@ -94,6 +94,20 @@ def evaluate(checkpoint, folder, out, mask_threshold=None, skip_bad: bool = Fals
     return result
 
 
+def evaluate_into_run(run_dir, name: str, folder, adabn: bool = False) -> dict:
+    """:func:`evaluate` of a run on one labelled set, written into the run directory
+    (``external-<name>[-adabn]/``, never into the set), and reused while it is newer than the run's checkpoint
+    and was made from the same folder in the same mode."""
+    run_dir = Path(run_dir)
+    out = run_dir / (f"external-{name}" + ("-adabn" if adabn else ""))
+    m = runs.read_json(out / "metrics.json")
+    ckpt = runs.resolve_checkpoint(run_dir)
+    if (m and m.get("data") == str(Path(folder).resolve()) and ("adabn" in m) == adabn
+            and (out / "predictions.csv").is_file() and (out / "metrics.json").stat().st_mtime >= ckpt.stat().st_mtime):
+        return m
+    return evaluate(run_dir, folder, out, adabn=adabn)
+
+
 def _same_task(checkpoint, config, folder) -> None:
     """Refuse a model that cannot classify the set: a pRCC model (no classes) or one whose classes are none of
     the set's class folders (a CAM16 normal/tumor model given WBC cells, or the reverse)."""

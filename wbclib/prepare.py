@@ -10,6 +10,14 @@ Sources (the first argument of ``wbc prepare``):
   ``NNN.png`` labelled by ``Class Labels of Dataset <n>.csv``) or arranged in class folders
   (``dataset<n>/{data,mask}/<Class>/``). The cell mask is nucleus plus cytoplasm: pixel > 64.
 * ``folders``: any class-folder set, scanned exactly as :func:`wbclib.data.folder_records` scans it.
+* ``ebhi``: EBHI-Seg's colon biopsy tiles with gland/lesion masks (``EBHI-SEG/<Class>/{image,label}/``): two
+  groups of its classes become the CAM16 stage's ``normal`` / ``tumor`` (``--grouping``), a third the
+  unlabelled tiles of the reconstruction stage.
+* ``camelyon16``: real CAMELYON16 patches (``<slide>_<x>_<y>.png``) with tumour masks drawn from their slides'
+  outlines: a CAM16-class test set.
+
+Each source is one row of :data:`SOURCES` (its layout, license, citation, reader and the roles it can take):
+adding a source is adding a row and its reader.
 
 What is written under ``--out``::
 
@@ -17,7 +25,12 @@ What is written under ``--out``::
     WBC_<n>/train/mask/<Class>/<name>.png    binary 0/255 masks, same stem as their image
     WBC_100/val/data/<Class>/<name>.jpg      the shared validation split
     external/<NAME>/...                      class-folder sets kept apart from training
-    pRCC_nolabel/<stem>_t<k>.jpg             square tiles of whole smear photographs (--tiles)
+    pRCC_nolabel/<stem>_t<k>.jpg             square tiles of whole smear photographs (--tiles), or the
+                                             unlabelled class of a histology set (--cam16)
+    smears_nolabel/<stem>_t<k>.jpg           smear-photograph tiles beside H&E ones (--smear-tiles)
+    CAM16_100cls_10mask/{train,val,test}/data/{normal,tumor}/<name>.jpg, masks in train/mask (a share) and
+                                             test/mask (all)         a histology set (ebhi, --cam16)
+    external/<NAME>/data/{normal,tumor} + mask/   a CAM16-class test set (camelyon16)
     manifest.json, PROVENANCE.md, LICENSE.md, licenses/
 
 Every choice follows from ``--seed``; the same command gives a byte-identical tree. All source files are
@@ -30,6 +43,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import os
 import random
 import re
@@ -42,10 +56,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import WBC_CLASSES, WbcError, __version__
+from . import CAM16_CLASSES, WBC_CLASSES, WbcError, __version__
 from .data import (
     IMAGE_EXTENSIONS,
-    LAYOUT_FOLDERS,
     WBC_SUBSETS,
     DatasetError,
     Problems,
@@ -59,40 +72,18 @@ from .data import (
     visible,
 )
 from .runs import write_json
+from .sources import CAM16_SPLIT, EBHI_GROUPING, LAYOUT_FOLDERS, PBC_FOLDER, SOURCES, named_by, reader_of
 
-SOURCES = ("pbc", "raabin", "segwbc", "folders")
-MASKED_KINDS = ("segwbc", "folders")
-PBC_FOLDER = "PBC_dataset_normal_DIB"
 RAABIN_TESTS = ("TestA", "TestB")
 #: segwbc label CSVs: 1=neutrophil 2=lymphocyte 3=monocyte 4=eosinophil 5=basophil
 SEGWBC_LABELS = {1: "Neutrophil", 2: "Lymphocyte", 3: "Monocyte", 4: "Eosinophil", 5: "Basophil"}
+#: Where each tile option's tiles go: the reconstruction stage's folder, or the blood-smear tiles beside it.
+TILE_FOLDERS = {"--tiles": "pRCC_nolabel", "--smear-tiles": "smears_nolabel"}
 
-LAYOUTS = {
-    "pbc": f"<dir>/{PBC_FOLDER}/<lower-case class>/*.jpg (or <dir> being {PBC_FOLDER} itself)",
-    "raabin": "<dir>/Train/<Class>/<image>, optionally <dir>/TestA/<Class>/ and <dir>/TestB/<Class>/",
-    "segwbc": ("<dir>/Dataset <n>/NNN.bmp + NNN.png with '<dir>/Class Labels of Dataset <n>.csv', or "
-               "<dir>/dataset<n>/data/<Class>/NNN.bmp + <dir>/dataset<n>/mask/<Class>/NNN.png, or one "
-               "such dataset<n> folder"),
-    "folders": LAYOUT_FOLDERS,
-    "tiles": "<dir>/**/<photo>.jpg (whole smear photographs, at any depth)",
-}
 
-_NOT_STATED = "not stated: check the source"
-_BCCD = ("MIT (BCCD_Dataset)", "BCCD_Dataset, https://github.com/Shenggan/BCCD_Dataset")
-#: dataset -> (license, citation). Unknown folders fall back to "folders".
-LICENSES = {
-    "pbc": ("CC BY 4.0", ("Acevedo A., Merino A., Alférez S., Molina Á., Boldú L., Rodellar J. A dataset of "
-            "microscopic peripheral blood cell images for development of automatic recognition systems. "
-            "Data in Brief 30:105474 (2020). Mendeley Data, doi:10.17632/snkd93bnjr.1")),
-    "segwbc": ("GPL-3.0", ("Zheng X., Wang Y., Wang G., Liu J. Fast and robust segmentation of white blood "
-               "cell images by self-supervised learning. Micron 107:55-71 (2018); images of Dataset 1 from "
-               "Jiangxi Tecom Science Corporation, of Dataset 2 from the CellaVision blog")),
-    "bccd": _BCCD,
-    "bccd-smears": _BCCD,
-    "raabin": ("see the release", ("Kouzehkanan Z. M. et al. A large dataset of white blood cells containing "
-               "cell locations and types, along with segmented nuclei and cytoplasm. Sci. Rep. 12:1123 (2022)")),
-    "folders": (_NOT_STATED, _NOT_STATED),
-}
+def _terms(dataset: str) -> tuple[str, str]:
+    """(license, citation) of a source."""
+    return SOURCES[dataset].license, SOURCES[dataset].citation
 
 
 @dataclass(frozen=True)
@@ -106,6 +97,11 @@ class Item:
     cut: int = 127  # a mask pixel above this is cell
     box: tuple[int, int, int, int] | None = None
     src: int = 0  # index of its Source
+    outline: tuple | None = None  # a mask drawn from polygons: (corner, size, positive, negative); see draw_outline
+
+    @property
+    def masked(self) -> bool:
+        return self.mask is not None or self.outline is not None
 
 
 @dataclass(frozen=True)
@@ -121,34 +117,38 @@ class Options:
     size: int | None = None
     quality: int = 90
     skip_bad: bool = False
+    grouping: tuple[tuple[str, tuple[str, ...]], ...] = ()  # a histology set's groups (see parse_grouping)
+    split: tuple[int, int, int] = CAM16_SPLIT
+    mask_fraction: float = 0.1
 
 
 @dataclass
 class Source:
     """One source folder and what was read from it."""
 
-    role: str  # main, masked, external, tiles
-    kind: str  # its reader: pbc, raabin, segwbc, folders, tiles
+    role: str  # main (a WBC pool), masked, external, tiles, cam16
+    kind: str  # its row of wbclib.sources.SOURCES
     option: str  # the command-line option that named it
     given: str  # its path as given
     name: str = ""  # the external set's name
     index: int = 0
-    dataset: str = "folders"  # key of LICENSES
+    dataset: str = "folders"  # its row of SOURCES for the license and citation
     items: list[Item] = field(default_factory=list)
     externals: dict[str, list[Item]] = field(default_factory=dict)
     left_out: dict[str, int] = field(default_factory=dict)
     license_dirs: list[Path] = field(default_factory=list)
     license_files: list[str] = field(default_factory=list)
     taken: dict[str, int] = field(default_factory=dict)
+    unlabelled: list[Item] = field(default_factory=list)  # a histology set's tiles for the reconstruction stage
 
     def __post_init__(self):
         self.root = Path(self.given)
-        self.problems = Problems(self.root, LAYOUTS[self.kind])
-        self.dataset = self.kind if self.kind in LICENSES else "folders"
+        self.layout = SOURCES[self.kind].layout
+        self.problems = Problems(self.root, self.layout)
+        self.dataset = self.kind
 
     def layout_error(self, what: str) -> DatasetError:
-        return DatasetError(f"{self.option} {self.given}: {what}; expected layout ({self.kind}): "
-                            f"{LAYOUTS[self.kind]}")
+        return DatasetError(f"{self.option} {self.given}: {what}; expected layout ({self.kind}): {self.layout}")
 
 
 @dataclass
@@ -159,7 +159,7 @@ class Plan:
     counts: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
 
     def add(self, item: Item, key: str, image_dir: str, mask_dir: str | None, source: Source) -> None:
-        mask_dir = mask_dir if item.mask is not None else None
+        mask_dir = mask_dir if item.masked else None
         self.jobs.setdefault(item, []).append((image_dir, mask_dir))
         count = self.counts.setdefault(key, {}).setdefault(item.cls or "unlabelled", {"images": 0, "masks": 0})
         count["images"] += 1
@@ -176,11 +176,16 @@ def prepare(source: str, from_dir: str | Path, out: str | Path, *, seed: int = 0
             masked: tuple[str, str | Path] | None = None, masked_held_out: float = 0.3,
             external: Mapping[str, str | Path] | None = None, tiles: str | Path | None = None,
             tiles_per_image: int | None = None, size: int | None = None, quality: int = 90,
-            skip_bad: bool = False, progress: bool | None = None) -> dict:
+            skip_bad: bool = False, progress: bool | None = None, cam16: tuple[str, str | Path] | None = None,
+            smear_tiles: str | Path | None = None, grouping: str = EBHI_GROUPING,
+            split: tuple[int, int, int] = CAM16_SPLIT, mask_fraction: float = 0.1) -> dict:
     """Write the course layout under ``out`` from the ``source`` dataset in ``from_dir``.
 
     Args:
-        source: ``pbc``, ``raabin``, ``segwbc`` or ``folders``.
+        source: a row of :data:`wbclib.sources.SOURCES` that the command may name: a WBC pool (``pbc``,
+            ``raabin``, ``segwbc``, ``folders``), a histology set (``ebhi``: the CAM16 stage and the
+            reconstruction stage's tiles) or a CAM16-class test set (``camelyon16``: written as ``data/`` and
+            ``mask/`` at the top of ``out``).
         seed: every random choice (split, subset order) follows from it.
         val_fraction: share of each class of the pool that becomes the validation split.
         per_class: at most this many images per class in the pool (the first after the seeded shuffle).
@@ -188,9 +193,18 @@ def prepare(source: str, from_dir: str | Path, out: str | Path, *, seed: int = 0
             ``from_dir`` only; the training share of ``masked`` is added on top.
         masked: ``(kind, folder)`` of an extra labelled set with masks (kind ``segwbc`` or ``folders``); a
             share ``masked_held_out`` per class becomes ``external/<kind>/``, the rest joins training.
-        external: ``{name: folder}`` class-folder sets copied to ``external/<name>/``.
-        tiles: folder of whole smear photographs cut into square tiles for ``pRCC_nolabel/``, at most
+        external: ``{name: folder}`` sets copied to ``external/<name>/``: class-folder sets, or, where the name
+            is ``camelyon16``, CAMELYON16 patches with their drawn tumour masks.
+        tiles: folder of whole photographs cut into square tiles for ``pRCC_nolabel/``, at most
             ``tiles_per_image`` per photograph.
+        cam16: ``(kind, folder)`` of a histology set (kind ``ebhi``) for ``CAM16_100cls_10mask/`` and, unless
+            ``tiles`` is given, ``pRCC_nolabel/``.
+        smear_tiles: like ``tiles``, into ``smears_nolabel/`` (blood-smear tiles beside H&E ones).
+        grouping: which classes of the histology set become ``normal``, ``tumor`` and the tiles
+            (``normal=A+B,tumor=C+D,tiles=E``; ``tiles=`` may be left out).
+        split: train / val / test percentages of each class of the histology set.
+        mask_fraction: share of each class of the histology set's training split that keeps its mask (the
+            test split keeps every mask, so that mask Dice is measured on masks no run trained on).
         size: shorter side of every written image (None: keep the size; JPEGs are then copied as they are).
         quality: JPEG quality of re-encoded images.
         skip_bad: leave unusable source files out instead of raising one error that lists them.
@@ -205,16 +219,16 @@ def prepare(source: str, from_dir: str | Path, out: str | Path, *, seed: int = 0
             or holds bad files (without ``skip_bad``). Nothing is written then.
     """
     opts = _options(seed, val_fraction, per_class, balanced, masked_held_out, tiles_per_image, size, quality,
-                    skip_bad)
+                    skip_bad, grouping, split, mask_fraction)
     external = dict(external or {})
-    sources = _sources(source, from_dir, masked, external, tiles)
+    sources = _sources(source, from_dir, masked, external, tiles, cam16, smear_tiles)
     out = Path(out)
     _refuse_out(out, sources)
     for s in sources:
         _read(s, opts)
     skipped = _settle(sources, opts.skip_bad)
     plan = _plan(sources, opts)
-    args = _arguments(source, from_dir, masked, external, tiles, opts)
+    args = _arguments(source, from_dir, masked, external, tiles, cam16, smear_tiles, opts)
     manifest = _build(out, plan, sources, args, skipped, opts, progress)
     return {"out": str(out), "manifest": str(out / "manifest.json"), "counts": manifest["counts"],
             "left_out": manifest["left_out"], "skipped": len(skipped), "files": len(manifest["files"]),
@@ -243,7 +257,7 @@ def tile_boxes(width: int, height: int) -> list[tuple[int, int, int, int]]:
 
 
 def _options(seed, val_fraction, per_class, balanced, masked_held_out, tiles_per_image, size, quality,
-             skip_bad) -> Options:
+             skip_bad, grouping=EBHI_GROUPING, split=CAM16_SPLIT, mask_fraction=0.1) -> Options:
     if not 0 < val_fraction < 1:
         raise WbcError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     if not 0 <= masked_held_out < 1:
@@ -253,29 +267,71 @@ def _options(seed, val_fraction, per_class, balanced, masked_held_out, tiles_per
             raise WbcError(f"{flag} must be a positive integer, got {value}")
     if not 1 <= quality <= 100:
         raise WbcError(f"--quality must be between 1 and 100, got {quality}")
+    if not 0 <= mask_fraction <= 1:
+        raise WbcError(f"--mask-fraction must be in [0, 1], got {mask_fraction}")
+    split = tuple(split)
+    if len(split) != 3 or any(not isinstance(v, int) or v < 0 for v in split) or min(split[0], split[2]) < 1:
+        raise WbcError(f"--split expects TRAIN:VAL:TEST percentages (whole numbers, train and test above 0), "
+                       f"got {':'.join(map(str, split))}")
     return Options(int(seed), float(val_fraction), per_class, bool(balanced), float(masked_held_out),
-                   tiles_per_image, size, int(quality), bool(skip_bad))
+                   tiles_per_image, size, int(quality), bool(skip_bad), parse_grouping(grouping), split,
+                   float(mask_fraction))
 
 
-def _sources(source, from_dir, masked, external, tiles) -> list[Source]:
-    if source not in SOURCES:
-        raise WbcError(f"unknown source {source!r}: choose one of {', '.join(SOURCES)}")
-    sources = [Source("main", source, "--from", str(from_dir))]
+def parse_grouping(text: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``'normal=Normal+Polyp,tumor=High-grade IN+Adenocarcinoma,tiles=Low-grade IN'`` -> the groups, each a
+    target (normal, tumor, tiles) and the source classes it takes; a class may be in one group only."""
+    groups, seen = {}, set()
+    for part in (p for p in text.split(",") if p.strip()):
+        target, sep, names = part.partition("=")
+        target, classes = target.strip(), tuple(n.strip() for n in names.split("+") if n.strip())
+        if not sep or target not in (*CAM16_CLASSES, "tiles") or not classes or target in groups:
+            raise WbcError(f"--grouping expects normal=A+B,tumor=C+D[,tiles=E] (each once), got {text!r}")
+        twice = seen.intersection(classes)
+        if twice:
+            raise WbcError(f"--grouping names {', '.join(sorted(twice))} in more than one group")
+        seen.update(classes)
+        groups[target] = classes
+    if not all(c in groups for c in CAM16_CLASSES):
+        raise WbcError(f"--grouping needs both normal= and tumor=, got {text!r}")
+    return tuple(groups.items())
+
+
+def _sources(source, from_dir, masked, external, tiles, cam16=None, smear_tiles=None) -> list[Source]:
+    if source not in named_by("SOURCE"):
+        raise WbcError(f"unknown source {source!r}: choose one of {', '.join(named_by('SOURCE'))}")
+    stage = SOURCES[source].stage
+    role = {"wbc": "main", "cam16": "cam16", "cam16-test": "external"}[stage]
+    sources = [Source(role, source, "--from", str(from_dir))]
     taken = set(RAABIN_TESTS) if source == "raabin" else set()
+    if stage != "wbc" and masked is not None:
+        raise WbcError(f"--masked adds cells with masks to a WBC pool; {source} is not one")
     if masked is not None:
         kind, path = masked
-        if kind not in MASKED_KINDS:
-            raise WbcError(f"--masked kind must be one of {', '.join(MASKED_KINDS)}, got {kind!r}")
+        if kind not in named_by("--masked"):
+            raise WbcError(f"--masked kind must be one of {', '.join(named_by('--masked'))}, got {kind!r}")
         sources.append(Source("masked", kind, "--masked", str(path), name=kind))
         taken.add(kind)
+    if cam16 is not None:
+        kind, path = cam16
+        if kind not in named_by("--cam16") or stage == "cam16":
+            raise WbcError(f"--cam16 kind must be one of {', '.join(named_by('--cam16'))}, got {kind!r}"
+                           + (f" (and {source} is a histology set already)" if stage == "cam16" else ""))
+        sources.append(Source("cam16", kind, "--cam16", str(path), name=kind))
     for name, path in external.items():
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name in taken:
             raise WbcError(f"--external name {name!r} is not a plain folder name or is already used "
                            f"({', '.join(sorted(taken)) or 'none yet'})")
         taken.add(name)
-        sources.append(Source("external", "folders", "--external", str(path), name=name))
-    if tiles is not None:
-        sources.append(Source("tiles", "tiles", "--tiles", str(tiles)))
+        kind = name if name in named_by("--external") else "folders"
+        sources.append(Source("external", kind, "--external", str(path), name=name))
+    histology = any(s.role == "cam16" for s in sources)
+    for option, path in (("--tiles", tiles), ("--smear-tiles", smear_tiles)):
+        if path is not None:
+            sources.append(Source("tiles", "tiles", option, str(path), name=TILE_FOLDERS[option]))
+    if histology and tiles is not None:
+        raise WbcError("--tiles and a histology set both fill pRCC_nolabel/: give blood-smear photographs with "
+                       "--smear-tiles (into smears_nolabel/) instead")
     for i, s in enumerate(sources):
         s.index = i
     return sources
@@ -311,20 +367,19 @@ def _course_class(name: str) -> str | None:
 
 
 def _read(s: Source, opts: Options) -> None:
-    readers = {"pbc": _read_pbc, "raabin": _read_raabin, "segwbc": _read_segwbc, "folders": _read_folders}
-    if s.kind == "tiles":
-        _read_tiles(s, opts.tiles_per_image)
-    else:
-        readers[s.kind](s)
+    reader = reader_of(s.kind)
+    READERS[reader](s, opts)
+    if reader != "tiles":  # tiles are cut from checked photographs and named uniquely by their reader
         s.items = _unique([replace(i, src=s.index) for i in s.items])
+        s.unlabelled = _unique([replace(i, src=s.index) for i in s.unlabelled])
         s.externals = {k: _unique([replace(i, src=s.index) for i in v]) for k, v in s.externals.items()}
-        for items in [s.items, *s.externals.values()]:
+        for items in [s.items, s.unlabelled, *s.externals.values()]:
             check_records([Record(i.path, 0, i.mask) for i in items], s.problems)
     if s.role == "external":
         s.externals, s.items = {s.name: s.items}, []
     if s.kind in ("folders", "tiles"):
-        s.dataset = _guess_dataset(s.root)
-    if not s.items and not any(s.externals.values()) and not s.problems.items:
+        s.dataset = _guess_dataset(s.root, s.kind)
+    if not s.items and not s.unlabelled and not any(s.externals.values()) and not s.problems.items:
         raise s.layout_error("no image found")
 
 
@@ -346,7 +401,7 @@ def _class_tree(base: Path, s: Source, left_prefix: str = "", name_prefix: str =
     return items
 
 
-def _read_pbc(s: Source) -> None:
+def _read_pbc(s: Source, opts: Options) -> None:
     base = s.root / PBC_FOLDER if (s.root / PBC_FOLDER).is_dir() else s.root
     if base.name != PBC_FOLDER:  # the PBC license and citation go into the manifest: only for PBC's own folder
         raise s.layout_error(f"no {PBC_FOLDER} folder (for another class-folder set, use the 'folders' source)")
@@ -356,7 +411,7 @@ def _read_pbc(s: Source) -> None:
     s.items = _class_tree(base, s)
 
 
-def _read_raabin(s: Source) -> None:
+def _read_raabin(s: Source, opts: Options) -> None:
     parts = {d.name.lower(): d for d in visible(s.root) if d.is_dir()}
     if "train" not in parts:
         raise s.layout_error("no Train folder")
@@ -367,7 +422,7 @@ def _read_raabin(s: Source) -> None:
     s.license_dirs = [s.root]
 
 
-def _read_segwbc(s: Source) -> None:
+def _read_segwbc(s: Source, opts: Options) -> None:
     if (s.root / "data").is_dir():  # one arranged dataset folder
         s.items = _segwbc_arranged(s.root, s)
         s.license_dirs = [s.root, s.root.parent]
@@ -429,7 +484,7 @@ def _segwbc_labels(table: Path, problems: Problems) -> dict[int, str]:
     return labels
 
 
-def _read_folders(s: Source) -> None:
+def _read_folders(s: Source, opts: Options) -> None:
     """The scan of :func:`wbclib.data.folder_records`: ``<dir>/<Class>/*`` or ``<dir>/data`` + ``<dir>/mask``."""
     data_dir, mask_dir = s.root, None
     if (data_dir / "data").is_dir():
@@ -440,7 +495,8 @@ def _read_folders(s: Source) -> None:
     s.license_dirs = [s.root]
 
 
-def _read_tiles(s: Source, per_image: int | None) -> None:
+def _read_tiles(s: Source, opts: Options) -> None:
+    per_image = opts.tiles_per_image
     photos = sorted(p for p in s.root.rglob("*") if _is_image(p)
                     and not any(part.startswith(".") for part in p.relative_to(s.root).parts))
     items = []
@@ -455,14 +511,138 @@ def _read_tiles(s: Source, per_image: int | None) -> None:
     s.license_dirs = [s.root]
 
 
-def _guess_dataset(root: Path) -> str:
-    """A known dataset by the folder's name or the title of its PROVENANCE.md; else 'folders'."""
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def _read_ebhi(s: Source, opts: Options) -> None:
+    """``EBHI-SEG/<Class>/image/<name>.png`` with its mask ``label/<name>.png``; the grouped classes become
+    ``normal`` / ``tumor`` items (with their masks), the ``tiles`` group unlabelled items, the rest is counted."""
+    base = s.root / "EBHI-SEG" if (s.root / "EBHI-SEG").is_dir() else s.root
+    folders = {d.name: d for d in visible(base) if d.is_dir()}
+    groups = dict(opts.grouping)
+    missing = [c for names in groups.values() for c in names if c not in folders]
+    if missing:
+        raise s.layout_error(f"no class folder {', '.join(repr(m) for m in missing)} in {base} (found: "
+                             f"{', '.join(sorted(folders)) or 'none'})")
+    for cls, folder in folders.items():
+        target = next((t for t, names in groups.items() if cls in names), None)
+        if target is None:
+            s.left_out[cls] = sum(_is_image(f) for f in visible(folder / "image")) if (folder / "image").is_dir() \
+                else 0
+            continue
+        if not (folder / "image").is_dir():
+            raise s.layout_error(f"no image folder in {folder}")
+        for f in visible(folder / "image"):
+            if not _is_image(f):
+                s.problems.add(f, "not an image: expected .png/.jpg files")
+                continue
+            label = folder / "label" / f.name
+            if target == "tiles":
+                s.unlabelled.append(Item(f, None, f"{_slug(cls)}-{f.stem}"))
+            elif not label.is_file():
+                s.problems.add(f, f"no mask: expected {label} (the same name in label/)")
+            else:
+                s.items.append(Item(f, target, f"{_slug(cls)}-{f.stem}", label))
+    s.license_dirs = [s.root] if base != s.root else [s.root, s.root.parent]
+
+
+#: A CAMELYON16 patch's name: its slide (e.g. tumor_001) and its top-left corner in level-0 pixels.
+CAMELYON16_NAME = re.compile(r"(?P<slide>[A-Za-z]+_\d+)_(?P<x>\d+)_(?P<y>\d+)")
+
+
+def _read_camelyon16(s: Source, opts: Options) -> None:
+    """``sample_patches_256/{normal,tumor}/<slide>_<x>_<y>.png``; each patch's tumour mask is drawn from its
+    slide's outlines in ``annotations/<Slide>.json`` (positive polygons minus negative ones, clipped to the
+    patch). A patch whose name gives no slide and corner, or whose slide has no outlines, is refused."""
+    base = s.root / "sample_patches_256" if (s.root / "sample_patches_256").is_dir() else s.root
+    notes = next((d for d in (s.root / "annotations", base.parent / "annotations") if d.is_dir()), None)
+    if notes is None:
+        raise s.layout_error(f"no annotations folder beside {base}")
+    outline_files = {f.stem.lower(): f for f in visible(notes) if f.suffix.lower() == ".json"}
+    slides: dict[str, list | None] = {}
+    for cls in CAM16_CLASSES:
+        folder = base / cls
+        if not folder.is_dir():
+            raise s.layout_error(f"no {cls} folder in {base}")
+        for f in visible(folder):
+            if not _is_image(f):
+                s.problems.add(f, "not an image: expected <slide>_<x>_<y>.png patches")
+                continue
+            m = CAMELYON16_NAME.fullmatch(f.stem)
+            if m is None:
+                s.problems.add(f, "the name gives no slide and corner: expected <slide>_<x>_<y>.png, "
+                                  "e.g. tumor_001_69916_134313.png")
+                continue
+            slide = m["slide"].lower()
+            if slide not in slides:
+                slides[slide] = _load_outlines(outline_files.get(slide), s)
+            if slides[slide] is None:
+                s.problems.add(f, f"no outlines for slide {m['slide']}: expected {notes}/{m['slide'].title()}.json")
+                continue
+            size = image_size(f)
+            if size is None:
+                s.problems.add(f, "unreadable image")
+                continue
+            corner = (int(m["x"]), int(m["y"]))
+            s.items.append(Item(f, cls, f.stem, outline=_clip_outline(corner, size, *slides[slide])))
+    s.license_dirs = [s.root] if base != s.root else [s.root, s.root.parent]
+
+
+def _load_outlines(path: Path | None, s: Source) -> list | None:
+    """A slide's outlines as (positive, negative) lists of vertex tuples, or None (missing or unreadable)."""
+    if path is None:
+        return None
+    try:
+        raw = json.loads(path.read_text())
+        return [[tuple((float(x), float(y)) for x, y in poly["vertices"]) for poly in raw.get(key, [])]
+                for key in ("positive", "negative")]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        s.problems.add(path, f"not an outline file ({type(exc).__name__}): expected "
+                             '{"positive": [{"vertices": [[x, y], ...]}], "negative": [...]}')
+        return None
+
+
+def _clip_outline(corner, size, positive, negative) -> tuple:
+    """The outline of one patch: only the polygons whose bounding box meets the patch are kept."""
+    x0, y0 = corner
+    x1, y1 = x0 + size[0], y0 + size[1]
+
+    def meets(poly):
+        xs, ys = [p[0] for p in poly], [p[1] for p in poly]
+        return min(xs) < x1 and max(xs) >= x0 and min(ys) < y1 and max(ys) >= y0
+
+    return (tuple(corner), tuple(size), tuple(p for p in positive if meets(p)), tuple(p for p in negative if meets(p)))
+
+
+def draw_outline(corner: tuple[int, int], size: tuple[int, int], positive, negative) -> np.ndarray:
+    """The (height, width) boolean mask of a patch whose top-left corner is ``corner`` in the slide's pixels:
+    inside a positive polygon and not inside a negative one (PIL's polygon fill: boundary pixels are inside)."""
+    from PIL import ImageDraw
+
+    x0, y0 = corner
+    canvas = Image.new("L", tuple(size), 0)
+    draw = ImageDraw.Draw(canvas)
+    for polygons, fill in ((positive, 255), (negative, 0)):
+        for poly in polygons:
+            if len(poly) >= 3:
+                draw.polygon([(x - x0, y - y0) for x, y in poly], fill=fill)
+    return np.asarray(canvas) > 127
+
+
+def _guess_dataset(root: Path, fallback: str) -> str:
+    """A known dataset by the folder's name or the title of its PROVENANCE.md; else ``fallback``."""
     words = [root.name.lower()]
     provenance = root / "PROVENANCE.md"
     if provenance.is_file():
         title = provenance.read_text(encoding="utf-8", errors="replace").split("\n", 1)[0].split()
         words += [w.lower() for w in title[1:2]]
-    return next((w for w in words if w in LICENSES), "folders")
+    return next((w for w in words if w in SOURCES), fallback)
+
+
+#: The reader of each row of :data:`wbclib.sources.SOURCES` (``sources.reader_of``).
+READERS = {"pbc": _read_pbc, "raabin": _read_raabin, "segwbc": _read_segwbc, "folders": _read_folders,
+           "tiles": _read_tiles, "ebhi": _read_ebhi, "camelyon16": _read_camelyon16}
 
 
 def _unique(items: list[Item]) -> list[Item]:
@@ -491,10 +671,10 @@ def _settle(sources: list[Source], skip_bad: bool) -> list[dict]:
     skipped = []
     for s in sources:
         bad = s.problems.bad_paths()
-        s.items = _drop_bad(s.items, bad)
+        s.items, s.unlabelled = _drop_bad(s.items, bad), _drop_bad(s.unlabelled, bad)
         s.externals = {k: _drop_bad(v, bad) for k, v in s.externals.items()}
         skipped += [{"path": str(p), "why": why} for p, why in s.problems.items]
-        if not s.items and not any(s.externals.values()):
+        if not s.items and not s.unlabelled and not any(s.externals.values()):
             raise s.layout_error("no usable image left")
     return skipped
 
@@ -537,8 +717,8 @@ def _split_pool(items: list[Item], opts: Options) -> tuple[dict, dict]:
 
 def _spread_masks(items: list[Item]) -> list[Item]:
     """Masked items at evenly spaced places, the first place included; the others keep their order."""
-    masked = [i for i in items if i.mask is not None]
-    plain = iter(i for i in items if i.mask is None)
+    masked = [i for i in items if i.masked]
+    plain = iter(i for i in items if not i.masked)
     if not masked:
         return items
     slots = {k * len(items) // len(masked) for k in range(len(masked))}
@@ -548,7 +728,24 @@ def _spread_masks(items: list[Item]) -> list[Item]:
 
 def _plan(sources: list[Source], opts: Options) -> Plan:
     plan, main = Plan(), sources[0]
-    train, val = _split_pool(main.items, opts)
+    if main.role == "main":
+        _plan_pool(plan, sources, opts)
+    prcc_given = any(s.role == "tiles" and s.name == "pRCC_nolabel" for s in sources)
+    for s in sources:
+        if s.role == "cam16":
+            _plan_cam16(plan, s, opts, tiles=not prcc_given)
+        for name, items in s.externals.items():
+            top = s is main and s.role == "external"  # a test set prepared on its own: data/ and mask/ at the top
+            _plan_external(plan, s.kind if top else f"external/{name}", "" if top else f"external/{name}", items, s)
+        if s.role == "tiles":
+            for item in s.items:
+                plan.add(item, s.name, s.name, None, s)
+    return plan
+
+
+def _plan_pool(plan: Plan, sources: list[Source], opts: Options) -> None:
+    """The WBC subsets and the validation split from the pool, with the training share of the masked set."""
+    train, val = _split_pool(sources[0].items, opts)
     for s in sources:
         if s.role == "masked":
             held = {}
@@ -558,13 +755,32 @@ def _plan(sources: list[Source], opts: Options) -> Plan:
                 held[c], train[c] = items_c[:k], train[c] + items_c[k:]
             s.externals = {s.name: [i for c in WBC_CLASSES for i in held[c]]}
     _plan_course(plan, train, val, sources, opts.seed)
-    for s in sources:
-        for name, items in s.externals.items():
-            _plan_external(plan, name, items, s)
-        if s.role == "tiles":
-            for item in s.items:
-                plan.add(item, "pRCC_nolabel", "pRCC_nolabel", None, s)
-    return plan
+
+
+def _plan_cam16(plan: Plan, s: Source, opts: Options, tiles: bool) -> None:
+    """Per class: shuffle, then the test share, the validation share and the rest for training. A share
+    ``mask_fraction`` of each class's training images keeps its mask (spread evenly through the class's order),
+    the validation split none, the test split every one; the unlabelled group becomes ``pRCC_nolabel/``."""
+    base, (tr, va, te) = "CAM16_100cls_10mask", opts.split
+    for split in ("train", "val", "test"):
+        plan.counts[f"{base}/{split}"] = {c: {"images": 0, "masks": 0} for c in CAM16_CLASSES}
+    for c in CAM16_CLASSES:
+        order = _shuffled([i for i in s.items if i.cls == c], opts.seed, "cam16", c)
+        n_test = min(len(order), max(1, int(len(order) * te / (tr + va + te) + 0.5))) if order else 0
+        n_val = min(len(order) - n_test, int(len(order) * va / (tr + va + te) + 0.5))
+        test, val, train = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
+        n_mask = min(len(train), max(1, int(opts.mask_fraction * len(train) + 0.5))) if opts.mask_fraction > 0 else 0
+        keep = {k * len(train) // n_mask for k in range(n_mask)} if n_mask else set()
+        train = [i if k in keep else replace(i, mask=None, outline=None) for k, i in enumerate(train)]
+        for split, items in (("train", train), ("val", [replace(i, mask=None, outline=None) for i in val]),
+                             ("test", test)):
+            for item in sorted(items, key=lambda i: i.name):
+                plan.add(item, f"{base}/{split}", f"{base}/{split}/data/{c}", f"{base}/{split}/mask/{c}", s)
+    if tiles:
+        for item in sorted(s.unlabelled, key=lambda i: i.name):
+            plan.add(item, "pRCC_nolabel", "pRCC_nolabel", None, s)
+    elif s.unlabelled:
+        s.left_out["tiles group (pRCC_nolabel/ given by --tiles)"] = len(s.unlabelled)
 
 
 def _plan_course(plan: Plan, train: dict, val: dict, sources: list[Source], seed: int) -> None:
@@ -582,13 +798,13 @@ def _plan_course(plan: Plan, train: dict, val: dict, sources: list[Source], seed
             plan.add(item, "WBC_100/val", f"WBC_100/val/data/{c}", None, sources[item.src])
 
 
-def _plan_external(plan: Plan, name: str, items: list[Item], source: Source) -> None:
-    base, with_masks = f"external/{name}", any(i.mask is not None for i in items)
+def _plan_external(plan: Plan, key: str, base: str, items: list[Item], source: Source) -> None:
+    with_masks, top = any(i.masked for i in items), f"{base}/" if base else ""
     for item in sorted(items, key=lambda i: (i.cls, i.name)):
         if with_masks:
-            plan.add(item, base, f"{base}/data/{item.cls}", f"{base}/mask/{item.cls}", source)
+            plan.add(item, key, f"{top}data/{item.cls}", f"{top}mask/{item.cls}", source)
         else:
-            plan.add(item, base, f"{base}/{item.cls}", None, source)
+            plan.add(item, key, f"{top}{item.cls}", None, source)
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -619,9 +835,10 @@ def _encode(item: Item, opts: Options, with_mask: bool) -> tuple[str, bytes, byt
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=opts.quality)
         suffix, data = ".jpg", buf.getvalue()
-    if not with_mask or item.mask is None:
+    if not with_mask or not item.masked:
         return suffix, data, None
-    cell = np.asarray(open_image(item.mask, mode="L")) > item.cut
+    cell = (draw_outline(*item.outline) if item.outline is not None
+            else np.asarray(open_image(item.mask, mode="L")) > item.cut)
     mask = Image.fromarray(cell.astype(np.uint8) * 255, "L")
     if mask.size != size:
         mask = mask.resize(size, Image.NEAREST)
@@ -694,12 +911,16 @@ def _build(out: Path, plan: Plan, sources: list[Source], args: dict, skipped: li
 # --------------------------------------------------------------------------------- manifest, attribution
 
 
-def _arguments(source, from_dir, masked, external, tiles, opts: Options) -> dict:
+def _arguments(source, from_dir, masked, external, tiles, cam16, smear_tiles, opts: Options) -> dict:
     return {"source": source, "from": str(from_dir), "seed": opts.seed, "val_fraction": opts.val_fraction,
             "per_class": opts.per_class, "balanced": opts.balanced,
             "masked": None if masked is None else {"kind": masked[0], "path": str(masked[1])},
             "masked_held_out": opts.masked_held_out, "external": {k: str(v) for k, v in external.items()},
             "tiles": None if tiles is None else str(tiles), "tiles_per_image": opts.tiles_per_image,
+            "cam16": None if cam16 is None else {"kind": cam16[0], "path": str(cam16[1])},
+            "smear_tiles": None if smear_tiles is None else str(smear_tiles),
+            "grouping": ",".join(f"{t}={'+'.join(n)}" for t, n in opts.grouping), "split": list(opts.split),
+            "mask_fraction": opts.mask_fraction,
             "size": opts.size, "quality": opts.quality, "skip_bad": opts.skip_bad}
 
 
@@ -709,7 +930,7 @@ def _manifest(args: dict, sources: list[Source], plan: Plan, skipped: list[dict]
         for k, v in s.left_out.items():
             left_out[k] = left_out.get(k, 0) + v
     described = [{"role": s.role, "kind": s.kind, "dataset": s.dataset, "path": s.given,
-                  "license": LICENSES[s.dataset][0], "citation": LICENSES[s.dataset][1], "taken": s.taken,
+                  "license": _terms(s.dataset)[0], "citation": _terms(s.dataset)[1], "taken": s.taken,
                   "license_files": s.license_files} for s in sources]
     return {"prepared_by": f"wbc prepare (wbclib {__version__})", "arguments": args, "sources": described,
             "counts": plan.counts, "left_out": dict(sorted(left_out.items())), "skipped": skipped,
@@ -718,7 +939,10 @@ def _manifest(args: dict, sources: list[Source], plan: Plan, skipped: list[dict]
 
 _ROLES = {"main": "the labelled pool: training subsets and validation split",
           "masked": "labelled images with expert masks", "external": "an external test set",
-          "tiles": "unlabelled tiles for reconstruction pretraining"}
+          "tiles": "unlabelled tiles for reconstruction pretraining",
+          "cam16": "histology for the CAM16 stage (normal / tumour, with masks) and the reconstruction stage"}
+_LEFT_OUT = {"main": "not one of the five classes", "masked": "not one of the five classes",
+             "external": "not one of the classes", "cam16": "not in the grouping", "tiles": ""}
 
 
 def _license(sources: list[Source]) -> str:
@@ -728,7 +952,7 @@ def _license(sources: list[Source]) -> str:
               "says which files come from which source. The license texts that the sources ship are in "
               "`licenses/`."), ""]
     for s in sources:
-        license_, _ = LICENSES[s.dataset]
+        license_, _ = _terms(s.dataset)
         texts = [f for f in s.license_files if "LICENSE" in Path(f).name.upper()]
         lines.append(f"- **{s.dataset}** ({_ROLES[s.role]}): {license_}"
                      + (f"; text in {', '.join(f'`{t}`' for t in texts)}" if texts else "") + ".")
@@ -742,12 +966,12 @@ def _attribution(sources: list[Source], plan: Plan) -> str:
              "microscopes and stains, so results on them are not comparable with results on the course's "
              "own sets. Reuse them only as each source's license allows, and cite the sources."), ""]
     for s in sources:
-        license_, citation = LICENSES[s.dataset]
+        license_, citation = _terms(s.dataset)
         taken = ", ".join(f"{n} images in {k}" for k, n in s.taken.items()) or "nothing"
         left = ", ".join(f"{k} ({n})" for k, n in sorted(s.left_out.items()))
         lines += [f"## {s.dataset}: {_ROLES[s.role]}", "",
                   f"- Read from `{s.given}` ({s.kind} layout, option {s.option}).",
-                  f"- Taken: {taken}." + (f" Left out (not one of the five classes): {left}." if left else ""),
+                  f"- Taken: {taken}." + (f" Left out ({_LEFT_OUT[s.role]}): {left}." if left else ""),
                   f"- Citation: {citation}.", f"- License: {license_}.",
                   f"- License and provenance files: {', '.join(s.license_files) or 'none found in the source'}.",
                   ""]

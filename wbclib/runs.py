@@ -48,6 +48,12 @@ def wbc_configuration(subset: int, pretrained: bool, masks: bool) -> str:
 def cam16_configuration(prcc: bool, dice: bool) -> str:
     """The name of a Table 1 configuration, e.g. ``cam16-ce-prcc-dice``."""
     return "cam16-ce" + ("-prcc" if prcc else "") + ("-dice" if dice else "")
+
+
+def smear_configuration(dataset: str, subset: int | None = None) -> str:
+    """The name of a stage of the blood-smear chain (reconstruction on smear tiles instead of H&E, then CAM16
+    with cross-entropy and Dice, then WBC with masks): ``smears``, ``cam16-ce-smears-dice``, ``wbc1-smears-mask``."""
+    return {"prcc": "smears", "cam16": "cam16-ce-smears-dice"}.get(dataset) or f"wbc{subset}-smears-mask"
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 

@@ -187,18 +187,7 @@ def evaluate_runs(runs: pd.DataFrame, sets: dict[str, str | Path], progress=None
     checkpoint (so a later study re-executes the chapter in seconds)."""
     import matplotlib.pyplot as plt
 
-    from . import evaluate
-
-    def cached(run_path, folder, out, adabn):
-        from . import runs as run_files
-
-        m = run_files.read_json(out / "metrics.json")
-        ckpt = run_files.resolve_checkpoint(run_path)
-        if (not m or m.get("data") != str(Path(folder).resolve()) or ("adabn" in m) != adabn
-                or not (out / "predictions.csv").is_file()
-                or (out / "metrics.json").stat().st_mtime < ckpt.stat().st_mtime):
-            return None
-        return m
+    from .evaluate import evaluate_into_run
 
     rows = []
     for _, r in runs.iterrows():
@@ -207,8 +196,7 @@ def evaluate_runs(runs: pd.DataFrame, sets: dict[str, str | Path], progress=None
                 if mode == "adabn" and r["norm"] != "batch":
                     continue
                 out = Path(r["path"]) / (f"external-{set_name}" + ("-adabn" if mode == "adabn" else ""))
-                res = cached(r["path"], folder, out, mode == "adabn") or evaluate.evaluate(
-                    r["path"], folder, out, adabn=mode == "adabn")
+                res = evaluate_into_run(r["path"], set_name, folder, adabn=mode == "adabn")
                 rows.append({"run": r["run"], "setting": r["setting"], "seed": r["seed"], "set": set_name,
                              "mode": mode, "balanced_accuracy": res["balanced_accuracy"],
                              "accuracy": res["accuracy"], "macro_f1": res["macro_f1"], "n": res["n"],

@@ -42,6 +42,9 @@ from .book import (
 
 #: The pretrained WBC runs start from this CAM16 configuration.
 WBC_PRETRAINED_FROM = "cam16-ce-prcc-dice"
+#: The WBC subsets of the blood-smear chain (``--smear-chain``), and the tile folder its first stage reads.
+SMEAR_SUBSETS = (1, 10)
+SMEAR_FOLDER = "smears_nolabel"
 
 
 @dataclass
@@ -69,10 +72,19 @@ def make_job(configuration: str, seed: int, params: dict, depends: str | None = 
                 **structure})
 
 
-def grid(seeds: list[int]) -> list[Job]:
-    """Every configuration of the report, in dependency order (and the largest WBC subsets first)."""
+def grid(seeds: list[int], smear_chain: bool = False) -> list[Job]:
+    """Every configuration of the report, in dependency order (and the largest WBC subsets first); with
+    ``smear_chain``, also the chain that pretrains on blood-smear tiles instead of H&E (WBC_1 and WBC_10, with
+    masks), to compare with the report's chain and with training from scratch."""
     jobs = []
     for s in seeds:
+        if smear_chain:
+            sc = runs.smear_configuration
+            jobs.append(make_job(sc("prcc"), s, {"dataset": "prcc", "masks": False,
+                                                 "overrides": {"prcc_folder": SMEAR_FOLDER}}, chain="smears"))
+            jobs.append(make_job(sc("cam16"), s, {"dataset": "cam16", "masks": True}, sc("prcc"), chain="smears"))
+            jobs += [make_job(sc("wbc", n), s, {"dataset": "wbc", "subset": n, "masks": True}, sc("cam16"),
+                              chain="smears") for n in SMEAR_SUBSETS]
         jobs.append(make_job("prcc", s, {"dataset": "prcc", "masks": False}))
         for pre in (False, True):
             for dice in (False, True):
@@ -89,11 +101,13 @@ def grid(seeds: list[int]) -> list[Job]:
 
 
 def select(jobs: list[Job], pattern: str | None) -> list[Job]:
-    """Jobs whose id matches the glob, plus everything they depend on (in dependency order)."""
+    """Jobs whose id matches the glob (or one of several, separated by commas), plus everything they depend on
+    (in dependency order)."""
     if not pattern:
         return jobs
     by_id = {j.id: j for j in jobs}
-    wanted = {j.id for j in jobs if fnmatch.fnmatch(j.id, pattern)}
+    globs = [p.strip() for p in pattern.split(",") if p.strip()]
+    wanted = {j.id for j in jobs if any(fnmatch.fnmatch(j.id, g) for g in globs)}
     if not wanted:
         raise WbcError(f"--only {pattern!r} matches no run id; ids look like {jobs[0].id}, "
                        f"cam16-ce-dice-s0, wbc10-pretrained-mask-s0")
@@ -359,6 +373,7 @@ class Options:
     book_root: str | None = None
     dry_run: bool = False
     walkthrough_steps: int | None = None  # training steps of the walkthrough page (0: a stub page)
+    smear_chain: bool = False  # also the chain pretrained on blood-smear tiles (WBC_1, WBC_10)
 
 
 def run(args: Options, log=print) -> int:
@@ -374,7 +389,7 @@ def run(args: Options, log=print) -> int:
 
     shift_jobs = [make_job(c, s, p, setting=name, chapter="shift") for c, s, p, name in
                   shift.grid(list(range(args.seeds or shift.SEEDS)))] if args.only else []
-    jobs = select(grid(list(range(seeds))) + shift_jobs, args.only)
+    jobs = select(grid(list(range(seeds)), args.smear_chain) + shift_jobs, args.only)
     data_root = str(Path(args.data_root).expanduser().resolve()) if args.data_root else None
     # Every config resolved once, before anything runs (a bad --set fails here, once).
     configs = {j.id: job_config(j, args.profile, data_root, runs_dir, overrides, args.data) for j in jobs}
@@ -403,10 +418,14 @@ def _study(args: Options, t0, configs, runs_dir, jobs, data_root, external, log)
         log(f"data: {name}: {sources[key].replace('**', '').replace('`', '')} ({roots[key]})")
     log(f"data: ready in {time.time() - t:.1f}s" + ("; numbers are not real results" if args.data == "synthetic"
                                                      and not data_root else ""))
-    if external is None and not data_root and args.data == "embedded":
-        from .data import embedded_external_sets
+    from . import CAM16_CLASSES
+    from .data import external_sets, holds_classes
 
-        external = [str(p) for p in embedded_external_sets()]
+    if external is None and not data_root and args.data == "embedded":
+        external = [str(p) for p in external_sets()] + [str(p) for p in external_sets(CAM16_CLASSES)]
+    # CAM16-class sets (the CAMELYON16 patches) test the CAM16 models (Table 1); the others the WBC models.
+    cam16_external = {Path(e).name: e for e in external or [] if holds_classes(Path(e), CAM16_CLASSES)}
+    external = [e for e in external or [] if Path(e).name not in cam16_external] or None
     parallel = args.jobs or default_jobs()
     if parallel > 1:
         log(f"study: up to {parallel} configurations at a time")
@@ -428,9 +447,9 @@ def _study(args: Options, t0, configs, runs_dir, jobs, data_root, external, log)
         write_performance_page(book_root)
         t = time.time()
         def analyse():
-            execute(NOTEBOOKS / "analysis.ipynb", gen / "results.ipynb", {"runs_dir": str(runs_dir),
-                                                                           "external": external[0] if external
-                                                                           else None}, NOTEBOOKS)
+            execute(NOTEBOOKS / "analysis.ipynb", gen / "results.ipynb",
+                    {"runs_dir": str(runs_dir), "external": external[0] if external else None,
+                     "cam16_external": cam16_external or None}, NOTEBOOKS)
             tidy_for_book(gen / "results.ipynb", gen / "results.ipynb", replacements=shown)
 
         pages = (("notebooks/analysis.ipynb", analyse),
