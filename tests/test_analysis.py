@@ -205,3 +205,41 @@ def test_per_class_recall_and_confusion_of_the_table2_cells(tmp_path):
     total, classes = analysis.confusion(df, "wbc100-scratch-mask")
     assert classes == list(WBC_CLASSES) and total.sum() == 20 and total[2, 3] == 2 and total[0, 0] == 4
     assert analysis.confusion(df, "wbc10-scratch-mask") is None
+
+
+def test_table1_adds_mask_dice_and_each_second_test_set(tmp_path):
+    import pandas as pd
+
+    for cid, dice in (("cam16-ce-dice", 0.70), ("cam16-ce-prcc-dice", 0.80)):
+        d = fake_run(tmp_path, f"{cid}-s0", "cam16", "embedded", 0.9, n=109, majority=0.587)
+        m = json.loads((d / "metrics.json").read_text())
+        m["test"]["masks"] = {"dice": dice, "iou": dice / 2, "n": 109}
+        (d / "metrics.json").write_text(json.dumps(m))
+    df = analysis.load_runs(tmp_path)
+    ext = pd.DataFrame([{"config": "cam16-ce-prcc-dice", "seed": 0, "set": "camelyon16", "accuracy": 0.6,
+                         "balanced_accuracy": 0.55, "mask_dice": 0.9, "tumour_mask_dice": 0.3}])
+    t = analysis.table1(df, ext)
+    assert list(t["mask Dice"])[:4] == ["–", "–", "0.7000", "0.8000"]
+    assert list(t["camelyon16: balanced accuracy"])[:4] == ["–", "–", "–", "0.5500"]
+    assert list(t["camelyon16: tumour mask Dice"])[3] == "0.3000"
+    assert "camelyon16: accuracy" not in analysis.table1(df)  # no second set: no columns for it
+
+
+def test_chain_comparison_pairs_each_chain_with_scratch_by_seed(tmp_path):
+    # WBC_1 balanced accuracy by seed: scratch 0.80 0.70 0.75; H&E chain 0.60 0.65 0.55; smears 0.85 0.70 0.80
+    # paired differences: H&E -0.20 -0.05 -0.20 (mean -0.15); smears +0.05 0.00 +0.05 (mean +0.0333)
+    values = {"wbc1-scratch-mask": (0.80, 0.70, 0.75), "wbc1-pretrained-mask": (0.60, 0.65, 0.55),
+              "wbc1-smears-mask": (0.85, 0.70, 0.80)}
+    assert len(analysis.chain_comparison(analysis.load_runs(tmp_path))) == 0
+    for cid, accs in values.items():
+        for seed, acc in enumerate(accs):
+            fake_run(tmp_path, f"{cid}-s{seed}", "wbc", "embedded", acc)
+    t = analysis.chain_comparison(analysis.load_runs(tmp_path))
+    assert list(t.index) == ["WBC_1", "WBC_10"]
+    scratch, he, smears = (name for name, _ in analysis.CHAINS)
+    half = T_975_DF2 * np.std([-0.20, -0.05, -0.20], ddof=1) / np.sqrt(3)
+    assert t.loc["WBC_1", (he, "− scratch (paired by seed)")] == f"-0.150 ± {half:.3f}"
+    half = T_975_DF2 * np.std([0.05, 0.0, 0.05], ddof=1) / np.sqrt(3)
+    assert t.loc["WBC_1", (smears, "− scratch (paired by seed)")] == f"0.033 ± {half:.3f}"
+    assert t.loc["WBC_1", (scratch, "seeds")] == 3 and t.loc["WBC_10", (smears, "seeds")] == 0
+    assert t.loc["WBC_10", (he, "− scratch (paired by seed)")] == "–"

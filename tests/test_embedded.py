@@ -122,6 +122,7 @@ def test_a_cam16_slice_trains_and_evaluates_on_camelyon16(tmp_path):
     res = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert res["n"] == 89 and res["masks"]["n"] == 89 and 0 <= res["masks"]["dice"] <= 1
     assert set(res["per_class"]) == set(CAM16_CLASSES)
+    assert res["masks_by_class"]["tumor"]["n"] == 44 and res["masks_by_class"]["normal"]["n"] == 45
 
 
 @pytest.mark.parametrize("name", ["PBC", "segwbc", "BCCD", "EBHI-Seg", "CAMELYON16"])

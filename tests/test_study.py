@@ -37,6 +37,21 @@ def test_only_pulls_in_dependencies():
         study.select(study.grid([0]), "nothing-*")
 
 
+def test_the_smear_chain_is_opt_in_and_selected_with_several_globs():
+    assert not any("smears" in j.id for j in study.grid([0]))
+    jobs = study.grid([0, 1], smear_chain=True)
+    by_id = {j.id: j for j in jobs}
+    assert len(jobs) == 2 * (21 + 4)
+    assert by_id["cam16-ce-smears-dice-s1"].depends == "smears-s1"
+    assert by_id["wbc10-smears-mask-s0"].depends == "cam16-ce-smears-dice-s0"
+    assert by_id["smears-s0"].params["overrides"] == {"prcc_folder": "smears_nolabel"}
+    config = study.job_config(by_id["smears-s0"], "quick", None, Path("runs"), {})
+    assert config.dataset == "prcc" and config.prcc_folder == "smears_nolabel"
+    picked = [j.id for j in study.select(jobs, "wbc1-*-mask-s0, wbc10-*-mask-s0")]
+    assert set(picked) == {"prcc-s0", "cam16-ce-prcc-dice-s0", "smears-s0", "cam16-ce-smears-dice-s0",
+                           *(f"wbc{n}-{k}-mask-s0" for n in (1, 10) for k in ("scratch", "pretrained", "smears"))}
+
+
 def test_dry_run_plans_without_running(tmp_path):
     p = subprocess.run([sys.executable, "-m", "wbclib.cli", "study", "--dry-run", "--seeds", "2", "--only",
                         "cam16-*", "--runs-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)

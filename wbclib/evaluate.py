@@ -86,6 +86,7 @@ def evaluate(checkpoint, folder, out, mask_threshold=None, skip_bad: bool = Fals
         result["adabn"] = adapted
     if pred["segmentation"] is not None:
         result["masks"] = pred["segmentation"]
+        result["masks_by_class"] = {classes[c]: v for c, v in pred["segmentation_by_class"].items()}
     out.mkdir(parents=True, exist_ok=True)
     runs.write_json(out / "metrics.json", result)
     fig = plots.confusion_matrix_plot(result["confusion_matrix"], list(classes), title=Path(folder).name)

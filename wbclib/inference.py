@@ -204,7 +204,7 @@ def predict(model, loader, rt: Runtime, loss_fn=None, epoch: int | None = None) 
     model.eval()
     avg = Averages()
     out_lists = {k: [] for k in ("logits", "embedding", "label", "path")}
-    seg_pred, seg_true, psnrs = [], [], []
+    seg_pred, seg_true, seg_label, psnrs = [], [], [], []
     for step, batch in enumerate(loader, start=1):
         images, labels, masks, has_mask = to_device(batch, rt)
         with rt.autocast():
@@ -225,12 +225,18 @@ def predict(model, loader, rt: Runtime, loss_fn=None, epoch: int | None = None) 
         if sel.any():
             seg_pred.append(predicted_mask(out.mask_logits[sel], labels[sel]).squeeze(1).cpu().numpy())
             seg_true.append(masks[sel].squeeze(1).bool().cpu().numpy())
+            seg_label.append(labels[sel].cpu().numpy())
     result = {k: torch.cat(v).numpy() for k, v in out_lists.items() if k != "path"}
     result["path"] = np.array(out_lists["path"])
     result["losses"] = avg.means() if loss_fn is not None else None
     result["psnr"] = float(sum(psnrs) / max(len(result["label"]), 1))
-    result["segmentation"] = (metrics.segmentation_metrics(np.concatenate(seg_pred), np.concatenate(seg_true))
-                              if seg_pred else None)
+    result["segmentation"] = result["segmentation_by_class"] = None
+    if seg_pred:
+        pred_masks, true_masks, mask_labels = map(np.concatenate, (seg_pred, seg_true, seg_label))
+        result["segmentation"] = metrics.segmentation_metrics(pred_masks, true_masks)
+        result["segmentation_by_class"] = {int(c): metrics.segmentation_metrics(pred_masks[mask_labels == c],
+                                                                                true_masks[mask_labels == c])
+                                           for c in np.unique(mask_labels)}
     return result
 
 
