@@ -47,6 +47,9 @@ def test_the_smear_chain_is_opt_in_and_selected_with_several_globs():
     assert by_id["smears-s0"].params["overrides"] == {"prcc_folder": "smears_nolabel"}
     config = study.job_config(by_id["smears-s0"], "quick", None, Path("runs"), {})
     assert config.dataset == "prcc" and config.prcc_folder == "smears_nolabel"
+    assert book.describe(by_id["wbc1-smears-mask-s0"].structure) == (
+        "WBC_1, pretrained on blood-smear + CAM16, with masks, seed 0")
+    assert book.describe(by_id["wbc1-pretrained-mask-s0"].structure).startswith("WBC_1, pretrained on pRCC + CAM16")
     picked = [j.id for j in study.select(jobs, "wbc1-*-mask-s0, wbc10-*-mask-s0")]
     assert set(picked) == {"prcc-s0", "cam16-ce-prcc-dice-s0", "smears-s0", "cam16-ce-smears-dice-s0",
                            *(f"wbc{n}-{k}-mask-s0" for n in (1, 10) for k in ("scratch", "pretrained", "smears"))}

@@ -80,13 +80,14 @@ def describe(structure: dict) -> str:
     if structure.get("chapter") == "shift":
         return shift.describe(structure["setting"], structure["seed"])
     dataset, masks, pretrained = structure.get("dataset"), structure.get("masks"), structure.get("pretrained")
+    stage = "blood-smear" if structure.get("chain") == "smears" else "pRCC"
     if dataset == "prcc":
-        words = ["pRCC pretraining (reconstruction only)"]
+        words = [f"{stage} pretraining (reconstruction only)"]
     elif dataset == "cam16":
-        words = ["CAM16, cross-entropy" + (" after pRCC pretraining" if pretrained else "")
+        words = ["CAM16, cross-entropy" + (f" after {stage} pretraining" if pretrained else "")
                  + (" + Dice" if masks else "")]
     elif dataset == "wbc":
-        words = [f"WBC_{structure['subset']}", "pretrained on pRCC + CAM16" if pretrained else "from scratch",
+        words = [f"WBC_{structure['subset']}", f"pretrained on {stage} + CAM16" if pretrained else "from scratch",
                  "with masks" if masks else "without masks"]
     else:
         words = [structure.get("configuration", "a run")]
