@@ -207,7 +207,7 @@ def test_per_class_recall_and_confusion_of_the_table2_cells(tmp_path):
     assert analysis.confusion(df, "wbc10-scratch-mask") is None
 
 
-def test_table1_adds_mask_dice_and_each_second_test_set(tmp_path):
+def test_table1_adds_mask_dice_and_a_table_for_each_second_test_set(tmp_path):
     import pandas as pd
 
     for cid, dice in (("cam16-ce-dice", 0.70), ("cam16-ce-prcc-dice", 0.80)):
@@ -216,13 +216,18 @@ def test_table1_adds_mask_dice_and_each_second_test_set(tmp_path):
         m["test"]["masks"] = {"dice": dice, "iou": dice / 2, "n": 109}
         (d / "metrics.json").write_text(json.dumps(m))
     df = analysis.load_runs(tmp_path)
-    ext = pd.DataFrame([{"config": "cam16-ce-prcc-dice", "seed": 0, "set": "camelyon16", "accuracy": 0.6,
-                         "balanced_accuracy": 0.55, "mask_dice": 0.9, "tumour_mask_dice": 0.3}])
-    t = analysis.table1(df, ext)
-    assert list(t["mask Dice"])[:4] == ["–", "–", "0.7000", "0.8000"]
-    assert list(t["camelyon16: balanced accuracy"])[:4] == ["–", "–", "–", "0.5500"]
-    assert list(t["camelyon16: tumour mask Dice"])[3] == "0.3000"
-    assert "camelyon16: accuracy" not in analysis.table1(df)  # no second set: no columns for it
+    assert list(analysis.table1(df)["mask Dice"])[:4] == ["–", "–", "0.7000", "0.8000"]
+    ext = pd.DataFrame([{"config": "cam16-ce-prcc-dice", "seed": s, "set": "camelyon16", "n": 89, "accuracy": a,
+                         "balanced_accuracy": a - 0.05, "mask_dice": 0.9, "tumour_mask_dice": 0.3}
+                        for s, a in ((0, 0.6), (1, 0.7), (2, 0.8))])
+    t = analysis.table1_external(ext)
+    group = "camelyon16 (89 images)"
+    half = T_975_DF2 * 0.1 / np.sqrt(3)  # accuracies 0.6, 0.7, 0.8: standard deviation 0.1
+    assert t.loc["CE + pRCC + Dice", (group, "accuracy")] == f"0.7000 ± {half:.4f}"
+    assert t.loc["CE + pRCC + Dice", (group, "seeds")] == 3 and t.loc["CE", (group, "seeds")] == 0
+    assert t.loc["CE + pRCC + Dice", (group, "tumour mask Dice")] == "0.3000 ± 0.0000"
+    assert t.loc["CE", (group, "balanced accuracy")] == "–"
+    assert len(analysis.table1_external(ext.iloc[:0])) == 0
 
 
 def test_chain_comparison_pairs_each_chain_with_scratch_by_seed(tmp_path):
