@@ -146,6 +146,8 @@ def cmd_study(a) -> int:
         options.slurm = {"path": a.cluster_config, "partition": a.partition, "account": a.account, "time": a.time,
                          "gpus": a.gpus, "cpus": a.cpus, "mem": a.mem, "sbatch": cluster.parse_sbatch(a.sbatch)}
         cluster.load_settings(**options.slurm)  # a bad flag or config file fails before anything runs
+        if not a.dry_run:
+            cluster.require_slurm()
     elif a.detach or a.cluster_config or a.sbatch or any(v is not None for v in (
             a.partition, a.account, a.time, a.gpus, a.cpus, a.mem)):
         raise WbcError("--detach, --cluster-config, --partition, --account, --time, --gpus, --cpus, --mem and "

@@ -196,7 +196,7 @@ class SlurmExecutor:
         digest = runs.config_digest(params["run_config"])
         earlier = self._earlier(job, digest) if job.attempts == 1 else None
         if earlier is not None:
-            sj, submitted = earlier, self.records[job.id].get("submitted", time.time())
+            sj, submitted = earlier, None  # its wait in the queue is not this study's to measure
             self.log(f"  {job.id:32s} waiting   Slurm job {sj.job_id}, submitted by an earlier wbc study")
         else:
             extra = dict(self.settings.sbatch)
@@ -204,14 +204,14 @@ class SlurmExecutor:
             if dep:
                 extra.update(dependency=f"afterok:{dep}", kill_on_invalid_dep="yes")
             self.executor.update_parameters(name=f"wbc-{job.id}", slurm_additional_parameters=extra)
-            submitted = time.time()
+            submitted = None if dep else time.time()  # the wait behind a dependency is no overhead
             try:
                 sj = self.executor.submit(NotebookJob(), str(NOTEBOOKS / "train.ipynb"), str(job.notebook),
                                           params, str(NOTEBOOKS), KERNEL, self.detach)
             except (submitit.core.utils.FailedJobError, OSError) as exc:
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
                 raise WbcError(f"sbatch refused the job {job.id}: {first}") from None
-            self.records[job.id] = {"job": sj.job_id, "config": digest, "submitted": submitted}
+            self.records[job.id] = {"job": sj.job_id, "config": digest, "submitted": time.time()}
             runs.write_json(self.folder / RECORDS, self.records)
             self.log(f"  {job.id:32s} submitted Slurm job {sj.job_id}" + (f" (after {dep})" if dep else "")
                      + f", log {self.folder / sj.job_id}")
@@ -253,13 +253,13 @@ class SlurmExecutor:
         ended, self.ended = self.ended, []
         return ended
 
-    def _outcome(self, job, sj, submitted: float) -> None:
+    def _outcome(self, job, sj, submitted: float | None) -> None:
         from submitit.core.utils import FailedJobError, UncompletedJobError
 
         try:
             result = sj.result()
         except UncompletedJobError:
-            state = sj.watcher.get_state(sj.job_id, mode="force")
+            state = sj.watcher.get_state(sj.job_id, mode="force").split(" ")[0]  # "CANCELLED by 0": the state
             job.status, job.detail, job.seconds = "died", f"Slurm job {sj.job_id} ended {state}", 0.0
             return
         except FailedJobError as exc:  # it raised: a detached job's notebook, or submitit gave up requeueing
@@ -271,8 +271,9 @@ class SlurmExecutor:
             self._forget(job.id, job.status)
             return
         job.status, job.detail, job.seconds = result["status"], result.get("detail", ""), result["seconds"]
-        if job.status == "died":
-            job.detail += f" (Slurm job {sj.job_id})"
+        if job.status == "died":  # its kernel was killed under it, by Slurm (scancel, time limit) or the system
+            state = sj.watcher.get_state(sj.job_id, mode="force").split(" ")[0]
+            job.detail += f"; Slurm job {sj.job_id} ended {state}"
         if submitted and result.get("started", 0) >= submitted:
             self.waits.append(result["started"] - submitted)
         self._forget(job.id, job.status)

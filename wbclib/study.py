@@ -440,7 +440,9 @@ def run(args: Options, log=print) -> int:
     runs.refuse_inside(runs_dir, read, "--runs-dir")
     if args.book_root and not args.no_book:
         runs.refuse_inside(args.book_root, read, "--book-root")
-    with runs.FolderLock(runs_dir, "runs folder"):
+    with runs.FolderLock(runs_dir, "runs folder") as lock:
+        if lock.note:
+            log(lock.note)
         runs.remove_stale_temps(runs_dir)
         return _study(args, t0, configs, runs_dir, jobs, data_root, external, log)
 
