@@ -296,3 +296,18 @@ class SlurmExecutor:
             names = ", ".join(f"{rid} (Slurm job {sj.job_id})" for rid, (_, sj, _) in self.running.items())
             self.log(f"slurm: left to the cluster, still queued or running: {names}; logs in {self.folder}; the "
                      "next wbc study with the same options waits for them (scancel them to stop them)")
+
+
+def train_distributed(run_config: dict, run_dir: str) -> dict:
+    """Train one configuration with every task of a Slurm job (one task per GPU) as one DDP job: submitit's
+    ``TorchDistributedEnvironment`` exports ``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE`` and
+    ``LOCAL_RANK``, the variables :mod:`wbclib.distributed` reads (as under torchrun). Every task sees all the
+    node's GPUs and takes ``cuda:LOCAL_RANK``. Submit it with ``tasks_per_node`` = ``gpus_per_node`` = N (see the
+    book's "Running on a cluster"); it resumes from the run's checkpoint when the job is started again."""
+    from submitit.helpers import TorchDistributedEnvironment
+
+    from . import config as cfg
+    from . import train
+
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    return train.fit(cfg.from_dict(run_config), run_dir, resume=True, progress=False)
