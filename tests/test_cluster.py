@@ -77,6 +77,7 @@ def test_a_run_whose_process_died_is_started_again_and_its_dependants_run(tmp_pa
 def test_a_run_that_keeps_dying_fails_after_its_retries_and_its_dependants_are_skipped(tmp_path):
     jobs, fake, log = run(tmp_path, {"prcc-s0": ["died", "died", "died"]}, retries=1)
     assert jobs["prcc-s0"].status == "failed" and fake.started.count("prcc-s0") == 2
+    assert "starting it again (1/1)" in log and "(2/1)" not in log
     for rid in ("cam16-ce-prcc-s0", "cam16-ce-prcc-dice-s0"):
         assert jobs[rid].status == "skipped" and rid not in fake.started
     assert jobs["cam16-ce-s0"].status == jobs["cam16-ce-dice-s0"].status == "finished"
@@ -209,9 +210,9 @@ def test_without_flock_the_lock_falls_back_to_a_record_lock_that_still_tells_a_s
 def test_flock_held_by_another_process_is_busy_not_unsupported(tmp_path):
     first = runs.FolderLock(tmp_path, "runs folder").acquire()
     try:
-        p = subprocess.run([sys.executable, "-c", "import sys\nfrom wbclib import runs\n"
-                            "try:\n runs.FolderLock(sys.argv[1], 'runs folder').acquire()\n"
-                            "except runs.Busy as e:\n print(e); sys.exit(3)", str(tmp_path)],
+        code = ("import sys\nfrom wbclib import runs\ntry:\n runs.FolderLock(sys.argv[1], 'runs folder').acquire()\n"
+                "except runs.Busy as e:\n print(e); sys.exit(3)")
+        p = subprocess.run([sys.executable, "-c", code, str(tmp_path)],
                            capture_output=True, text=True, timeout=60)
         assert p.returncode == 3 and f"in use by pid {os.getpid()}" in p.stdout and first.note == ""
     finally:
