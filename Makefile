@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 KERNEL := wbc-study
 PYTEST_ARGS ?=
 
-.PHONY: study test lab install install-dev book benchmark clean
+.PHONY: study test lab install install-dev book benchmark slurm-up slurm-down clean
 
 study: $(VENV)/.installed
 	$(BIN)/wbc study $(STUDY_ARGS)
@@ -25,6 +25,14 @@ book: $(VENV)/.installed
 
 benchmark: $(VENV)/.installed
 	$(BIN)/python benchmarks/throughput.py --profile quick --json benchmarks/results/cpu-quick-epyc.json
+
+# A one-node Slurm with accounting on this machine (Debian, as root): tests/test_cluster.py's chain then runs on
+# it instead of skipping. `make slurm-down` stops its daemons.
+slurm-up:
+	bash .ci/slurm-up.sh
+
+slurm-down:
+	bash .ci/slurm-down.sh
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev

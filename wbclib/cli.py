@@ -165,7 +165,19 @@ def cmd_study(a) -> int:
                             runs_dir=a.runs_dir, jobs=a.jobs, external=a.external,
                             overrides=dict(cfg.parse_assignment(s) for s in a.set), no_book=a.no_book,
                             book_root=a.book_root, dry_run=a.dry_run, walkthrough_steps=a.walkthrough_steps,
-                            smear_chain=a.smear_chain)
+                            smear_chain=a.smear_chain, executor=a.executor, retries=a.retries, detach=a.detach)
+    if a.executor == "slurm":
+        from . import cluster
+
+        options.slurm = {"path": a.cluster_config, "partition": a.partition, "account": a.account, "time": a.time,
+                         "gpus": a.gpus, "cpus": a.cpus, "mem": a.mem, "sbatch": cluster.parse_sbatch(a.sbatch)}
+        cluster.load_settings(**options.slurm)  # a bad flag or config file fails before anything runs
+        if not a.dry_run:
+            cluster.require_slurm()
+    elif a.detach or a.cluster_config or a.sbatch or any(v is not None for v in (
+            a.partition, a.account, a.time, a.gpus, a.cpus, a.mem)):
+        raise WbcError("--detach, --cluster-config, --partition, --account, --time, --gpus, --cpus, --mem and "
+                       "--sbatch go with --executor slurm")
     return study.run(options, log=print)
 
 
@@ -257,6 +269,26 @@ def parser() -> argparse.ArgumentParser:
                    help="training steps of the book's walkthrough page (default: its own, 300; 0 skips it)")
     p.add_argument("--book-root", default=None, help="folder the book is built in (default: the project)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    c = p.add_argument_group("running on a cluster (--executor slurm; see the book's 'Running on a cluster')")
+    c.add_argument("--executor", choices=("local", "slurm"), default="local",
+                   help="local: side by side on this machine (default); slurm: one Slurm job per run, via submitit")
+    c.add_argument("--retries", type=int, default=None, metavar="N",
+                   help="start a run whose process died (cancelled, preempted, out of memory, node failure) again "
+                        "up to N times, from its checkpoint (default: 2 with slurm, 0 locally)")
+    c.add_argument("--detach", action="store_true",
+                   help="submit the whole grid (dependants held with afterok) and exit; the same command without "
+                        "--detach later waits for the jobs and builds the book")
+    c.add_argument("--cluster-config", default=None, metavar="FILE",
+                   help="YAML with partition, account, time, gpus, cpus, mem, sbatch (a mapping), setup (shell lines)")
+    c.add_argument("--partition", default=None)
+    c.add_argument("--account", default=None)
+    c.add_argument("--time", default=None, metavar="LIMIT", help="time limit per job, minutes or [D-]HH:MM:SS "
+                                                                  "(default 4:00:00; a job at its limit resumes)")
+    c.add_argument("--gpus", type=int, default=None, metavar="N", help="GPUs per job (default 1; 0 on a CPU cluster)")
+    c.add_argument("--cpus", type=int, default=None, metavar="N", help="CPU cores per job (default: the cluster's)")
+    c.add_argument("--mem", default=None, metavar="SIZE", help="memory per job, e.g. 32G (default: the cluster's)")
+    c.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other sbatch option, e.g. --sbatch qos=normal --sbatch constraint=a100 (repeatable)")
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("evaluate", help="metrics of a trained model on a class-folder set")

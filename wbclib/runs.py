@@ -9,6 +9,7 @@ A run directory ``runs/<id>/`` holds everything one run produced::
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -211,17 +212,25 @@ class Busy(WbcError):
     """Another process holds the lock of a run directory or a runs folder."""
 
 
+#: flock's errors on a filesystem that has no flock (GPFS, Lustre mounted without -o flock, some NFS setups).
+_NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS}
+_HELD = {errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES}
+
+
 class FolderLock:
     """An exclusive lock on a folder, held by this process until :meth:`release` (or its death: the kernel
-    drops an ``flock`` when its holder is killed, so a killed holder never leaves it stuck).
+    drops the lock when its holder is killed, so a killed holder never leaves it stuck).
 
-    The lock file (``<folder>/.lock``) names the holder: process id, host, start time and command.
+    The lock file (``<folder>/.lock``) names the holder: process id, host, start time and command. The lock is an
+    ``flock``; on a filesystem without flock (GPFS, some Lustre and NFS mounts) it is a POSIX record lock
+    (``fcntl``) on the same file, which such filesystems share between nodes, and :attr:`note` says so; where
+    neither works the lock is refused with the fix.
     """
 
     NAME = ".lock"
 
     def __init__(self, folder: str | Path, what: str):
-        self.folder, self.what, self.fd = Path(folder), what, None
+        self.folder, self.what, self.fd, self.note = Path(folder), what, None, ""
 
     def acquire(self) -> FolderLock:
         if fcntl is None:
@@ -230,8 +239,21 @@ class FolderLock:
         path = self.folder / self.NAME
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in _NO_FLOCK:
+                    raise
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # no flock here: a POSIX record lock instead
+                self.note = (f"note: the filesystem of {self.folder} does not support flock ({exc.strerror}); "
+                             "locked with a POSIX record lock (fcntl) instead")
+        except OSError as exc:
+            if exc.errno not in _HELD:
+                os.close(fd)
+                raise WbcError(f"cannot lock the {self.what} {self.folder}: its filesystem supports neither flock "
+                               f"nor POSIX record locks ({exc.strerror}); put it on a filesystem with locks (Lustre: "
+                               "mount with -o flock; NFS: with its lock service), e.g. give another --runs-dir") \
+                    from None
             holder = ""
             for _ in range(20):  # the holder writes its name right after locking
                 holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()

@@ -60,6 +60,7 @@ class Job:
     detail: str = ""
     seconds: float = 0.0
     notebook: Path | None = field(default=None, repr=False)
+    attempts: int = 0  # times it was started (a run whose process died is started again, see run_grid)
 
 
 def make_job(configuration: str, seed: int, params: dict, depends: str | None = None, **structure) -> Job:
@@ -138,7 +139,7 @@ def notebook_params(config: cfg.RunConfig, run_dir: Path) -> dict:
 
 def _decide(job: Job, status: dict, config: cfg.RunConfig, run_dir: Path) -> bool:
     """Mark a job skipped (its starting point failed) or reused (finished with this config); else True: run it."""
-    if job.depends and status.get(job.depends) not in ("finished", "reused"):
+    if job.depends and status.get(job.depends) not in ("finished", "reused", "submitted"):
         job.status, job.detail = "skipped", f"its starting point {job.depends} did not finish"
         return False
     wanted = json.loads(config.to_json())
@@ -229,20 +230,66 @@ def default_jobs() -> int:
     return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
+class SlotExecutor:
+    """Where the runs of a study execute by default: ``parallel`` :class:`Slot` s on this machine, each pinned to
+    one GPU (``CUDA_VISIBLE_DEVICES``) when there are several, or else to its share of the CPU threads.
+
+    The executor interface that :func:`run_grid` drives (the Slurm one is :class:`wbclib.cluster.SlurmExecutor`):
+    ``capacity`` jobs at once; ``submit(job, params)`` starts one; ``wait()`` blocks until at least one has ended
+    and returns those, each with ``status`` ``finished``, ``failed`` (its notebook raised: not retried), ``died``
+    (its process or machine died: started again up to ``retries`` times) or ``submitted`` (left to the cluster);
+    ``close()`` ends what this process owns.
+    """
+
+    def __init__(self, parallel: int = 1):
+        from concurrent.futures import ThreadPoolExecutor
+
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        threads = max(1, (os.cpu_count() or 1) // parallel)
+        self.slots = [Slot({} if parallel == 1 else {"CUDA_VISIBLE_DEVICES": str(i)} if gpus > 1
+                           else {"OMP_NUM_THREADS": str(threads)}) for i in range(parallel)]
+        self.capacity, self.free, self.running = parallel, list(self.slots), {}
+        self.pool = ThreadPoolExecutor(parallel)
+
+    def submit(self, job: Job, params: dict) -> None:
+        slot = self.free.pop(0)
+        self.running[self.pool.submit(slot.run, job, params)] = (job, slot)
+
+    def wait(self) -> list[Job]:
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        done, _ = wait(self.running, return_when=FIRST_COMPLETED)
+        ended = []
+        for future in done:
+            job, slot = self.running.pop(future)
+            future.result()
+            self.free.append(slot)
+            if job.status == "failed" and job.detail.startswith("DeadKernelError"):
+                job.status = "died"  # the kernel died (out of memory, killed): not the notebook's own error
+            ended.append(job)
+        return ended
+
+    def close(self) -> None:
+        for slot in self.slots:  # first the kernels, so that a run still executing ends now
+            slot.close()
+        self.pool.shutdown(wait=True)
+
+
 def run_grid(jobs: list[Job], configs: dict[str, cfg.RunConfig], runs_dir: Path, parallel: int = 1,
-             log=print) -> list[Job]:
+             log=print, executor=None, retries: int = 0) -> list[Job]:
     """Execute each job's training notebook, skipping finished runs with the same config; never stop early.
 
-    ``parallel`` slots (see :class:`Slot`) take the jobs in order; a job starts once its starting point has
-    finished. With several slots each is pinned to one GPU (``CUDA_VISIBLE_DEVICES``) or, without GPUs, to
-    its share of the CPU threads.
+    ``executor`` runs the jobs (default: a :class:`SlotExecutor` of ``parallel`` slots on this machine); a job
+    is handed to it once its starting point has finished. A job whose process died is started again up to
+    ``retries`` times (it resumes from its checkpoint); one whose notebook raised is reported failed, and the
+    jobs that start from it are skipped.
     """
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
-    import torch
     from tqdm import tqdm
 
     ensure_kernel()
+    executor = executor or SlotExecutor(parallel)
     status: dict[str, str] = {}
     ids = {j.id for j in jobs}
     bar = tqdm(total=len(jobs), desc="study", unit="run", disable=not sys.stderr.isatty())
@@ -256,41 +303,40 @@ def run_grid(jobs: list[Job], configs: dict[str, cfg.RunConfig], runs_dir: Path,
                                                                        else "")
             + (f"  {job.detail}" if job.detail else ""))
 
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    threads = max(1, (os.cpu_count() or 1) // parallel)
-    slots = [Slot({} if parallel == 1 else {"CUDA_VISIBLE_DEVICES": str(i)} if gpus > 1
-                  else {"OMP_NUM_THREADS": str(threads)}) for i in range(parallel)]
-    pending, running, free = list(jobs), {}, list(slots)
-    with ThreadPoolExecutor(parallel) as pool:
-        try:
-            while pending or running:
-                for job in list(pending):
-                    if not free:
-                        break
-                    if job.depends in ids and job.depends not in status:
-                        continue  # its starting point is still pending or running
-                    pending.remove(job)
-                    job.notebook = runs_dir / job.id / "train.ipynb"
-                    if not _decide(job, status, configs[job.id], runs_dir / job.id):
-                        if job.status == "reused":
-                            runs.write_structure(runs_dir / job.id, job.structure)  # a study of an older version
-                        report(job)
+    pending, running = list(jobs), {}
+    try:
+        while pending or running:
+            for job in list(pending):
+                if len(running) >= executor.capacity:
+                    break
+                if job.depends in ids and job.depends not in status:
+                    continue  # its starting point is still pending or running
+                pending.remove(job)
+                job.notebook = runs_dir / job.id / "train.ipynb"
+                if not _decide(job, status, configs[job.id], runs_dir / job.id):
+                    if job.status == "reused":
+                        runs.write_structure(runs_dir / job.id, job.structure)  # a study of an older version
+                    report(job)
+                    continue
+                runs.write_structure(runs_dir / job.id, job.structure)
+                running[job.id] = notebook_params(configs[job.id], runs_dir / job.id)
+                job.attempts += 1
+                executor.submit(job, running[job.id])
+            if running:
+                for job in executor.wait():
+                    if job.status == "died" and job.attempts <= retries:
+                        log(f"  {job.id:32s} died      {job.seconds:6.1f}s  {job.detail}; starting it again "
+                            f"({job.attempts}/{retries}), from its last checkpoint")
+                        job.attempts += 1
+                        executor.submit(job, running[job.id])
                         continue
-                    runs.write_structure(runs_dir / job.id, job.structure)
-                    slot = free.pop(0)
-                    params = notebook_params(configs[job.id], runs_dir / job.id)
-                    running[pool.submit(slot.run, job, params)] = (job, slot)
-                if running:
-                    done, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        job, slot = running.pop(future)
-                        future.result()
-                        free.append(slot)
-                        report(job)
-        finally:
-            for slot in slots:
-                slot.close()
-    bar.close()
+                    if job.status == "died":
+                        job.status = "failed"
+                    running.pop(job.id)
+                    report(job)
+    finally:
+        executor.close()
+        bar.close()
     return jobs
 
 
@@ -323,9 +369,9 @@ def describe_time(breakdown: dict) -> str:
 
 
 def summary(jobs: list[Job]) -> str:
-    counts = {s: sum(j.status == s for j in jobs) for s in ("finished", "reused", "failed", "skipped")}
+    counts = {s: sum(j.status == s for j in jobs) for s in ("finished", "reused", "failed", "skipped", "submitted")}
     lines = [(f"study: {counts['finished']} finished, {counts['reused']} reused, {counts['failed']} failed, "
-              f"{counts['skipped']} skipped")]
+              f"{counts['skipped']} skipped") + (f", {counts['submitted']} submitted" if counts["submitted"] else "")]
     for j in jobs:
         if j.status == "failed":
             lines.append(f"  FAILED {j.id}: {j.detail}\n         notebook: {j.notebook}")
@@ -374,6 +420,10 @@ class Options:
     dry_run: bool = False
     walkthrough_steps: int | None = None  # training steps of the walkthrough page (0: a stub page)
     smear_chain: bool = False  # also the chain pretrained on blood-smear tiles (WBC_1, WBC_10)
+    executor: str = "local"  # local: kernel slots on this machine; slurm: one Slurm job per run (wbclib.cluster)
+    slurm: dict = field(default_factory=dict)  # wbclib.cluster.load_settings arguments (config file and flags)
+    retries: int | None = None  # times a run whose process died is started again (None: 2 on Slurm, 0 locally)
+    detach: bool = False  # with slurm: submit the grid with afterok dependencies and exit
 
 
 def run(args: Options, log=print) -> int:
@@ -405,7 +455,9 @@ def run(args: Options, log=print) -> int:
     runs.refuse_inside(runs_dir, read, "--runs-dir")
     if args.book_root and not args.no_book:
         runs.refuse_inside(args.book_root, read, "--book-root")
-    with runs.FolderLock(runs_dir, "runs folder"):
+    with runs.FolderLock(runs_dir, "runs folder") as lock:
+        if lock.note:
+            log(lock.note)
         runs.remove_stale_temps(runs_dir)
         return _study(args, t0, configs, runs_dir, jobs, data_root, external, log)
 
@@ -426,11 +478,18 @@ def _study(args: Options, t0, configs, runs_dir, jobs, data_root, external, log)
     # CAM16-class sets (the CAMELYON16 patches) test the CAM16 models (Table 1); the others the WBC models.
     cam16_external = {Path(e).name: e for e in external or [] if holds_classes(Path(e), CAM16_CLASSES)}
     external = [e for e in external or [] if Path(e).name not in cam16_external] or None
-    parallel = args.jobs or default_jobs()
-    if parallel > 1:
+    executor, parallel = None, args.jobs or default_jobs()
+    if args.executor == "slurm":
+        from . import cluster
+
+        executor = cluster.SlurmExecutor(runs_dir, cluster.load_settings(**args.slurm), args.detach, log)
+    elif parallel > 1:
         log(f"study: up to {parallel} configurations at a time")
-    run_grid(jobs, configs, runs_dir, parallel, log)
+    retries = args.retries if args.retries is not None else 2 if args.executor == "slurm" else 0
+    run_grid(jobs, configs, runs_dir, parallel, log, executor=executor, retries=retries)
     log(summary(jobs))
+    if any(j.status == "submitted" for j in jobs):
+        return 0  # detached: the study that collects the runs builds the book
     failed = any(j.status in ("failed", "skipped") for j in jobs)
     book_seconds = 0.0
     if not args.no_book:

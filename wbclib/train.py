@@ -212,7 +212,9 @@ def start(config: cfg.RunConfig, run_dir: Path, resume: bool, progress: bool | N
     model = build_model(config)
     init_report = initialise(model, config, log) if config.init and state is None else None
     if ctx.is_main:  # every input is checked: from here on the run directory is written
-        held.enter_context(runs.FolderLock(run_dir, "run directory"))
+        lock = held.enter_context(runs.FolderLock(run_dir, "run directory"))
+        if lock.note:
+            log(lock.note)
         for tmp in runs.remove_stale_temps(run_dir):
             log(f"note: removed {tmp.name}, left by an interrupted write")
         runs.write_atomic(run_dir / "config.json", config.to_json())
