@@ -66,6 +66,7 @@ def test_the_readme_command_reproduces_the_folder(tmp_path):
     assert (out / "manifest.json").read_bytes() == (EMBEDDED / "manifest.json").read_bytes()
 
 
+@pytest.mark.slow
 def test_a_slice_trains_and_evaluates_end_to_end(tmp_path):
     """WBC_1 of the embedded cells through `wbc train` (default data) and `wbc evaluate` on the held-out masks."""
     tiny = ["--set", "base_width=4", "--set", "depth=2", "--set", "export_embeddings=false", "--set", "min_steps=0"]
