@@ -80,10 +80,15 @@ def test_predict_cli_writes_a_row_and_a_png_per_image(run, tmp_path):
     assert len(list((tmp_path / "out").glob("*.png"))) == 4
 
 
-def test_predict_names_unreadable_files(run, tmp_path):
-    (tmp_path / "bad.jpg").write_bytes(b"nope")
-    p = subprocess.run([sys.executable, "-m", "wbclib.cli", "predict", "--checkpoint", str(run),
-                        str(tmp_path / "bad.jpg"), str(tmp_path / "missing.png")], capture_output=True, text=True,
-                       timeout=300, check=False)
-    assert p.returncode == 2 and "Traceback" not in p.stderr
-    assert "bad.jpg: unreadable" in p.stderr and "missing.png: not found" in p.stderr
+def test_predict_names_unreadable_files(run, tmp_path, capsys):
+    from wbclib.cli import main
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "bad.jpg").write_bytes(b"nope")
+    capsys.readouterr()
+    code = main(["predict", "--checkpoint", str(run), str(tmp_path / "in" / "bad.jpg"),
+                 str(tmp_path / "in" / "missing.png"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("wbc: error:")
+    assert "bad.jpg: unreadable" in err and "missing.png: not found" in err
+    assert not (tmp_path / "out").exists()
