@@ -54,6 +54,7 @@ def test_layout_counts_and_masks_as_documented():
     assert "not the course data" in (EMBEDDED / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_the_readme_command_reproduces_the_folder(tmp_path):
     shared_or_skip("pbc")
     out = tmp_path / "embedded"

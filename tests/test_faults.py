@@ -258,8 +258,11 @@ def test_killed_study_reruns_to_the_same_tables_and_a_second_study_on_its_runs_f
 # -- 2. never write into data --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def model_dir(uninterrupted) -> Path:
-    return uninterrupted
+def model_dir(root, tmp_path_factory) -> Path:
+    """A finished one-epoch run (five steps): a model to apply, for the tests that are not about training."""
+    run = tmp_path_factory.mktemp("model") / "r"
+    assert main([str(a) for a in train_args(root, run, 1)]) == 0
+    return run
 
 
 def test_every_writing_command_refuses_an_output_inside_a_data_folder_it_reads(root, model_dir, tmp_path,
@@ -525,6 +528,7 @@ def test_skip_bad_drops_bad_files_keeps_the_image_of_a_bad_mask_and_trains(tmp_p
 
 # -- 6. numerical faults -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault,where", [
     ("nan@train-loss#7", "loss became nan at epoch 2, step 2 (component: mse)"),
     ("inf@train-loss#12", "loss became inf at epoch 3, step 2 (component: mse)"),

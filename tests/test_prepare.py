@@ -90,6 +90,7 @@ def pbc_full(tmp_path_factory):
     return out, run("pbc", src, out, size=48)
 
 
+@pytest.mark.slow
 def test_pbc_counts_and_left_out_classes(pbc_full):
     out, summary = pbc_full
     expected = {"WBC_1/train": 3, "WBC_10/train": 32, "WBC_50/train": 160, "WBC_100/train": 320, "WBC_100/val": 80}
