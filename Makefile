@@ -7,13 +7,18 @@ BIN    := $(VENV)/bin
 KERNEL := wbc-study
 PYTEST_ARGS ?=
 
-.PHONY: study test lab install install-dev book benchmark slurm-up slurm-down clean
+.PHONY: study test test-fast lab install install-dev book benchmark slurm-up slurm-down clean
 
 study: $(VENV)/.installed
 	$(BIN)/wbc study $(STUDY_ARGS)
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fast tier: every module, without the tests marked slow (those that train more than a few steps or build a
+# book); the rule is in pyproject.toml. Under two minutes on two cores.
+test-fast: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # JupyterLab on the notebooks, with the project's kernel (the one the study's papermill runs use).
 lab: $(VENV)/.installed

@@ -167,6 +167,19 @@ def test_one_seed_falls_back_to_the_images_and_says_so(tmp_path):
     assert "one training seed" in row["verdict"]
 
 
+def test_one_seed_where_a_alone_is_right_on_one_of_ten_images_is_no_evidence(tmp_path):
+    """The book's one-seed verdict rests on the image bootstrap: A alone right on 1 of 10 images (the other 9
+    agree) gives p = 2 x 0.9^10 = 0.70 (the chance that 10 draws miss that image, twice), never 0."""
+    fake_run(tmp_path, "wbc1-scratch-mask-s0", correct=right(1, 1, 1, 0, 0, 0, 0, 1, 1, 1))
+    fake_run(tmp_path, "wbc1-scratch-nomask-s0", correct=right(1, 1, 1, 0, 0, 0, 0, 1, 1, 0))
+    t = analysis.compare(analysis.load_runs(tmp_path), "wbc1-scratch-mask", "wbc1-scratch-nomask", n_boot=5000)
+    assert t["seeds"] == 1 and t["diff"] == pytest.approx(0.1)
+    assert t["p_value"] == pytest.approx(2 * 0.9**10, abs=0.04) and t["low"] == 0.0
+    assert t["mcnemar"]["p_value"] == 1.0  # b = 1, c = 0: exact binomial 2 x 1/2, capped at 1
+    row = analysis.ablation_tests(analysis.load_runs(tmp_path), n_boot=5000).iloc[0]
+    assert "no evidence of a difference" in row["verdict"] and "p < " not in row["verdict"]
+
+
 def test_hierarchical_bootstrap_carries_the_variation_between_seeds():
     """Seed 0: A right and B wrong on every image (+1); seed 1: both right everywhere (0). Images add no
     variation within a seed, so the replicates are the seed draws: 0, 0.5 or 1 with chances 1/4, 1/2, 1/4, and

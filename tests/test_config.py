@@ -1,10 +1,7 @@
 """The run config: profiles, JSON round trip, clear rejections, and the command line mapping."""
 
 import itertools
-import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -90,9 +87,18 @@ def test_every_train_flag_maps_onto_the_config():
         ("paper", "/d", "cam16", 10, 5, 7, False, "runs/prcc-s0", True, 0.01)
 
 
-def test_parameters_cell_and_runner_build_the_same_config():
-    c = cfg.from_parameters("quick", {"lr": 0.01}, dataset="wbc", subset=1, masks=True, init=None, seed=2)
-    assert c.lr == 0.01 and c.subset == 1 and c.seed == 2 and c.init is None
+def test_notebook_parameters_apply_profile_then_overrides_then_named_values():
+    """A training notebook's parameters: the profile, then ``overrides``, then each named parameter that is not
+    None (a parameter left at None keeps what the profile or the overrides say). That the notebook and the
+    runner end with the same config is tested in tests/test_study.py."""
+    c = cfg.from_parameters("paper", {"lr": 0.01, "epochs": 5, "seed": 4}, epochs=7, subset=10, seed=None,
+                            init=None, dataset="wbc")
+    paper = cfg.from_profile("paper")
+    assert (c.lr, c.epochs, c.seed, c.subset, c.init) == (0.01, 7, 4, 10, None)
+    assert (c.input_size, c.base_width, c.batch_size) == (paper.input_size, paper.base_width, paper.batch_size)
+    assert c == paper.replace(lr=0.01, epochs=7, seed=4, subset=10)
+    with pytest.raises(cfg.ConfigError, match="unknown config key"):
+        cfg.from_parameters("quick", {"learning_rate": 1.0})
 
 
 @pytest.mark.parametrize("args,fragment", [
@@ -100,14 +106,15 @@ def test_parameters_cell_and_runner_build_the_same_config():
     (["train", "--run-dir", "{tmp}/r", "--set", "input_size=100"], "input_size 100 is not divisible by 32"),
     (["evaluate", "--checkpoint", "{tmp}/none", "--data", "{tmp}/d", "--out", "{tmp}/o"], "checkpoint not found"),
 ])
-def test_user_errors_exit_2_with_one_message_and_no_traceback(tmp_path, args, fragment):
+def test_user_errors_exit_2_with_one_message_and_no_traceback(tmp_path, args, fragment, capsys):
+    """Through ``wbc``'s entry point in this process (an exception other than the one-line error would fail
+    the test); tests/test_faults.py runs such refusals as separate processes too."""
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    p = subprocess.run([sys.executable, "-m", "wbclib.cli", *args], capture_output=True, text=True, timeout=120)
-    assert p.returncode == 2
-    assert p.stderr.startswith("wbc: error: ") and fragment in p.stderr
-    assert "Traceback" not in p.stderr
+    capsys.readouterr()
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wbc: error: ") and fragment in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
-    _ = json
 
 
 def test_runconfig_defaults_are_the_quick_profile():

@@ -65,6 +65,7 @@ def test_layout_counts_and_masks_as_documented():
     assert "not the course data" in (EMBEDDED / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_the_readme_command_reproduces_the_folder(tmp_path):
     shared_or_skip("pbc")
     out = tmp_path / "embedded"
@@ -77,6 +78,7 @@ def test_the_readme_command_reproduces_the_folder(tmp_path):
     assert (out / "manifest.json").read_bytes() == (EMBEDDED / "manifest.json").read_bytes()
 
 
+@pytest.mark.slow
 def test_a_slice_trains_and_evaluates_end_to_end(tmp_path):
     """WBC_1 of the embedded cells through `wbc train` (default data) and `wbc evaluate` on the held-out masks."""
     tiny = ["--set", "base_width=4", "--set", "depth=2", "--set", "export_embeddings=false", "--set", "min_steps=0"]
@@ -104,6 +106,7 @@ def test_no_stage_of_the_default_chain_is_synthetic():
         assert data.data_source(cfg.from_profile("quick", dataset=dataset)) == "embedded", dataset
 
 
+@pytest.mark.slow
 def test_a_cam16_slice_trains_and_evaluates_on_camelyon16(tmp_path):
     """The CAM16 stage on the EBHI tiles, then `wbc evaluate` on the real CAMELYON16 patches: accuracy and Dice."""
     tiny = ["--set", "base_width=4", "--set", "depth=2", "--set", "export_embeddings=false", "--set", "min_steps=0"]

@@ -39,8 +39,17 @@ def test_evaluate_writes_metrics_confusion_and_predictions(run, tmp_path):
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     assert len(rows) == 6 and set(rows[0]) == {"path", "true_class", "predicted_class",
                                                *(f"p_{c}" for c in WBC_CLASSES)}
-    assert abs(sum(float(rows[0][f"p_{c}"]) for c in WBC_CLASSES) - 1) < 1e-3
-    assert res["accuracy"] == m["accuracy"]
+    # The numbers follow from the rows a user can open: each prediction is the most probable class, and the
+    # accuracy and the confusion matrix are counted from the (true, predicted) pairs.
+    for r in rows:
+        probs = [float(r[f"p_{c}"]) for c in WBC_CLASSES]
+        assert abs(sum(probs) - 1) < 1e-3 and r["predicted_class"] == WBC_CLASSES[probs.index(max(probs))]
+    assert {r["true_class"] for r in rows} == {"Lymphocyte", "Neutrophil"}
+    pairs = [(WBC_CLASSES.index(r["true_class"]), WBC_CLASSES.index(r["predicted_class"])) for r in rows]
+    counted = [[sum(p == (t, q) for p in pairs) for q in range(5)] for t in range(5)]
+    assert m["confusion_matrix"] == counted
+    assert m["accuracy"] == pytest.approx(sum(t == q for t, q in pairs) / 6)
+    assert res["per_class"]["Lymphocyte"]["support"] == 3 and res["n"] == 6
 
 
 def test_evaluate_refuses_to_write_inside_the_data(run, tmp_path):
@@ -71,10 +80,15 @@ def test_predict_cli_writes_a_row_and_a_png_per_image(run, tmp_path):
     assert len(list((tmp_path / "out").glob("*.png"))) == 4
 
 
-def test_predict_names_unreadable_files(run, tmp_path):
-    (tmp_path / "bad.jpg").write_bytes(b"nope")
-    p = subprocess.run([sys.executable, "-m", "wbclib.cli", "predict", "--checkpoint", str(run),
-                        str(tmp_path / "bad.jpg"), str(tmp_path / "missing.png")], capture_output=True, text=True,
-                       timeout=300, check=False)
-    assert p.returncode == 2 and "Traceback" not in p.stderr
-    assert "bad.jpg: unreadable" in p.stderr and "missing.png: not found" in p.stderr
+def test_predict_names_unreadable_files(run, tmp_path, capsys):
+    from wbclib.cli import main
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "bad.jpg").write_bytes(b"nope")
+    capsys.readouterr()
+    code = main(["predict", "--checkpoint", str(run), str(tmp_path / "in" / "bad.jpg"),
+                 str(tmp_path / "in" / "missing.png"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("wbc: error:")
+    assert "bad.jpg: unreadable" in err and "missing.png: not found" in err
+    assert not (tmp_path / "out").exists()

@@ -23,6 +23,7 @@ import torch
 
 from conftest import make_wbc_tree, write_image, write_mask
 from wbclib.cli import main
+from wbclib.runs import load_checkpoint
 
 TINY = ["--no-progress", "--set", "input_size=32", "--set", "resize=null", "--set", "base_width=4", "--set",
         "depth=2", "--set", "batch_size=4", "--set", "min_steps=0", "--set", "precision=fp32"]
@@ -138,6 +139,23 @@ def test_sigkill_anywhere_then_resume_ends_exactly_like_an_uninterrupted_run(roo
     assert_same_outcome(uninterrupted, run)
 
 
+@pytest.mark.slow
+def test_sigkill_mid_epoch_with_two_loader_workers_then_resume_ends_exactly_alike(root, tmp_path):
+    """Two loader processes draw the augmentation; they are re-seeded from the epoch, so a run killed in its
+    seventh step (epoch 2) and resumed ends bit for bit where an uninterrupted run with the same workers ends."""
+    workers = ("--set", "num_workers=2")
+    full = tmp_path / "full" / "r"
+    assert main([str(a) for a in train_args(root, full, 3, *workers)]) == 0
+    assert json.loads((full / "manifest.json").read_text())["num_workers"] == 2
+    run = tmp_path / "cut" / "r"
+    p = wbc(*train_args(root, run, 3, *workers), env={"WBC_FAULT": "kill@step#7"})
+    assert p.returncode == -signal.SIGKILL, f"the fault did not fire: exit {p.returncode}\n{p.stderr[-2000:]}"
+    assert load_checkpoint(run)["epoch"] == 1  # epoch 1 was saved; epoch 2 was cut short
+    assert main([str(a) for a in train_args(root, run, 3, *workers, "--resume")]) == 0
+    assert temp_files(run) == []
+    assert_same_outcome(full, run)
+
+
 def wait_for(condition, what: str, timeout: float = 240, proc: subprocess.Popen | None = None) -> None:
     deadline = time.time() + timeout
     while not condition():
@@ -240,8 +258,11 @@ def test_killed_study_reruns_to_the_same_tables_and_a_second_study_on_its_runs_f
 # -- 2. never write into data --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def model_dir(uninterrupted) -> Path:
-    return uninterrupted
+def model_dir(root, tmp_path_factory) -> Path:
+    """A finished one-epoch run (five steps): a model to apply, for the tests that are not about training."""
+    run = tmp_path_factory.mktemp("model") / "r"
+    assert main([str(a) for a in train_args(root, run, 1)]) == 0
+    return run
 
 
 def test_every_writing_command_refuses_an_output_inside_a_data_folder_it_reads(root, model_dir, tmp_path,
@@ -507,6 +528,7 @@ def test_skip_bad_drops_bad_files_keeps_the_image_of_a_bad_mask_and_trains(tmp_p
 
 # -- 6. numerical faults -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault,where", [
     ("nan@train-loss#7", "loss became nan at epoch 2, step 2 (component: mse)"),
     ("inf@train-loss#12", "loss became inf at epoch 3, step 2 (component: mse)"),

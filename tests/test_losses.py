@@ -6,11 +6,35 @@ import torch
 from wbclib.losses import MultiTaskLoss, generalized_dice_loss, mask_targets
 from wbclib.model import UNetOutput
 
-monai_losses = pytest.importorskip("monai.losses", reason="monai (a [dev] extra) is the reference implementation")
-
 
 def monai_gdl(logits, target):
+    """MONAI's Generalized Dice Loss, the reference; only the tests that call it skip without MONAI."""
+    monai_losses = pytest.importorskip("monai.losses", reason="monai (a [dev] extra) is the reference implementation")
     return monai_losses.GeneralizedDiceLoss(sigmoid=True, batch=True)(logits, target)
+
+
+LN3 = float(torch.log(torch.tensor(3.0)))  # sigmoid(ln 3) = 0.75, sigmoid(-ln 3) = 0.25
+
+
+def test_generalized_dice_loss_worked_by_hand():
+    """One 2x2 image, three channels (probabilities after the sigmoid, targets):
+
+    channel 0: p = .75 .75 .25 .25, y = 1 1 0 0 -> intersection 1.5, |y| = 2, sum(p + y) = 4, w = 1/4
+    channel 1: p = .5 everywhere,   y = 1 0 0 0 -> intersection 0.5, |y| = 1, sum(p + y) = 3, w = 1
+    L = 1 - 2 (1.5/4 + 0.5) / (4/4 + 3) = 1 - 1.75 / 4 = 0.5625.
+    Channel 2, empty (y = 0, p = .5): its infinite weight becomes the largest finite one (1): the denominator
+    gains 2 x 1, L = 1 - 1.75 / 6 = 0.708333."""
+    logits = torch.zeros(1, 3, 2, 2)
+    logits[0, 0] = torch.tensor([[LN3, LN3], [-LN3, -LN3]])
+    target = torch.zeros(1, 3, 2, 2)
+    target[0, 0, 0] = 1
+    target[0, 1, 0, 0] = 1
+    assert generalized_dice_loss(logits[:, :2], target[:, :2]).item() == pytest.approx(0.5625, abs=1e-5)
+    assert generalized_dice_loss(logits, target).item() == pytest.approx(1 - 1.75 / 6, abs=1e-5)
+    # the sums pool the batch: the same pixels split over two images give the same loss
+    rows = (logits[:, :2].permute(2, 1, 0, 3), target[:, :2].permute(2, 1, 0, 3))  # (2 images, 2, 1, 2)
+    split = generalized_dice_loss(*rows)
+    assert split.item() == pytest.approx(0.5625, abs=1e-5)
 
 
 @pytest.mark.parametrize("seed", range(5))

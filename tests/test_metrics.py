@@ -184,3 +184,124 @@ def test_describe_difference_sentences():
     assert "McNemar (exact binomial)" in s and "no evidence of a difference" in s
     s = describe_difference("A", "B", {"diff": 0.02, "low": None, "high": None, "p_value": 0.5})
     assert "+2.0 points (no interval)" in s
+
+
+# -- independent references: values worked out by hand, or by another library ---------------------------------
+
+
+def test_psnr_is_the_mean_of_per_image_psnrs_worked_by_hand():
+    """Two images with MSE 0.01 (20 dB) and 0.0001 (40 dB): the mean of the per-image PSNRs is 30 dB. The PSNR
+    of the mean MSE (0.00505) would be 22.97 dB, a different number a reader could not reproduce per image."""
+    target = np.random.default_rng(4).uniform(0.2, 0.7, size=(2, 3, 5, 5))  # no clipping at 1 below
+    rec = target.copy()
+    rec[0] += 0.1  # every pixel off by 0.1: MSE 0.01
+    rec[1] += 0.01  # every pixel off by 0.01: MSE 0.0001
+    assert psnr(rec, target) == pytest.approx(30.0, abs=1e-9)
+    assert psnr(torch.from_numpy(rec), torch.from_numpy(target)) == pytest.approx(30.0, abs=1e-6)
+    assert psnr(rec[:1], target[:1]) == pytest.approx(20.0) and psnr(rec[1:], target[1:]) == pytest.approx(40.0)
+    # A perfect image counts at the 100 dB cap in the mean: (100 + 20) / 2.
+    rec[1] = target[1]
+    assert psnr(rec, target) == pytest.approx(60.0)
+
+
+def test_segmentation_dice_and_iou_worked_by_hand_on_a_4x4_image():
+    pred = np.zeros((1, 4, 4), bool)
+    true = np.zeros((1, 4, 4), bool)
+    pred[0, :2, :3] = True  # 6 pixels
+    true[0, 1:3, 1:3] = True  # 4 pixels; overlap: row 1, columns 1-2 = 2 pixels; union 8
+    m = segmentation_metrics(pred, true)
+    assert m["dice"] == pytest.approx(2 * 2 / (6 + 4)) and m["iou"] == pytest.approx(2 / 8)
+    # one image scoring 0.4 and one perfect: the mean over images, not the pooled pixel counts
+    both = segmentation_metrics(np.r_[pred, true], np.r_[true, true])
+    assert both["dice"] == pytest.approx((0.4 + 1.0) / 2) and both["iou"] == pytest.approx((0.25 + 1.0) / 2)
+
+
+def _exact_mcnemar_p(b: int, c: int) -> float:
+    """Two-sided exact binomial p of McNemar's test, from binomial coefficients (no scipy)."""
+    n, k = b + c, min(b, c)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+
+
+@pytest.mark.parametrize("b,c", [(17, 7), (12, 12), (24, 0)])
+def test_mcnemar_at_24_discordant_pairs_is_the_exact_binomial(b, c):
+    r = mcnemar(*_pairs(30, b, c, 10))
+    assert r["method"] == "exact binomial" and (r["b"], r["c"]) == (b, c)
+    assert r["p_value"] == pytest.approx(_exact_mcnemar_p(b, c), rel=1e-12)
+    assert r["p_value"] == pytest.approx(stats.binomtest(b, b + c, 0.5).pvalue, rel=1e-12)
+
+
+@pytest.mark.parametrize("b,c", [(18, 7), (13, 12), (25, 0)])
+def test_mcnemar_at_25_discordant_pairs_is_the_corrected_chi_square(b, c):
+    r = mcnemar(*_pairs(30, b, c, 10))
+    assert r["method"] == "chi-square with continuity correction"
+    statistic = (abs(b - c) - 1) ** 2 / (b + c)
+    assert r["statistic"] == pytest.approx(statistic)
+    assert r["p_value"] == pytest.approx(stats.chi2.sf(statistic, df=1), rel=1e-12)
+    # chi-square with one degree of freedom is a squared standard normal: the same p from the normal tail
+    assert r["p_value"] == pytest.approx(2 * stats.norm.sf(math.sqrt(statistic)), rel=1e-9)
+
+
+@pytest.mark.parametrize("diffs", [[0.01, 0.03, 0.02], [0.05, -0.02, 0.01, 0.04], [-0.3, -0.1]])
+def test_seed_t_test_p_matches_scipy_ttest_1samp(diffs):
+    from wbclib.metrics import seed_t_interval
+
+    r = seed_t_interval(diffs)
+    ref = stats.ttest_1samp(diffs, 0.0)
+    assert r["p_value"] == pytest.approx(ref.pvalue, rel=1e-10)
+    low, high = stats.t.interval(0.95, len(diffs) - 1, loc=np.mean(diffs), scale=stats.sem(diffs))
+    assert (r["low"], r["high"]) == (pytest.approx(low), pytest.approx(high))
+
+
+# -- bootstraps calibrated against analytic standard errors and known cases ------------------------------------
+
+Z_975 = stats.norm.ppf(0.975)
+
+
+def test_paired_bootstrap_interval_matches_the_analytic_standard_error():
+    """400 images, A alone right on 60, B alone on 20: per-image differences d in {+1, -1, 0}, mean 0.1,
+    population variance 80/400 - 0.01 = 0.19. The bootstrap SE of a mean is sqrt(0.19 / 400) = 0.02179, so the
+    95 % percentile interval is about 0.1 +- 1.96 x 0.02179 (the sample is large enough to be near normal)."""
+    a, b = _pairs(250, 60, 20, 70)
+    r = paired_bootstrap(a, b, n_boot=20000, seed=5)
+    se = math.sqrt(0.19 / 400)
+    assert r["diff"] == pytest.approx(0.1)
+    assert (r["high"] - r["low"]) / (2 * Z_975) == pytest.approx(se, rel=0.06)
+    assert (r["low"] + r["high"]) / 2 == pytest.approx(0.1, abs=0.004)
+    # and the p-value: 2 x P(bootstrap mean <= 0) ~ 2 x Phi(-0.1 / se) = 4.5e-6, resolved as 0 at 20000
+    assert r["p_value"] < 2e-3
+
+
+def test_one_seed_bootstrap_with_a_single_discordant_image_has_a_large_p():
+    """A alone is right on 1 of 10 images (the other 9 agree): a replicate's difference is <= 0 exactly when the
+    10 draws miss that image, with chance 0.9^10 = 0.3487, so p = 2 x 0.3487 = 0.697 and the interval holds 0.
+    A bootstrap that stopped resampling the images would give p = 0 here."""
+    from wbclib.metrics import hierarchical_bootstrap
+
+    a = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 1], bool)
+    b = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0], bool)
+    expected = 2 * 0.9**10
+    for r in (paired_bootstrap(a, b, n_boot=20000, seed=2), hierarchical_bootstrap([(a, b)], n_boot=20000, seed=2)):
+        assert r["diff"] == pytest.approx(0.1)
+        assert r["p_value"] == pytest.approx(expected, abs=0.025), r["method"]
+        assert r["low"] == 0.0 and r["high"] == pytest.approx(0.3)  # 0.1 x Binomial(10, 0.1) percentiles
+    s = describe_difference("A", "B", hierarchical_bootstrap([(a, b)], n_boot=5000, seed=0))
+    assert "no evidence of a difference" in s and "p = 0.7" in s
+
+
+def test_hierarchical_bootstrap_spread_matches_its_two_level_variance():
+    """S seeds, each with its own images. A replicate averages S seeds drawn with replacement, each an image
+    bootstrap of its own mean, so its variance is (1/S) x [Var_k(mu_k) + mean_k(sigma_k^2 / n_k)] (population
+    variances). Four seeds of 300 images with known counts of +1 / -1 / 0 give the analytic SE to check."""
+    from wbclib.metrics import hierarchical_bootstrap
+
+    counts = [(60, 10), (30, 30), (90, 15), (45, 45)]  # (A alone right, B alone right) of 300 images
+    pairs = [_pairs(150, p, q, 150 - p - q) for p, q in counts]
+    mus = np.array([(p - q) / 300 for p, q in counts])
+    within = np.array([(p + q) / 300 - ((p - q) / 300) ** 2 for p, q in counts]) / 300
+    se = math.sqrt((mus.var() + within.mean()) / len(counts))
+    r = hierarchical_bootstrap(pairs, n_boot=20000, seed=11)
+    assert r["diff"] == pytest.approx(mus.mean())
+    # the seed draws make the replicates lumpy (a few distinct seed multisets): compare the spread loosely
+    assert (r["high"] - r["low"]) / (2 * Z_975) == pytest.approx(se, rel=0.15)
+    # the images alone (no variation between seeds) would give a far narrower interval
+    assert math.sqrt(within.mean() / len(counts)) < 0.5 * se

@@ -77,8 +77,25 @@ def test_head_swap_reports_missing_and_unknown_keys():
     assert any(s.startswith("ups.0") and "not in checkpoint" in s for s in report.skipped)
 
 
-def test_gradients_reach_every_parameter():
+def _grads(model, loss_of) -> dict[str, float]:
+    model.zero_grad(set_to_none=False)
+    out = model(torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    loss_of(out).backward()
+    return {n: p.grad.abs().sum().item() for n, p in model.named_parameters()}
+
+
+def test_each_head_trains_the_shared_encoder_and_only_its_own_branch():
+    """Fig. 4's wiring: every loss reaches the shared encoder; reconstruction and masks do not reach the
+    classifier branch; classification does not reach the decoder or the two image heads."""
+    torch.manual_seed(0)
     model = MultiTaskUNet(num_classes=3, base_width=4, depth=2)
-    out = model(torch.rand(2, 3, 32, 32))
-    (out.reconstruction.mean() + out.mask_logits.mean() + out.class_logits.mean()).backward()
-    assert all(p.grad is not None for p in model.parameters())
+    every = _grads(model, lambda o: o.reconstruction.square().mean() + o.mask_logits.square().mean()
+                   + o.class_logits.square().mean())
+    assert all(g > 0 and g == g for g in every.values()), [n for n, g in every.items() if not g > 0]
+    recon = _grads(model, lambda o: o.reconstruction.square().mean())
+    cls = _grads(model, lambda o: o.class_logits.square().mean())
+    for grads in (recon, cls):
+        assert grads["inc.0.weight"] > 0 and grads["downs.0.1.0.weight"] > 0  # the shared encoder
+    assert all(g == 0 for n, g in recon.items() if n.startswith(("classifier.", "mask_head.")))
+    assert all(g == 0 for n, g in cls.items() if n.startswith(("ups.", "reconstruction_head.", "mask_head.")))
+    assert all(g > 0 for n, g in cls.items() if n.startswith("classifier."))

@@ -41,6 +41,7 @@ def run(project: Path, name: str, **params) -> str:
     return outputs(out)
 
 
+@pytest.mark.slow
 def test_analysis_of_an_empty_runs_folder_says_so_and_ends_cleanly(project):
     (project / "empty").mkdir()
     text = run(project, "analysis.ipynb", runs_dir=str(project / "empty"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from PIL import Image
 
 from conftest import shared_or_skip, write_image, write_mask
 from wbclib import WBC_CLASSES, WbcError, data, prepare
+from wbclib.cli import main
 from wbclib.data import WBC_SUBSETS, DatasetError
 
 PBC = "PBC_dataset_normal_DIB"
@@ -38,17 +38,36 @@ def snapshot(root: Path) -> dict:
     return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size) for p in root.rglob("*")}
 
 
-def pbc_copy(tmp_path: Path, per_class: int = 4, others: int = 0) -> Path:
-    """The first files of each upstream class of the real PBC share, in the upstream layout."""
-    src = shared_or_skip("pbc")
+#: PBC's upstream folders and the prefixes of their file names (three classes outside the course's five).
+PBC_PREFIXES = {"basophil": "BA", "eosinophil": "EO", "lymphocyte": "LY", "monocyte": "MO", "neutrophil": "SNE",
+                "erythroblast": "ERB", "ig": "MY", "platelet": "PLATELET"}
+
+
+def pbc_tree(tmp_path: Path, per_class: int = 4, others: int = 0, size=(60, 50)) -> Path:
+    """A hand-made PBC release: ``PBC_dataset_normal_DIB/<lower-case class>/<PREFIX>_<n>.jpg`` and a
+    PROVENANCE.md; ``per_class`` images in each of the five classes, ``others`` in each of the other three."""
     dst = tmp_path / "pbc"
-    for folder in sorted((src / PBC).iterdir()):
-        n = per_class if data.canonical_class(folder.name, WBC_CLASSES) is not None else others
-        for f in sorted(folder.iterdir())[:n]:
-            (dst / PBC / folder.name).mkdir(parents=True, exist_ok=True)
-            shutil.copy2(f, dst / PBC / folder.name / f.name)
-    shutil.copy2(src / "PROVENANCE.md", dst / "PROVENANCE.md")
+    for k, (folder, prefix) in enumerate(PBC_PREFIXES.items()):
+        n = per_class if data.canonical_class(folder, WBC_CLASSES) is not None else others
+        for i in range(n):
+            write_image(dst / PBC / folder / f"{prefix}_{1000 + 37 * i}.jpg", size, seed=100 * k + i)
+    (dst / "PROVENANCE.md").write_text("# PBC dataset (hand-made stand-in for the tests)\n")
     return dst
+
+
+def segwbc_arranged(root: Path, counts=(2, 3, 4, 5, 6), size=(40, 40)) -> Path:
+    """segwbc arranged in class folders: ``dataset2/{data,mask}/<Class>/NNN.bmp|png``, masks holding the
+    nucleus (255), the cytoplasm (128) and stray background values; the cell is pixel > 64."""
+    mask = np.zeros((size[1], size[0]), np.uint8)
+    mask[4:-4, 4:-4], mask[12:-12, 12:-12], mask[0, 0] = 128, 255, 50
+    n = 0
+    for cls, k in zip(WBC_CLASSES, counts):
+        for _ in range(k):
+            n += 1
+            write_image(root / "dataset2" / "data" / cls / f"{n:03d}.bmp", size, seed=500 + n, fmt="BMP")
+            (root / "dataset2" / "mask" / cls).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mask, "L").save(root / "dataset2" / "mask" / cls / f"{n:03d}.png")
+    return root
 
 
 def folders_tree(root: Path, counts=(3, 3, 3, 3, 3), size=(40, 40), masks: bool = True) -> Path:
@@ -71,6 +90,7 @@ def pbc_full(tmp_path_factory):
     return out, run("pbc", src, out, size=48)
 
 
+@pytest.mark.slow
 def test_pbc_counts_and_left_out_classes(pbc_full):
     out, summary = pbc_full
     expected = {"WBC_1/train": 3, "WBC_10/train": 32, "WBC_50/train": 160, "WBC_100/train": 320, "WBC_100/val": 80}
@@ -89,8 +109,30 @@ def test_pbc_counts_and_left_out_classes(pbc_full):
         assert min(img.size) == 48
 
 
-def test_pbc_subsets_are_nested_and_val_is_disjoint(pbc_full):
-    out, _ = pbc_full
+@pytest.fixture(scope="module")
+def pbc_small(tmp_path_factory):
+    """A hand-made PBC of 25 images per class (and 3 in each class outside the five), prepared at 48 px:
+    per class 5 validation images (20 %) and 20 training images, of which WBC_1, WBC_10, WBC_50 take 1, 2, 10."""
+    src = pbc_tree(tmp_path_factory.mktemp("pbc-small"), per_class=25, others=3)
+    out = tmp_path_factory.mktemp("pbc-small-out") / "course"
+    return src, out, run("pbc", src, out, size=48)
+
+
+def test_pbc_counts_and_left_out_classes_on_a_hand_made_tree(pbc_small):
+    src, out, summary = pbc_small
+    expected = {"WBC_1/train": 1, "WBC_10/train": 2, "WBC_50/train": 10, "WBC_100/train": 20, "WBC_100/val": 5}
+    for key, per_class in expected.items():
+        assert {c: v["images"] for c, v in summary["counts"][key].items()} == dict.fromkeys(WBC_CLASSES, per_class)
+    assert summary["left_out"] == {"erythroblast": 3, "ig": 3, "platelet": 3}
+    for n in WBC_SUBSETS:  # the course readers take it as it is
+        assert len(data.wbc_records(out, n, "train")) == 5 * expected[f"WBC_{n}/train"]
+    with Image.open(next((out / "WBC_100/val/data/Monocyte").iterdir())) as img:
+        assert img.size == (58, 48)  # 60 x 50, shorter side to 48, aspect kept
+    assert (out / "licenses" / "pbc-PROVENANCE.md").read_text() == (src / "PROVENANCE.md").read_text()
+
+
+def test_pbc_subsets_are_nested_and_val_is_disjoint(pbc_small):
+    src, out, _ = pbc_small
     subsets = {n: names(out / f"WBC_{n}/train/data") for n in WBC_SUBSETS}
     for small, large in itertools.pairwise(WBC_SUBSETS):
         assert subsets[small] < subsets[large]
@@ -99,25 +141,29 @@ def test_pbc_subsets_are_nested_and_val_is_disjoint(pbc_full):
         assert (out / f"WBC_1/train/data/{cls}/{stem}.jpg").read_bytes() == \
             (out / f"WBC_100/train/data/{cls}/{stem}.jpg").read_bytes()
     val = names(out / "WBC_100/val/data")
-    assert len(val) == 400 and not val & subsets[100]
-    upstream = {f"{p.parent.name}/{p.stem}".lower() for p in (shared_or_skip("pbc") / PBC).rglob("*.jpg")}
+    assert len(val) == 25 and not val & subsets[100]
+    upstream = {f"{p.parent.name}/{p.stem}".lower() for p in (src / PBC).rglob("*.jpg")}
     assert {n.lower() for n in val | subsets[100]} <= upstream  # names and classes kept
+    assert len(upstream) == 5 * 25 + 3 * 3 and len(val | subsets[100]) == 125
 
 
-def test_manifest_hashes_every_file(pbc_full):
-    out, _ = pbc_full
+def test_manifest_hashes_every_file(pbc_small):
+    _, out, _ = pbc_small
     files = manifest(out)["files"]
     on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     assert set(files) == on_disk - {"manifest.json"}
     assert all(hashlib.sha256((out / rel).read_bytes()).hexdigest() == sha for rel, sha in files.items())
     assert "**pbc**" in (out / "LICENSE.md").read_text() and "CC BY 4.0" in (out / "LICENSE.md").read_text()
+    info = manifest(out)
+    assert info["sources"][0]["license"] == "CC BY 4.0" and "Data in Brief" in info["sources"][0]["citation"]
+    assert "NOT the course data" in (out / "PROVENANCE.md").read_text() and info["skipped"] == []
 
 
 # -------------------------------------------------------------------------------- determinism, refusals
 
 
 def test_same_seed_same_tree_other_seed_other_split(tmp_path):
-    src = pbc_copy(tmp_path, per_class=10, others=2)
+    src = pbc_tree(tmp_path, per_class=10, others=2)
     before = snapshot(src)
     run("pbc", src, tmp_path / "a")
     run("pbc", src, tmp_path / "b")
@@ -134,7 +180,7 @@ def test_same_seed_same_tree_other_seed_other_split(tmp_path):
 
 
 def test_refusals_name_the_path_and_write_nothing(tmp_path):
-    src = pbc_copy(tmp_path, per_class=2)
+    src = pbc_tree(tmp_path, per_class=2)
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")
@@ -162,7 +208,7 @@ def test_refusals_name_the_path_and_write_nothing(tmp_path):
 
 
 def test_bad_files_raise_one_error_or_are_skipped(tmp_path):
-    src = pbc_copy(tmp_path, per_class=4)
+    src = pbc_tree(tmp_path, per_class=4)
     folder = src / PBC / "monocyte"
     (folder / "MO_empty.jpg").write_bytes(b"")
     good = sorted(folder.glob("*.jpg"))[-1].read_bytes()
@@ -202,10 +248,14 @@ def test_a_failure_midway_leaves_no_trace(tmp_path, monkeypatch):
 
 
 def test_masked_segwbc_joins_training_and_is_held_out(tmp_path):
-    seg = shared_or_skip("segwbc") / "dataset2"
+    """Masked cells per class 2, 3, 4, 5, 6: 30 % of each class, at least 1 and at most n - 1, is held out
+    (1, 1, 1, 2, 2 = 7 cells); the other 13 join training, spread so that WBC_1 has a mask in every class."""
+    seg = segwbc_arranged(tmp_path / "segwbc")
+    (seg / "LICENSE.source.txt").write_text("GPL-3.0 (hand-made stand-in)\n")
+    (seg / "PROVENANCE.md").write_text("# segwbc (hand-made stand-in)\n")
     before = snapshot(seg)
     out = tmp_path / "out"
-    summary = run("pbc", pbc_copy(tmp_path, per_class=6), out, size=64, masked=("segwbc", seg))
+    summary = run("pbc", pbc_tree(tmp_path, per_class=6), out, size=32, masked=("segwbc", seg / "dataset2"))
     assert snapshot(seg) == before
     for n in WBC_SUBSETS:
         records = data.wbc_records(out, n, "train")
@@ -215,17 +265,31 @@ def test_masked_segwbc_joins_training_and_is_held_out(tmp_path):
             assert r.mask_path.stem == r.path.stem and r.mask_path.parent.name == r.path.parent.name
             with Image.open(r.path) as img, Image.open(r.mask_path) as m:
                 assert m.size == img.size and m.mode == "L"
-                assert set(np.unique(np.asarray(m)).tolist()) <= {0, 255}
+                arr = np.asarray(m)
+                assert set(np.unique(arr).tolist()) == {0, 255}
+                assert arr[0, 0] == 0 and arr[m.size[1] // 2, m.size[0] // 2] == 255  # stray 50 is background
     assert all(r.mask_path is not None for r in data.wbc_records(out, 1, "train"))
     assert not any(n.split("/")[1].startswith("segwbc-") for n in names(out / "WBC_100/val"))
     held, _ = data.folder_records(out / "external" / "segwbc")
-    assert len(held) == 31 and all(r.mask_path is not None for r in held)  # 30 % of 100, at least 1 per class
+    assert [sum(r.label == c for r in held) for c in range(5)] == [1, 1, 1, 2, 2]
+    assert all(r.mask_path is not None for r in held)
     held_names = {f"{WBC_CLASSES[r.label]}/{r.path.stem}" for r in held}
     assert not held_names & names(out / "WBC_100/train/data")
-    assert sum(v["masks"] for v in summary["counts"]["WBC_100/train"].values()) == 69
+    assert sum(v["masks"] for v in summary["counts"]["WBC_100/train"].values()) == 13
     info = manifest(out)
     assert info["sources"][1]["license"] == "GPL-3.0" and "Micron" in info["sources"][1]["citation"]
     assert {"licenses/segwbc-LICENSE.source.txt", "licenses/segwbc-PROVENANCE.md"} <= set(info["files"])
+
+
+def test_the_shared_segwbc_as_masked_set(tmp_path):
+    """The real segwbc dataset 2 (100 cells): 31 held out (30 % of each class, at least 1), 69 train."""
+    seg = shared_or_skip("segwbc") / "dataset2"
+    out = tmp_path / "out"
+    summary = run("pbc", pbc_tree(tmp_path, per_class=3), out, size=32, masked=("segwbc", seg))
+    held, _ = data.folder_records(out / "external" / "segwbc")
+    assert len(held) == 31 and all(r.mask_path is not None for r in held)
+    assert sum(v["masks"] for v in summary["counts"]["WBC_100/train"].values()) == 69
+    assert {"licenses/segwbc-LICENSE.source.txt", "licenses/segwbc-PROVENANCE.md"} <= set(manifest(out)["files"])
 
 
 def test_segwbc_source_attaches_its_masks(tmp_path):
@@ -325,9 +389,12 @@ def test_external_sets_keep_their_structure(tmp_path):
 def test_tiles_from_smear_photographs(tmp_path):
     smears = tmp_path / "smears" / "JPEGImages"
     smears.mkdir(parents=True)
-    photos = sorted((shared_or_skip("bccd-smears") / "JPEGImages").iterdir())[:3]
-    for p in photos:
-        shutil.copy2(p, smears / p.name)
+    yy, xx = np.mgrid[0:480, 0:640]
+    photos = []
+    for k in range(3):  # smooth 640 x 480 photographs (JPEG keeps them close to their pixels)
+        rgb = np.stack([xx * 255 // 639, yy * 255 // 479, (xx + yy + 80 * k) % 256], -1).astype(np.uint8)
+        photos.append(smears / f"smear{k}.jpg")
+        Image.fromarray(rgb, "RGB").save(photos[-1], quality=95)
     pool = folders_tree(tmp_path / "pool", masks=False)
     out = tmp_path / "out"
     run("folders", pool, out, tiles=tmp_path / "smears")
@@ -349,23 +416,23 @@ def test_tile_boxes():
     assert prepare.tile_boxes(1, 10) == []
 
 
-def test_cli_prepare(tmp_path):
+def test_cli_prepare(tmp_path, capsys):
     src, out = folders_tree(tmp_path / "set"), tmp_path / "out"
-    cmd = [sys.executable, "-m", "wbclib.cli", "prepare", "folders", "--from", str(src), "--out", str(out),
-           "--size", "32", "--seed", "3"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    args = ["prepare", "folders", "--from", str(src), "--out", str(out), "--size", "32", "--seed", "3"]
+    done = subprocess.run([sys.executable, "-m", "wbclib.cli", *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "WBC_1/train" in done.stdout and str(out / "manifest.json") in done.stdout
     assert manifest(out)["arguments"]["seed"] == 3
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 2 and "Traceback" not in again.stderr
-    lines = again.stderr.strip().splitlines()
+    capsys.readouterr()
+    assert main(args) == 2  # the same command again, in this process: the folder is no longer empty
+    lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("wbc: error:") and str(out) in lines[0]
 
 
+@pytest.mark.slow
 def test_prepared_pbc_trains_and_its_val_folder_evaluates(tmp_path):
     """`wbc prepare pbc` -> `wbc train --data-root` -> `wbc evaluate` on the prepared val folder, as a user would."""
-    src, out = pbc_copy(tmp_path, per_class=6, others=2), tmp_path / "pbc-course"
+    src, out = pbc_tree(tmp_path, per_class=6, others=2), tmp_path / "pbc-course"
 
     def wbc(*args):
         return subprocess.run([sys.executable, "-m", "wbclib.cli", *map(str, args)], capture_output=True,

@@ -281,6 +281,7 @@ def test_cli_prepare_camelyon16(tmp_path):
 # ------------------------------------------------------------------------------------- the shared copies
 
 
+@pytest.mark.slow
 def test_shared_copies_prepare_as_documented(tmp_path):
     ebhi, c16 = shared_or_skip("ebhi-seg"), shared_or_skip("camelyon16-patches")
     summary = run("ebhi", ebhi, tmp_path / "ebhi", size=48)

@@ -209,6 +209,7 @@ def test_chapter_page_without_shift_runs_says_how_to_train_them(tmp_path):
     assert page.name == "domain-shift.md" and "wbc study --only 'shift-*'" in page.read_text()
 
 
+@pytest.mark.slow
 def test_chapter_notebook_runs_on_shift_runs(shift_runs, tmp_path):
     """The chapter executed on two tiny runs: tables, verdicts and the chosen remedy, and no error."""
     import papermill

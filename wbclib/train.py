@@ -211,6 +211,7 @@ def start(config: cfg.RunConfig, run_dir: Path, resume: bool, progress: bool | N
     seed_everything(config.seed)
     model = build_model(config)
     init_report = initialise(model, config, log) if config.init and state is None else None
+    local = config.replace(batch_size=distributed.local_batch_size(config.batch_size, ctx))  # refuses an odd split
     if ctx.is_main:  # every input is checked: from here on the run directory is written
         lock = held.enter_context(runs.FolderLock(run_dir, "run directory"))
         if lock.note:
@@ -227,7 +228,6 @@ def start(config: cfg.RunConfig, run_dir: Path, resume: bool, progress: bool | N
     step_model = torch.compile(step_model) if config.compile else step_model
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=rt.device.type == "cuda" or None)
     generator = torch.Generator()
-    local = config.replace(batch_size=distributed.local_batch_size(config.batch_size, ctx))
     train_loader = make_loader(splits.train, config, rt, shuffle=True, generator=generator, ctx=ctx)
     epochs = total_epochs(config, len(train_loader))
     run = Run(config, run_dir, rt, ctx, log, progress, splits, model, step_model, optimizer,
