@@ -39,13 +39,25 @@ def ensure_kernel() -> None:
         install(kernel_name=KERNEL, display_name="Python (wbc-study)", prefix=sys.prefix)
 
 
+def kernel_manager_config():
+    """The traitlets config under which the study starts its kernels: an encrypted connection (CurveZMQ keys that
+    jupyter_client provisions for a kernelspec declaring support, as ipykernel's does). A kernel on a plain TCP
+    connection prints "Kernel is running over TCP without encryption" to the terminal at every start (ipykernel
+    7.4 and later), in the middle of the study's log; its other messages still come through."""
+    import zmq
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {"transport_encryption": "auto"}} if zmq.has("curve") else {})
+
+
 def execute(notebook: Path, output: Path, parameters: dict, cwd: Path) -> None:
     """Run a notebook with papermill in the project's kernel."""
     import papermill
 
     output.parent.mkdir(parents=True, exist_ok=True)
     papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name=KERNEL,
-                               cwd=str(cwd), progress_bar=False, log_output=False, request_save_on_cell_execute=False)
+                               cwd=str(cwd), progress_bar=False, log_output=False, request_save_on_cell_execute=False,
+                               config=kernel_manager_config())
 
 
 #: Where a study's time goes, in the order printed: the keys of a run's timing_s, then the runner's own parts.
