@@ -20,7 +20,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from test_browser import chromium
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +69,7 @@ def free_port() -> int:
 @pytest.fixture
 def lab(tmp_path):
     """A JupyterLab server with the Makefile's options on a copy of the walkthrough and the book's pages; its
-    own config, runtime and workspace folders. Yields (base URL, token, served folder)."""
+    own config, runtime and workspace folders. Yields (base URL, token)."""
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
@@ -102,7 +101,7 @@ def lab(tmp_path):
                 assert server.poll() is None, f"jupyter lab exited:\n{server.stdout.read()[-3000:]}"
                 assert time.time() < deadline, "jupyter lab did not answer within 180 s"
                 time.sleep(0.5)
-        yield base, token, served
+        yield base, token
     finally:
         server.terminate()
         try:
@@ -116,7 +115,7 @@ def lab(tmp_path):
 def test_the_walkthrough_in_jupyterlab_shows_links_to_the_book_pages_that_open(lab):
     from playwright.sync_api import sync_playwright
 
-    base, token, served = lab
+    base, token = lab
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium(), headless=True,
                                      args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
