@@ -91,7 +91,7 @@ class Runtime:
 #: On a CPU, loader processes pay off when the stored images hold at least this many times the pixels that the
 #: network's input is cut from: decoding and resizing them then holds up the training steps (full-size 360-px
 #: PBC JPEGs for a 96-px input: 14x; on an idle 2-core EPYC 25 % of step time waiting without a worker, 3 % with one).
-#: The 96-px embedded cells (1x, 3 % waiting) keep loading in the training process.
+#: The 96-px embedded cells (1x) keep loading in the training process.
 DECODE_BOUND_RATIO = 4
 
 
