@@ -20,9 +20,13 @@ test: $(VENV)/.installed-dev
 test-fast: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-# JupyterLab on the notebooks, with the project's kernel (the one the study's papermill runs use).
+# JupyterLab on the notebooks, with the project's kernel (the one the study's papermill runs use); it serves the
+# whole checkout, so that the notebooks' links to the book's pages (../book/*.md) open. Jupyter refuses
+# to start as root (a container, a cloud VM, a CI machine) without --allow-root: as root it is passed for you.
+# Extra options go in LAB_ARGS, e.g. `make lab LAB_ARGS="--no-browser --port 8890"`.
+ALLOW_ROOT = $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: $(VENV)/.installed
-	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
+	$(BIN)/jupyter lab --notebook-dir=. --LabApp.default_url=/lab/tree/notebooks $(ALLOW_ROOT) $(LAB_ARGS)
 
 # Rebuild the book from stored outputs (jupyter-book build -W --keep-going: any warning fails the build).
 book: $(VENV)/.installed

@@ -261,3 +261,22 @@ def test_chain_comparison_pairs_each_chain_with_scratch_by_seed(tmp_path):
     assert t.loc["WBC_1", (smears, "− scratch (paired by seed)")] == f"0.033 ± {half:.3f}"
     assert t.loc["WBC_1", (scratch, "seeds")] == 3 and t.loc["WBC_10", (smears, "seeds")] == 0
     assert t.loc["WBC_10", (he, "− scratch (paired by seed)")] == "–"
+
+
+def header_rows(table) -> list[list[str]]:
+    """The header rows of a table as a notebook (and the book) shows it: the cells of each <thead> row."""
+    import re
+
+    head = re.search(r"<thead>(.*?)</thead>", table.to_html(), re.S).group(1)
+    return [re.findall(r"<th[^>]*>(.*?)</th>", row, re.S) for row in re.findall(r"<tr[^>]*>(.*?)</tr>", head, re.S)]
+
+
+def test_tables_1_and_2_show_no_header_row_of_their_own_for_the_row_labels(tmp_path):
+    fake_run(tmp_path, "cam16-ce-s0", "cam16", "synthetic", 0.9, n=22, majority=0.5)
+    fake_run(tmp_path, "wbc1-scratch-mask-s0", accuracy=0.8, majority=0.2)
+    df = analysis.load_runs(tmp_path)
+    t1 = header_rows(analysis.table1(df))
+    assert len(t1) == 1 and t1[0][:3] == ["#", "setting", "CE"]  # the row labels' name sits in the corner
+    t2 = header_rows(analysis.table2(df))
+    assert len(t2) == 2 and t2[0][0] == "dataset" and t2[1][0] == "" and "ours" in t2[1]  # two column levels
+    assert analysis.table2(df).loc["WBC_1", ("w/o pretrain, with mask", "ours")] == "0.8000"

@@ -613,3 +613,22 @@ def test_a_run_whose_notebook_did_not_complete_is_executed_again_not_reused(tmp_
         assert study._decide(job, {}, config, run_dir) is not reused and (job.status == "reused") is reused
     job.notebook.write_text('{"cells": [')  # a notebook cut short by the kill
     assert study._decide(job, {}, config, run_dir)
+
+
+# -- 1 with loader worker processes ----------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_with_two_loader_workers_then_resume_ends_exactly_like_an_uninterrupted_run(
+        root, uninterrupted, tmp_path):
+    """Worker processes (what a CPU run uses on large images) are re-seeded from the epoch every epoch: a run
+    killed with its workers mid-epoch and resumed ends exactly where an uninterrupted run with them ends."""
+    workers = ["--set", "num_workers=2"]
+    full = tmp_path / "full" / "r"
+    assert main([str(a) for a in train_args(root, full, 3, *workers)]) == 0
+    run = tmp_path / "cut" / "r"
+    p = wbc(*train_args(root, run, 3, *workers), env={"WBC_FAULT": "kill@step#7"})
+    assert p.returncode == -signal.SIGKILL, f"the fault did not fire: exit {p.returncode}\n{p.stderr[-2000:]}"
+    assert main([str(a) for a in train_args(root, run, 3, "--resume", *workers)]) == 0
+    assert json.loads((run / "manifest.json").read_text())["num_workers"] == 2
+    assert_same_outcome(full, run)
+    assert not outcome(run)[0].equals(outcome(uninterrupted)[0])  # the workers drew the augmentations

@@ -68,6 +68,6 @@ def test_train_with_defaults_then_analysis_and_evaluation_with_theirs(project):
 def test_lab_uses_the_kernel_that_papermill_uses():
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(rf"^KERNEL\s*:=\s*{book.KERNEL}$", makefile, re.M)
-    assert "jupyter lab --notebook-dir=notebooks" in makefile
+    assert "jupyter lab --notebook-dir=. --LabApp.default_url=/lab/tree/notebooks" in makefile  # opens notebooks/
     for nb in (ROOT / "notebooks").glob("*.ipynb"):
         assert json.loads(nb.read_text())["metadata"]["kernelspec"]["name"] == book.KERNEL, nb.name

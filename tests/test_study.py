@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,12 @@ def test_the_whole_chain_at_a_tiny_size_builds_tables_and_the_site(tiny_book):
     assert nb["metadata"]["papermill"]["parameters"]["external"] == "external"  # (relative to the study)
     walkthrough = (book / "_build" / "html" / "book" / "generated" / "walkthrough.html").read_text()
     assert "Exercises" in walkthrough and "After 20 steps" in walkthrough
+    # its plain Markdown link to the method page, resolved by the book as a link to that page
+    assert re.search(r'href="\.\./method\.html"><span[^>]*>the method</span>', walkthrough)
+    assert "without encryption" not in p.stdout + p.stderr  # no kernel warning between the study's own lines
+    # Tables 1 and 2 without a header row holding only the row labels' name ("#", "dataset") above empty cells
+    assert "<th>dataset</th>" in results and not re.search(r"<tr>\s*<th>(#|dataset)</th>\s*(<th></th>\s*)+</tr>",
+                                                            results)
 
 
 @pytest.mark.slow

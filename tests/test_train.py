@@ -221,3 +221,23 @@ def test_set_resize_none_trains_at_native_resolution(tmp_path):
     assert crop.shape == (3, 32, 32) and set(crop.unique().tolist()) == {0.0, 1.0}
     blended = data.build_splits(scaled, tmp_path).val[0]["image"]
     assert len(blended.unique()) > 2
+
+
+def test_a_cpu_run_loads_in_worker_processes_only_when_decoding_large_images_holds_it_up(tmp_path):
+    """Stored images many times the network's input (full-size PBC: 360 px for a 96-px resize) are decoded in a
+    worker per spare thread; images at the input's size (the embedded cells) load in the training process."""
+    large = make_wbc_tree(tmp_path / "large", per_class=1, val_per_class=1, size=(200, 200))
+    config = tiny(large, resize=48, epochs=1)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert inference.cpu_loader_workers(config, data.build_splits(config, large).train) == 1
+        assert inference.cpu_loader_workers(config.replace(resize=150), data.build_splits(config, large).train) == 0
+        lines = []
+        train.fit(config, tmp_path / "r", progress=False, log=lines.append)
+        assert any(s.startswith("loader: 1 worker process,") for s in lines), lines
+        assert json.loads((tmp_path / "r" / "manifest.json").read_text())["num_workers"] == 1
+        torch.set_num_threads(1)  # no spare thread (a study's slot on two cores): no worker
+        assert inference.cpu_loader_workers(config, data.build_splits(config, large).train) == 0
+    finally:
+        torch.set_num_threads(threads)

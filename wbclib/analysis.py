@@ -140,7 +140,16 @@ def table1(df: pd.DataFrame) -> pd.DataFrame:
                  "accuracy": f"{cam.iloc[0]:.4f} (this split)" if len(cam) else "–", "balanced accuracy": "0.5000",
                  "macro-F1": "", "mask Dice": "",
                  REPORT_COLUMN: f"{notes['cam16_test_majority_baseline']:.4f} (course notes)"})
-    return pd.DataFrame(rows).set_index("#")
+    return corner_label(pd.DataFrame(rows).set_index("#"))
+
+
+def corner_label(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with its index name moved to the header's corner cell: pandas shows a named index as an extra
+    header row of its own (a lone "#" or "dataset" above the body); as the columns' name it sits in the first
+    header row instead. The rows and columns stay as they were."""
+    name = table.index.name
+    top = [name, *[None] * (table.columns.nlevels - 1)]
+    return table.rename_axis(index=None).rename_axis(columns=top if table.columns.nlevels > 1 else name)
 
 
 def table1_external(external: pd.DataFrame) -> pd.DataFrame:
@@ -162,7 +171,7 @@ def table1_external(external: pd.DataFrame) -> pd.DataFrame:
         rows.append(row)
     out = pd.DataFrame(rows).set_index("setting")
     out.columns = pd.MultiIndex.from_tuples(out.columns)
-    return out
+    return corner_label(out)
 
 
 def table2(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
@@ -192,7 +201,7 @@ def table2(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
     rows.append(base)
     out = pd.DataFrame(rows).set_index("dataset")
     out.columns = pd.MultiIndex.from_tuples(out.columns)
-    return out
+    return corner_label(out)
 
 
 def learning_points(df: pd.DataFrame, metric: str = "balanced_accuracy") -> pd.DataFrame:
@@ -300,7 +309,7 @@ def ablation_tests(df: pd.DataFrame, n_boot: int = 5000) -> pd.DataFrame:
                      "difference (points)": round(100 * t["diff"], 2), "95 % interval": _interval(t),
                      "interval covers": covers, "seeds + images (bootstrap)": _interval(t["bootstrap"]),
                      "p": t["p_value"], "verdict": f"{group}: " + metrics.describe_difference(name_a, name_b, t)})
-    return pd.DataFrame(rows).set_index("set") if rows else pd.DataFrame(rows)
+    return corner_label(pd.DataFrame(rows).set_index("set")) if rows else pd.DataFrame(rows)
 
 
 def per_class_recall(df: pd.DataFrame, subset: int = 100) -> pd.DataFrame:
@@ -363,4 +372,4 @@ def chain_comparison(df: pd.DataFrame, subsets=(1, 10), metric: str = "balanced_
         rows.append(row)
     out = pd.DataFrame(rows).set_index("training set")
     out.columns = pd.MultiIndex.from_tuples(out.columns)
-    return out
+    return corner_label(out)

@@ -5,6 +5,8 @@ papermill helpers every executed page uses. It reads run directories and never t
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,13 +39,25 @@ def ensure_kernel() -> None:
         install(kernel_name=KERNEL, display_name="Python (wbc-study)", prefix=sys.prefix)
 
 
+def kernel_manager_config():
+    """The traitlets config under which the study starts its kernels: an encrypted connection (CurveZMQ keys that
+    jupyter_client provisions for a kernelspec declaring support, as ipykernel's does). A kernel on a plain TCP
+    connection prints "Kernel is running over TCP without encryption" to the terminal at every start (ipykernel
+    7.4 and later), in the middle of the study's log; its other messages still come through."""
+    import zmq
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {"transport_encryption": "auto"}} if zmq.has("curve") else {})
+
+
 def execute(notebook: Path, output: Path, parameters: dict, cwd: Path) -> None:
     """Run a notebook with papermill in the project's kernel."""
     import papermill
 
     output.parent.mkdir(parents=True, exist_ok=True)
     papermill.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name=KERNEL,
-                               cwd=str(cwd), progress_bar=False, log_output=False, request_save_on_cell_execute=False)
+                               cwd=str(cwd), progress_bar=False, log_output=False, request_save_on_cell_execute=False,
+                               config=kernel_manager_config())
 
 
 #: Where a study's time goes, in the order printed: the keys of a run's timing_s, then the runner's own parts.
@@ -184,6 +198,32 @@ def tidy_for_book(notebook: Path, destination: Path, title: str | None = None, s
         nb.cells[0].source = f"# {title}\n\n*{subtitle}*\n" if subtitle else f"# {title}\n"
     destination.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, destination)
+
+
+#: A Markdown link's target: ``[text](target)`` or ``[text](target#anchor)``.
+MARKDOWN_LINK = re.compile(r"(\]\()([^)\s#]+)(#[^)\s]*)?(\))")
+
+
+def rebase_links(nb, page: Path, book_root: Path):
+    """The notebook's Markdown links, which are written relative to ``notebooks/`` as plain Markdown (so that
+    they open in JupyterLab and on a code host as they are), made relative to ``page``, where the book shows
+    the notebook: ``../book/method.md`` from ``notebooks/`` is ``../method.md`` from ``book/generated/``, a
+    page the book resolves. Web addresses and links out of the project are left alone."""
+    def rebase(m: re.Match) -> str:
+        target = m.group(2)
+        if "://" in target or target.startswith(("/", "mailto:")):
+            return m.group(0)
+        try:
+            inside = (NOTEBOOKS / target).resolve().relative_to(ROOT)
+        except ValueError:
+            return m.group(0)
+        new = Path(os.path.relpath(Path(book_root) / inside, Path(page).parent)).as_posix()
+        return f"{m.group(1)}{new}{m.group(3) or ''}{m.group(4)}"
+
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = MARKDOWN_LINK.sub(rebase, cell.source)
+    return nb
 
 
 def publish_runs(jobs: list, book_root: Path, replacements: list[tuple[str, str]] | None = None) -> None:
@@ -388,13 +428,13 @@ def write_walkthrough_page(book_root: Path, steps: int | None = WALKTHROUGH_STEP
     params = {"threads": 1, **({} if steps is None else {"steps": int(steps)})}
     execute(NOTEBOOKS / "walkthrough.ipynb", gen / "walkthrough.ipynb", params, NOTEBOOKS)
     tidy_for_book(gen / "walkthrough.ipynb", gen / "walkthrough.ipynb", replacements=replacements)
+    import nbformat
+
+    nb = rebase_links(nbformat.read(gen / "walkthrough.ipynb", as_version=4), gen / "walkthrough.ipynb", book_root)
     links = launch_links(config_file=Path(book_root) / "_config.yml")
     if links:  # the page's own launch buttons would open the generated copy, which a clone does not have
-        import nbformat
-
-        nb = nbformat.read(gen / "walkthrough.ipynb", as_version=4)
         nb.cells.insert(1, nbformat.v4.new_markdown_cell(links, metadata={"tags": ["launch-links"]}))
-        nbformat.write(nb, gen / "walkthrough.ipynb")
+    nbformat.write(nb, gen / "walkthrough.ipynb")
     return time.time() - t
 
 

@@ -78,7 +78,8 @@ class RunConfig:
     precision: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16, else fp32) | fp32 | bf16
     channels_last: bool | None = None  # None = on (measured faster on CPU and GPU); False = NCHW
     compile: bool = False  # torch.compile the model
-    num_workers: int | None = None  # loader processes; None = 0 on CPU, min(8, cores - 1) on CUDA
+    num_workers: int | None = None  # loader processes; None = min(8, cores - 1) on CUDA; on a CPU, one per spare
+    #   thread (at most 4) when the stored images are large enough that decoding holds up training, else 0
     skip_bad: bool = False  # leave unreadable files out instead of stopping
     mask_threshold: int = 128  # mask pixel >= this is cell
     export_embeddings: bool = True  # write embeddings.npz of the reported split

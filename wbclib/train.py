@@ -38,6 +38,7 @@ from .inference import (
     build_model,
     check_finite,
     cpu_has_native_bf16,
+    cpu_loader_workers,
     describe_network,
     flops_per_image,
     gpu_peak_flops,
@@ -207,6 +208,11 @@ def start(config: cfg.RunConfig, run_dir: Path, resume: bool, progress: bool | N
             "which is slower than fp32 (precision auto picks fp32 on this CPU)")
     torch.use_deterministic_algorithms(rt.device.type == "cpu", warn_only=True)
     splits = open_data(config, run_dir, log, progress)
+    if config.num_workers is None and rt.device.type == "cpu":
+        rt.num_workers = cpu_loader_workers(config, splits.train)
+        if rt.num_workers:
+            log(f"loader: {rt.num_workers} worker process{'es' if rt.num_workers > 1 else ''}, as decoding the "
+                "stored images would hold up training on this CPU (--set num_workers=0: load in this process)")
     state = read_checkpoint(config, run_dir, resume, log)
     seed_everything(config.seed)
     model = build_model(config)
