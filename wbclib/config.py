@@ -53,7 +53,8 @@ class RunConfig:
     masks: bool = True  # train the mask head with the Generalized Dice Loss where masks exist
     init: str | None = None  # checkpoint file or run directory to start from (head swap)
     input_size: int = 64  # side of the square crop fed to the network
-    resize: int | None = 96  # shorter side before cropping; None = native resolution
+    resize: int | None = 96  # shorter side before cropping (`wbc prepare --size`'s rule); None = native resolution
+    resize_quality: int | None = 90  # after a resize: JPEG round trip at this quality (as `wbc prepare`); None = off
     rot90: bool = True  # training augmentation: random right-angle rotations (besides the flips)
     color_jitter: float = 0.1  # training augmentation: brightness, contrast, saturation by ±x; 0 = off
     hue_jitter: float = 0.0  # training augmentation: hue shift by ±x of the colour circle (0..0.5); 0 = off
@@ -139,6 +140,9 @@ class RunConfig:
                  f"input_size {self.input_size} is not divisible by {div} (2**(depth+1) for depth={self.depth})")
         need(self.resize is None or (isinstance(self.resize, int) and self.resize >= 1),
              f"resize must be a positive integer or None, got {self.resize!r}")
+        q = self.resize_quality
+        need(q is None or (isinstance(q, int) and not isinstance(q, bool) and 1 <= q <= 100),
+             f"resize_quality must be an integer in 1..100 or None, got {q!r}")
         need(self.lr_step is None or (isinstance(self.lr_step, int) and self.lr_step >= 1),
              f"lr_step must be a positive integer or None, got {self.lr_step!r}")
         for name in ("lr", "lr_gamma", "synthetic_scale"):

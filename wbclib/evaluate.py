@@ -27,7 +27,7 @@ def _model(checkpoint):
 def _dataset(records, classes, config, root=None, mask_threshold=None):
     return data.CellDataset(records, classes, transforms.build(config.input_size, config.resize, train=False),
                             mask_threshold if mask_threshold is not None else config.mask_threshold,
-                            config.resize, root)
+                            config.resize, root, config.resize_quality)
 
 
 def _loader(ds, config, rt):

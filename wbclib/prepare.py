@@ -54,7 +54,9 @@ from .data import (
     check_image,
     check_records,
     image_size,
+    jpeg_bytes,
     open_image,
+    resize_shorter,
     scan_class_folders,
     visible,
 )
@@ -594,15 +596,6 @@ def _plan_external(plan: Plan, name: str, items: list[Item], source: Source) -> 
 # ------------------------------------------------------------------------------------------------ writing
 
 
-def _target_size(size: tuple[int, int], short: int | None) -> tuple[int, int]:
-    w, h = size
-    if short is None:
-        return w, h
-    if w <= h:
-        return short, max(1, int(h * short / w + 0.5))
-    return max(1, int(w * short / h + 0.5)), short
-
-
 def _encode(item: Item, opts: Options, with_mask: bool) -> tuple[str, bytes, bytes | None]:
     """(file suffix, image bytes, mask PNG bytes or None). A JPEG kept at its size is copied unchanged."""
     with Image.open(item.path) as probe:
@@ -613,12 +606,8 @@ def _encode(item: Item, opts: Options, with_mask: bool) -> tuple[str, bytes, byt
         img = open_image(item.path, draft_size=opts.size if item.box is None else None)
         if item.box is not None:
             img, full = img.crop(item.box), (item.box[2] - item.box[0], item.box[3] - item.box[1])
-        size = _target_size(full, opts.size)
-        if img.size != size:
-            img = img.resize(size, Image.LANCZOS)
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=opts.quality)
-        suffix, data = ".jpg", buf.getvalue()
+        img = resize_shorter(img, full, opts.size)
+        suffix, data, size = ".jpg", jpeg_bytes(img, opts.quality), img.size
     if not with_mask or item.mask is None:
         return suffix, data, None
     cell = np.asarray(open_image(item.mask, mode="L")) > item.cut

@@ -1,9 +1,11 @@
 """Joint image/mask augmentation with torchvision.transforms.v2.
 
-Training: optional resize (shorter side), random crop to the input size (padding when smaller), random
-horizontal and vertical flips, optionally random right-angle rotations and a colour jitter; two switches made
-for the domain-shift chapter add a random zoom (scale augmentation) and a hue shift (stain augmentation).
-Evaluation: the same resize, then a centre crop. The image and its mask go
+The images arrive at the run's scale: :class:`wbclib.data.CellDataset` resizes them by the one rule that
+``wbc prepare --size`` also writes to disk (:func:`wbclib.data.load_image`), so no resize happens here.
+Training: random crop to the input size (padding when smaller), random horizontal and vertical flips,
+optionally random right-angle rotations and a colour jitter; two switches made for the domain-shift chapter
+add a random zoom (scale augmentation) and a hue shift (stain augmentation).
+Evaluation: a centre crop. The image and its mask go
 through one call, so every geometric step is applied identically to both (``tv_tensors.Mask`` is resized
 with nearest neighbour). Images leave as float32 in [0, 1], masks as uint8 {0, 1}.
 """
@@ -17,10 +19,6 @@ from torchvision.transforms import v2
 
 def _to_float():
     return v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True)
-
-
-def _resize(resize: int | None) -> list:
-    return [v2.Resize(resize, antialias=True)] if resize else []
 
 
 #: With a zoom range, this share of the training images is zoomed (the rest keeps the evaluation scale).
@@ -41,15 +39,16 @@ def _zoom(size: int, resize: int | None, zoom) -> list:
 
 def train_transform(size: int, resize: int | None = None, rot90: bool = False, color_jitter: float = 0.0,
                     hue_jitter: float = 0.0, zoom=None) -> v2.Compose:
-    """Resize the shorter side to ``resize`` (if given), random-crop ``size``, random flips; optionally a random
+    """Random-crop ``size``, random flips; optionally a random
     multiple of 90 degrees (with the flips: all eight symmetries of the square, which leave a cell's class
     unchanged) and a colour jitter of the image only (brightness, contrast and saturation by ±``color_jitter``).
 
     Two switches aim at other laboratories: ``hue_jitter`` shifts the hue by up to ±``hue_jitter`` of the
     colour circle (a stand-in for another stain; it costs about as much as the rest of the pipeline on a CPU)
     and ``zoom = (low, high)`` rescales half of the images by a random factor in that range (another
-    microscope, camera or crop framing shows the cell at another size)."""
-    steps = [*_resize(resize), *_zoom(size, resize, zoom), v2.RandomCrop(size, pad_if_needed=True),
+    microscope, camera or crop framing shows the cell at another size). ``resize`` is the shorter side the
+    images arrive with (the zoom's nominal scale; ``size`` when None)."""
+    steps = [*_zoom(size, resize, zoom), v2.RandomCrop(size, pad_if_needed=True),
              v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
     if rot90:
         steps.append(v2.RandomChoice([v2.RandomRotation((a, a)) for a in (0, 90, 180, 270)]))
@@ -60,13 +59,13 @@ def train_transform(size: int, resize: int | None = None, rot90: bool = False, c
     return v2.Compose(steps)
 
 
-def eval_transform(size: int, resize: int | None = None) -> v2.Compose:
-    """Resize the shorter side to ``resize`` (if given), centre-crop ``size`` (padding when smaller)."""
-    return v2.Compose([*_resize(resize), v2.CenterCrop(size), _to_float()])
+def eval_transform(size: int) -> v2.Compose:
+    """Centre-crop ``size`` (padding when smaller)."""
+    return v2.Compose([v2.CenterCrop(size), _to_float()])
 
 
 def build(size: int, resize: int | None, train: bool, rot90: bool = False, color_jitter: float = 0.0,
           hue_jitter: float = 0.0, zoom=None) -> v2.Compose:
     """The training or evaluation transform of a run (augmentation only in training)."""
     return train_transform(size, resize, rot90, color_jitter, hue_jitter, zoom) if train else \
-        eval_transform(size, resize)
+        eval_transform(size)
