@@ -96,17 +96,18 @@ def originals(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    """A small model trained for a few epochs on the embedded WBC_10 cells (shorter side 96, crop 64)."""
+    """A small model trained briefly on the embedded WBC_10 cells (shorter side 96, crop 64)."""
     run = tmp_path_factory.mktemp("agree") / "run"
-    config = cfg.from_profile("quick", subset=10, base_width=8, depth=2, epochs=4, min_steps=0,
+    config = cfg.from_profile("quick", subset=10, base_width=4, depth=2, epochs=2, min_steps=0,
                               export_embeddings=False)
     train.fit(config, run, progress=False, log=lambda s: None)
     return run
 
 
-def _predictions(out) -> dict[str, str]:
-    return {row["path"].split("/")[-1]: row["predicted_class"] for row in csv.DictReader(
-        (out / "predictions.csv").open())}
+def _predictions(out) -> dict[str, tuple[str, np.ndarray]]:
+    """File name -> (predicted class, class probabilities) from an evaluation's predictions.csv."""
+    return {row["path"].split("/")[-1]: (row["predicted_class"], np.array([float(row[f"p_{c}"]) for c in WBC_CLASSES]))
+            for row in csv.DictReader((out / "predictions.csv").open())}
 
 
 def test_full_size_and_prepared_images_get_the_same_predictions(model, originals, tmp_path):
@@ -119,8 +120,9 @@ def test_full_size_and_prepared_images_get_the_same_predictions(model, originals
     prepared = evaluate.evaluate(model, prepped, tmp_path / "b")
     a, b = _predictions(tmp_path / "a"), _predictions(tmp_path / "b")
     assert len(a) == len(b) == 5 * PER_CLASS and set(a) == set(b)
-    assert len(set(a.values())) >= 3  # a model that tells classes apart, not one constant answer
-    assert direct["balanced_accuracy"] > 0.4  # and better than chance (0.2)
-    agree = np.mean([a[k] == b[k] for k in a])
+    agree = np.mean([a[k][0] == b[k][0] for k in a])
     assert agree >= 0.99, f"predictions agree on {agree:.1%} of images"
     assert abs(direct["balanced_accuracy"] - prepared["balanced_accuracy"]) <= 0.02
+    probs_a, probs_b = np.stack([a[k][1] for k in sorted(a)]), np.stack([b[k][1] for k in sorted(a)])
+    assert probs_a.std(0).max() > 1e-3  # the model's answers depend on the image: the comparison means something
+    assert np.abs(probs_a - probs_b).max() < 1e-3  # and both paths give it the same answers, not just classes

@@ -540,7 +540,7 @@ def build_splits(config: cfg.RunConfig, root: Path, check: bool = True) -> Split
 
     def make(records, train):
         tf = transforms.build(config.input_size, config.resize, train, config.rot90, config.color_jitter,
-                              config.hue_jitter, config.zoom)
+                              config.hue_jitter, config.zoom, config.jpeg_quality, config.blur, config.resample)
         return CellDataset(records, classes, tf, config.mask_threshold, config.resize, root, config.resize_quality)
 
     report = make(rep, False)
