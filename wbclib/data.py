@@ -152,14 +152,6 @@ def resize_shorter(img: Image.Image, full: tuple[int, int], short: int | None) -
     return img if img.size == size else img.resize(size, Image.LANCZOS)
 
 
-def jpeg_bytes(img: Image.Image, quality: int) -> bytes:
-    """``img`` encoded as a JPEG of ``quality`` with PIL's other defaults (4:2:0 chroma subsampling): the
-    encoding ``wbc prepare`` writes."""
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
-
-
 def load_image(path: Path, resize: int | None = None, quality: int | None = PREPARED_QUALITY) -> Image.Image:
     """Decode an image to RGB the way ``wbc prepare --size resize --quality quality`` stores it.
 
@@ -177,7 +169,7 @@ def load_image(path: Path, resize: int | None = None, quality: int | None = PREP
     img = resize_shorter(img, full, resize)
     if quality is None:
         return img
-    return Image.open(io.BytesIO(jpeg_bytes(img, quality))).convert("RGB")
+    return Image.open(io.BytesIO(transforms.jpeg_bytes(img, quality))).convert("RGB")
 
 
 def check_image(path: Path) -> str | None:

@@ -54,13 +54,13 @@ from .data import (
     check_image,
     check_records,
     image_size,
-    jpeg_bytes,
     open_image,
     resize_shorter,
     scan_class_folders,
     visible,
 )
 from .runs import write_json
+from .transforms import jpeg_bytes
 
 SOURCES = ("pbc", "raabin", "segwbc", "folders")
 MASKED_KINDS = ("segwbc", "folders")

@@ -74,9 +74,17 @@ class ShrinkEnlarge(v2.Transform):
         return F.resize(out, [h, w], interpolation=params["up"], antialias=True)
 
 
+def jpeg_bytes(img: Image.Image, quality: int) -> bytes:
+    """``img`` encoded as a JPEG of ``quality`` with PIL's other defaults (4:2:0 chroma subsampling): the
+    encoding ``wbc prepare`` writes, the loaders' round trip after a resize and :class:`Recompress`."""
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
 class Recompress(v2.Transform):
     """Re-encode the image as a JPEG of a quality drawn uniformly from ``[low, high]``, with the encoder that
-    ``wbc prepare`` writes with (:func:`wbclib.data.jpeg_bytes`: PIL, 4:2:0 chroma); masks pass unchanged.
+    ``wbc prepare`` writes with (:func:`jpeg_bytes`: PIL, 4:2:0 chroma); masks pass unchanged.
     (torchvision's own ``v2.JPEG`` rests on an image codec it deprecates.)"""
 
     def __init__(self, low: int, high: int):
@@ -89,8 +97,6 @@ class Recompress(v2.Transform):
     def transform(self, inpt, params: dict):
         if not isinstance(inpt, tv_tensors.Image):
             return inpt
-        from .data import jpeg_bytes
-
         pil = Image.fromarray(inpt.permute(1, 2, 0).numpy())
         out = np.array(Image.open(io.BytesIO(jpeg_bytes(pil, params["quality"]))).convert("RGB"))
         return tv_tensors.wrap(torch.from_numpy(out).permute(2, 0, 1).contiguous(), like=inpt)
