@@ -113,6 +113,8 @@ def decode_rates(paths: list[Path], resize: int | None) -> dict[str, float]:
            "torchvision_decode_jpeg": rate(lambda p: decode_jpeg(read_file(str(p))))}
     if resize:
         out["pil_draft"] = rate(lambda p: data.open_image(p, draft_size=resize))
+        # what a run's loader does: draft decode, Lanczos resize and the JPEG round trip of `wbc prepare --size`
+        out["prepare_rule"] = rate(lambda p: data.load_image(p, resize))
     return out
 
 

@@ -189,11 +189,12 @@ def test_joint_flips_and_crop_keep_image_and_mask_aligned():
     _ = g
 
 
-def test_resize_then_crop_and_padding_when_smaller():
-    img = tv_tensors.Image(torch.randint(0, 255, (3, 575, 575), dtype=torch.uint8))
-    mask = tv_tensors.Mask(torch.ones(1, 575, 575, dtype=torch.uint8))
-    out, m = transforms.eval_transform(96, resize=144)(img, mask)
+def test_crop_and_padding_when_smaller():
+    img = tv_tensors.Image(torch.randint(0, 255, (3, 144, 150), dtype=torch.uint8))
+    mask = tv_tensors.Mask(torch.ones(1, 144, 150, dtype=torch.uint8))
+    out, m = transforms.eval_transform(96)(img, mask)
     assert out.shape == (3, 96, 96) and out.dtype == torch.float32 and m.dtype == torch.uint8
+    assert torch.allclose(out, img[:, 24:120, 27:123].float() / 255)  # the centre, not a resize
     small = tv_tensors.Image(torch.full((3, 40, 50), 200, dtype=torch.uint8))
     out, m = transforms.train_transform(64)(small, tv_tensors.Mask(torch.ones(1, 40, 50, dtype=torch.uint8)))
     assert out.shape == (3, 64, 64) and m.sum() == 40 * 50
@@ -230,7 +231,7 @@ def test_bccd_loads_with_labels():
     recs, _ = data.folder_records(root)
     assert np.bincount([r.label for r in recs], minlength=5).tolist() == [3, 88, 33, 20, 207]
     assert all(r.mask_path is None for r in recs)
-    ds = data.CellDataset(recs, WBC_CLASSES, transforms.build(96, 144, False))
+    ds = data.CellDataset(recs, WBC_CLASSES, transforms.build(96, 144, False), resize=144)
     item = ds[0]
     assert item["image"].shape == (3, 96, 96) and not item["has_mask"]
     assert {str(p): p.stat().st_mtime_ns for p in root.rglob("*")} == before  # nothing written or touched

@@ -54,11 +54,15 @@ class RunConfig:
     masks: bool = True  # train the mask head with the Generalized Dice Loss where masks exist
     init: str | None = None  # checkpoint file or run directory to start from (head swap)
     input_size: int = 64  # side of the square crop fed to the network
-    resize: int | None = 96  # shorter side before cropping; None = native resolution
+    resize: int | None = 96  # shorter side before cropping (`wbc prepare --size`'s rule); None = native resolution
+    resize_quality: int | None = 90  # after a resize: JPEG round trip at this quality (as `wbc prepare`); None = off
     rot90: bool = True  # training augmentation: random right-angle rotations (besides the flips)
     color_jitter: float = 0.1  # training augmentation: brightness, contrast, saturation by ±x; 0 = off
     hue_jitter: float = 0.0  # training augmentation: hue shift by ±x of the colour circle (0..0.5); 0 = off
     zoom: list[float] | None = None  # training augmentation: [low, high] rescale of half the images; None = off
+    jpeg_quality: list[int] | None = None  # training augmentation: [low, high] JPEG re-compression of half the images
+    blur: float = 0.0  # training augmentation: Gaussian blur of half the images, sigma up to x pixels; 0 = off
+    resample: list[float] | None = None  # training augmentation: shrink half the images by [low, high] and enlarge back
     base_width: int = 16
     depth: int = 4
     norm: str = "batch"  # normalisation layer: batch (BatchNorm, the report's) | group (GroupNorm, 8 groups)
@@ -109,8 +113,9 @@ class RunConfig:
 
     # -- construction and validation --------------------------------------------------------------------
     def __post_init__(self):
-        if isinstance(self.zoom, tuple):
-            self.zoom = list(self.zoom)  # the JSON form, so a config equals its own config.json
+        for name in ("zoom", "jpeg_quality", "resample"):
+            if isinstance(getattr(self, name), tuple):
+                setattr(self, name, list(getattr(self, name)))  # the JSON form, so a config equals its config.json
         self.validate()
 
     def validate(self) -> None:
@@ -143,6 +148,9 @@ class RunConfig:
                  f"input_size {self.input_size} is not divisible by {div} (2**(depth+1) for depth={self.depth})")
         need(self.resize is None or (isinstance(self.resize, int) and self.resize >= 1),
              f"resize must be a positive integer or None, got {self.resize!r}")
+        q = self.resize_quality
+        need(q is None or (isinstance(q, int) and not isinstance(q, bool) and 1 <= q <= 100),
+             f"resize_quality must be an integer in 1..100 or None, got {q!r}")
         need(self.lr_step is None or (isinstance(self.lr_step, int) and self.lr_step >= 1),
              f"lr_step must be a positive integer or None, got {self.lr_step!r}")
         for name in ("lr", "lr_gamma", "synthetic_scale"):
@@ -158,6 +166,16 @@ class RunConfig:
                            and all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in z)
                            and z[0] <= z[1]),
              f"zoom must be None or [low, high] with 0 < low <= high, got {z!r}")
+        j = self.jpeg_quality
+        need(j is None or (isinstance(j, (list, tuple)) and len(j) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 100 for v in j) and j[0] <= j[1]),
+             f"jpeg_quality must be None or [low, high] with 1 <= low <= high <= 100, got {j!r}")
+        need(isinstance(self.blur, (int, float)) and math.isfinite(self.blur) and 0 <= self.blur <= 5,
+             f"blur must be a sigma in 0..5 pixels, got {self.blur!r}")
+        r = self.resample
+        need(r is None or (isinstance(r, (list, tuple)) and len(r) == 2
+                           and all(isinstance(v, (int, float)) and 0 < v <= 1 for v in r) and r[0] <= r[1]),
+             f"resample must be None or [low, high] with 0 < low <= high <= 1, got {r!r}")
         need(self.num_workers is None or (isinstance(self.num_workers, int) and self.num_workers >= 0),
              f"num_workers must be >= 0 or None, got {self.num_workers!r}")
         cam = self.synthetic_cam16_scale

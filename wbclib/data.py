@@ -15,6 +15,7 @@ all datasets.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import sys
 from dataclasses import dataclass
@@ -128,6 +129,50 @@ def open_image(path: Path, draft_size: int | None = None, mode: str = "RGB") -> 
     return img.convert(mode) if img.mode != mode else img
 
 
+# -- the one resize rule: `wbc prepare --size` writes it to disk, the loaders apply it to full-size files ------
+
+#: JPEG quality that ``wbc prepare`` writes its images at unless told otherwise (``--quality``).
+PREPARED_QUALITY = 90
+
+
+def target_size(size: tuple[int, int], short: int | None) -> tuple[int, int]:
+    """(width, height) of an image of ``size`` once its shorter side is ``short`` (the longer side rounded to
+    the nearest pixel); ``size`` itself when ``short`` is None."""
+    w, h = size
+    if short is None:
+        return w, h
+    if w <= h:
+        return short, max(1, int(h * short / w + 0.5))
+    return max(1, int(w * short / h + 0.5)), short
+
+
+def resize_shorter(img: Image.Image, full: tuple[int, int], short: int | None) -> Image.Image:
+    """Resize ``img`` to :func:`target_size` of ``full``, its size before any reduced-scale (draft) decoding,
+    with PIL's Lanczos filter. Unchanged when it already has that size."""
+    size = target_size(full, short)
+    return img if img.size == size else img.resize(size, Image.LANCZOS)
+
+
+def load_image(path: Path, resize: int | None = None, quality: int | None = PREPARED_QUALITY) -> Image.Image:
+    """Decode an image to RGB the way ``wbc prepare --size resize --quality quality`` stores it.
+
+    Without ``resize``, the image as it is. With it, an image whose shorter side is not ``resize`` is decoded
+    at the smallest JPEG scale still at least that large, resized by :func:`resize_shorter`, and passed through
+    a JPEG of ``quality`` (None: not), so that a full-size file reaches the network with the very pixels its
+    prepared copy has. An image already at that scale (a prepared one) is left as it is.
+    """
+    img = open_image(path, draft_size=resize)
+    if resize is None:
+        return img
+    full = image_size(path) or img.size
+    if target_size(full, resize) == full:
+        return img
+    img = resize_shorter(img, full, resize)
+    if quality is None:
+        return img
+    return Image.open(io.BytesIO(transforms.jpeg_bytes(img, quality))).convert("RGB")
+
+
 def check_image(path: Path) -> str | None:
     """Why ``path`` is not a usable image, or None. Decodes at a reduced scale to catch truncation."""
     try:
@@ -235,21 +280,24 @@ class CellDataset(Dataset):
         classes: class names (index order).
         transform: a torchvision v2 transform applied jointly to ``tv_tensors.Image`` and ``tv_tensors.Mask``.
         mask_threshold: a mask pixel >= this value is cell (128 for the course's JPEG masks).
-        decode_size: decode JPEGs at a reduced scale no smaller than this (the transform's resize).
+        resize: bring every image to this shorter side as ``wbc prepare --size`` does (:func:`load_image`;
+            masks by nearest neighbour to the same size); None keeps the native resolution.
         root: the folder paths are reported relative to.
+        quality: the JPEG quality of :func:`load_image`'s round trip after a resize (None: none).
     """
 
     def __init__(self, records: list[Record], classes: tuple[str, ...], transform=None, mask_threshold: int = 128,
-                 decode_size: int | None = None, root: Path | None = None):
+                 resize: int | None = None, root: Path | None = None, quality: int | None = PREPARED_QUALITY):
         self.records, self.classes, self.transform = records, tuple(classes), transform
-        self.mask_threshold, self.decode_size, self.root = mask_threshold, decode_size, root
+        self.mask_threshold, self.resize, self.root, self.quality = mask_threshold, resize, root, quality
 
     def __len__(self) -> int:
         return len(self.records)
 
     def with_records(self, records: list[Record]) -> CellDataset:
-        """The same classes, transform and mask handling over other records."""
-        return CellDataset(records, self.classes, self.transform, self.mask_threshold, self.decode_size, self.root)
+        """The same classes, transform and image handling over other records."""
+        return CellDataset(records, self.classes, self.transform, self.mask_threshold, self.resize, self.root,
+                           self.quality)
 
     @property
     def labels(self) -> np.ndarray:
@@ -260,13 +308,15 @@ class CellDataset(Dataset):
         return sum(r.mask_path is not None for r in self.records)
 
     def load(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decoded uint8 image (3, H, W) and binary mask (1, H, W) of record ``i``, before any transform."""
+        """Image (3, H, W) uint8 and binary mask (1, H, W) of record ``i`` at the dataset's scale, before the
+        transform. The mask is thresholded at full resolution and resized by nearest neighbour, as
+        ``wbc prepare`` does."""
         r = self.records[i]
-        img = open_image(r.path, self.decode_size)
+        img = load_image(r.path, self.resize, self.quality)
         image = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
         if r.mask_path is not None:
-            m = open_image(r.mask_path, self.decode_size, mode="L")
-            if m.size != img.size:  # JPEG draft scales can differ by a pixel between image and mask
+            m = open_image(r.mask_path, mode="L")
+            if m.size != img.size:
                 m = m.resize(img.size, Image.NEAREST)
             mask = torch.from_numpy(np.array(m, dtype=np.uint8) >= self.mask_threshold).to(torch.uint8)[None]
         else:
@@ -511,9 +561,8 @@ def build_splits(config: cfg.RunConfig, root: Path, check: bool = True) -> Split
 
     def make(records, train):
         tf = transforms.build(config.input_size, config.resize, train, config.rot90, config.color_jitter,
-                              config.hue_jitter, config.zoom)
-        return CellDataset(records, classes, tf,
-                                config.mask_threshold, config.resize, root)
+                              config.hue_jitter, config.zoom, config.jpeg_quality, config.blur, config.resample)
+        return CellDataset(records, classes, tf, config.mask_threshold, config.resize, root, config.resize_quality)
 
     report = make(rep, False)
     val = report if rep is va else make(va, False)

@@ -1,7 +1,8 @@
 """Apply a trained model: ``wbc evaluate`` on a labelled class-folder set, ``wbc predict`` on any images.
 
-Images go through the evaluation transform of the checkpoint's own config (resize of the shorter side, then
-a centre crop), whatever their size. Checkpoints are loaded with ``weights_only=True``.
+Images are loaded as the checkpoint's own config says (the shorter side resized by the rule of ``wbc prepare
+--size``, :func:`wbclib.data.load_image`), then centre-cropped, whatever their size: a full-size image and its
+prepared copy give the model the same pixels. Checkpoints are loaded with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def _model(checkpoint):
 def _dataset(records, classes, config, root=None, mask_threshold=None):
     return data.CellDataset(records, classes, transforms.build(config.input_size, config.resize, train=False),
                             mask_threshold if mask_threshold is not None else config.mask_threshold,
-                            config.resize, root)
+                            config.resize, root, config.resize_quality)
 
 
 def _loader(ds, config, rt):

@@ -68,11 +68,13 @@ from .data import (
     check_records,
     image_size,
     open_image,
+    resize_shorter,
     scan_class_folders,
     visible,
 )
 from .runs import write_json
 from .sources import CAM16_SPLIT, EBHI_GROUPING, LAYOUT_FOLDERS, PBC_FOLDER, SOURCES, named_by, reader_of
+from .transforms import jpeg_bytes
 
 RAABIN_TESTS = ("TestA", "TestB")
 #: segwbc label CSVs: 1=neutrophil 2=lymphocyte 3=monocyte 4=eosinophil 5=basophil
@@ -810,15 +812,6 @@ def _plan_external(plan: Plan, key: str, base: str, items: list[Item], source: S
 # ------------------------------------------------------------------------------------------------ writing
 
 
-def _target_size(size: tuple[int, int], short: int | None) -> tuple[int, int]:
-    w, h = size
-    if short is None:
-        return w, h
-    if w <= h:
-        return short, max(1, int(h * short / w + 0.5))
-    return max(1, int(w * short / h + 0.5)), short
-
-
 def _encode(item: Item, opts: Options, with_mask: bool) -> tuple[str, bytes, bytes | None]:
     """(file suffix, image bytes, mask PNG bytes or None). A JPEG kept at its size is copied unchanged."""
     with Image.open(item.path) as probe:
@@ -829,12 +822,8 @@ def _encode(item: Item, opts: Options, with_mask: bool) -> tuple[str, bytes, byt
         img = open_image(item.path, draft_size=opts.size if item.box is None else None)
         if item.box is not None:
             img, full = img.crop(item.box), (item.box[2] - item.box[0], item.box[3] - item.box[1])
-        size = _target_size(full, opts.size)
-        if img.size != size:
-            img = img.resize(size, Image.LANCZOS)
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=opts.quality)
-        suffix, data = ".jpg", buf.getvalue()
+        img = resize_shorter(img, full, opts.size)
+        suffix, data, size = ".jpg", jpeg_bytes(img, opts.quality), img.size
     if not with_mask or not item.masked:
         return suffix, data, None
     cell = (draw_outline(*item.outline) if item.outline is not None

@@ -36,6 +36,8 @@ SETTINGS: dict[str, tuple[dict, str]] = {
     "bn-color-zoom": ({"color_jitter": 0.3, "hue_jitter": 0.1, "zoom": [1.0, 3.0]}, "colour and zoom"),
     "gn-color-zoom": ({"norm": "group", "color_jitter": 0.3, "hue_jitter": 0.1, "zoom": [1.0, 3.0]},
                       "GroupNorm, colour and zoom"),
+    "bn-robust": ({"jpeg_quality": [30, 95], "blur": 1.0, "resample": [0.5, 1.0], "zoom": [0.7, 1.4]},
+                  "image-quality augmentation: JPEG re-compression, blur, shrink-and-enlarge, mild zoom"),
 }
 #: How a model is applied at test time: unchanged, or with AdaBN (BatchNorm models only).
 MODES = ("plain", "adabn")
