@@ -111,9 +111,15 @@ def open_image(path: Path, draft_size: int | None = None, mode: str = "RGB") -> 
     """Decode an image to RGB (or 'L'), converting grayscale, RGBA, palette and 16-bit images.
 
     With ``draft_size`` a JPEG is decoded directly at the smallest DCT scale whose shorter side is still
-    >= draft_size (a cheap, high-quality downscale; the exact resize follows in the transform).
+    >= draft_size (a cheap, high-quality downscale; the exact resize follows in :func:`resize_shorter`).
     """
+    return _decode(path, draft_size, mode)[0]
+
+
+def _decode(path: Path, draft_size: int | None, mode: str) -> tuple[Image.Image, tuple[int, int]]:
+    """:func:`open_image`, and the image's size in the file (before any reduced-scale decoding)."""
     img = Image.open(path)
+    full = img.size
     if draft_size and img.format == "JPEG":
         w, h = img.size
         ratio = min(w, h) / draft_size
@@ -126,7 +132,7 @@ def open_image(path: Path, draft_size: int | None = None, mode: str = "RGB") -> 
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(white, rgba)
-    return img.convert(mode) if img.mode != mode else img
+    return (img.convert(mode) if img.mode != mode else img), full
 
 
 # -- the one resize rule: `wbc prepare --size` writes it to disk, the loaders apply it to full-size files ------
@@ -161,11 +167,8 @@ def load_image(path: Path, resize: int | None = None, quality: int | None = PREP
     a JPEG of ``quality`` (None: not), so that a full-size file reaches the network with the very pixels its
     prepared copy has. An image already at that scale (a prepared one) is left as it is.
     """
-    img = open_image(path, draft_size=resize)
-    if resize is None:
-        return img
-    full = image_size(path) or img.size
-    if target_size(full, resize) == full:
+    img, full = _decode(path, resize, "RGB")
+    if resize is None or target_size(full, resize) == full:
         return img
     img = resize_shorter(img, full, resize)
     if quality is None:
@@ -469,13 +472,15 @@ def external_sets(classes: tuple[str, ...] = WBC_CLASSES, root: Path | None = No
 
 def holds_classes(folder: Path, classes: tuple[str, ...]) -> bool:
     """Whether a class-folder set's class folders are all of ``classes`` (e.g. a CAM16 normal/tumor set)."""
-    names = _class_names(Path(folder)) if Path(folder).is_dir() else []
+    names = class_folder_names(folder)
     return bool(names) and all(canonical_class(n, classes) is not None for n in names)
 
 
-def _class_names(folder: Path) -> list[str]:
+def class_folder_names(folder: Path) -> list[str]:
+    """The class folders of a class-folder set (``<dir>/<Class>`` or ``<dir>/data/<Class>``); none if missing."""
+    folder = Path(folder)
     base = folder / "data" if (folder / "data").is_dir() else folder
-    return [d.name for d in visible(base) if d.is_dir()]
+    return [d.name for d in visible(base) if d.is_dir()] if base.is_dir() else []
 
 
 def embedded_external_sets() -> list[Path]:

@@ -96,12 +96,16 @@ def evaluate(checkpoint, folder, out, mask_threshold=None, skip_bad: bool = Fals
     return result
 
 
+def external_dir(run_dir, name: str, adabn: bool = False) -> Path:
+    """Where a run's evaluation on the labelled set ``name`` is kept: ``<run_dir>/external-<name>[-adabn]``."""
+    return Path(run_dir) / (f"external-{name}" + ("-adabn" if adabn else ""))
+
+
 def evaluate_into_run(run_dir, name: str, folder, adabn: bool = False) -> dict:
     """:func:`evaluate` of a run on one labelled set, written into the run directory
     (``external-<name>[-adabn]/``, never into the set), and reused while it is newer than the run's checkpoint
     and was made from the same folder in the same mode."""
-    run_dir = Path(run_dir)
-    out = run_dir / (f"external-{name}" + ("-adabn" if adabn else ""))
+    run_dir, out = Path(run_dir), external_dir(run_dir, name, adabn)
     m = runs.read_json(out / "metrics.json")
     ckpt = runs.resolve_checkpoint(run_dir)
     if (m and m.get("data") == str(Path(folder).resolve()) and ("adabn" in m) == adabn
@@ -116,8 +120,7 @@ def _same_task(checkpoint, config, folder) -> None:
     if config.num_classes < 2:
         raise WbcError(f"{checkpoint} is a {config.dataset} model (reconstruction only, no classifier); "
                        "evaluate a model trained on labelled cells")
-    base = Path(folder) / "data" if (Path(folder) / "data").is_dir() else Path(folder)
-    names = [d.name for d in data.visible(base) if d.is_dir()] if base.is_dir() else []
+    names = data.class_folder_names(folder)
     if names and not any(data.canonical_class(n, config.classes) is not None for n in names):
         raise WbcError(f"{checkpoint} is a {config.dataset} model (classes {', '.join(config.classes)}), but the "
                        f"class folders of {folder} are {', '.join(names[:8])}: give a model of the same task")

@@ -55,6 +55,8 @@ def smear_configuration(dataset: str, subset: int | None = None) -> str:
     """The name of a stage of the blood-smear chain (reconstruction on smear tiles instead of H&E, then CAM16
     with cross-entropy and Dice, then WBC with masks): ``smears``, ``cam16-ce-smears-dice``, ``wbc1-smears-mask``."""
     return {"prcc": "smears", "cam16": "cam16-ce-smears-dice"}.get(dataset) or f"wbc{subset}-smears-mask"
+
+
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 

@@ -189,7 +189,7 @@ def evaluate_runs(runs: pd.DataFrame, sets: dict[str, str | Path], progress=None
     checkpoint (so a later study re-executes the chapter in seconds)."""
     import matplotlib.pyplot as plt
 
-    from .evaluate import evaluate_into_run
+    from .evaluate import evaluate_into_run, external_dir
 
     rows = []
     for _, r in runs.iterrows():
@@ -197,8 +197,8 @@ def evaluate_runs(runs: pd.DataFrame, sets: dict[str, str | Path], progress=None
             for mode in MODES:
                 if mode == "adabn" and r["norm"] != "batch":
                     continue
-                out = Path(r["path"]) / (f"external-{set_name}" + ("-adabn" if mode == "adabn" else ""))
                 res = evaluate_into_run(r["path"], set_name, folder, adabn=mode == "adabn")
+                out = external_dir(r["path"], set_name, adabn=mode == "adabn")
                 rows.append({"run": r["run"], "setting": r["setting"], "seed": r["seed"], "set": set_name,
                              "mode": mode, "balanced_accuracy": res["balanced_accuracy"],
                              "accuracy": res["accuracy"], "macro_f1": res["macro_f1"], "n": res["n"],
