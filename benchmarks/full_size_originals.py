@@ -20,15 +20,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from wbclib import data, evaluate
+from wbclib.data import datasets
+from wbclib.results import evaluate
 
 
 def originals(pbc: Path, out: Path) -> Path:
     """The full-size PBC originals of the embedded validation cells, as ``out/<Class>/<name>.jpg``."""
     index = {p.name: p for p in pbc.rglob("*.jpg")}
-    val = data.EMBEDDED / "WBC_100" / "val" / "data"
-    for folder in data.visible(val):
-        for f in data.visible(folder):
+    val = datasets.EMBEDDED / "WBC_100" / "val" / "data"
+    for folder in datasets.visible(val):
+        for f in datasets.visible(folder):
             if f.name not in index:
                 sys.exit(f"{f.name}: no original of this embedded cell under {pbc}")
             (out / folder.name).mkdir(parents=True, exist_ok=True)
@@ -49,7 +50,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(a.out or tmp)
         full = originals(Path(a.pbc), Path(tmp) / "originals")
-        emb = evaluate.evaluate(a.run_dir, data.EMBEDDED / "WBC_100" / "val", out / "embedded")
+        emb = evaluate.evaluate(a.run_dir, datasets.EMBEDDED / "WBC_100" / "val", out / "embedded")
         org = evaluate.evaluate(a.run_dir, full, out / "originals")
         same = _classes(out / "embedded"), _classes(out / "originals")
         result = {"run": str(a.run_dir), "cells": emb["n"],

@@ -42,8 +42,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 
-from wbclib import config as cfg  # noqa: E402
-from wbclib import inference, study, synth  # noqa: E402
+from wbclib.core import config as cfg  # noqa: E402
+from wbclib.data import synth  # noqa: E402
+from wbclib.study import runner  # noqa: E402
+from wbclib.training import inference  # noqa: E402
 
 #: The goals the issue sets for the GPU numbers.
 GOALS = {"step_share_of_bf16_peak": 0.40, "data_wait_share": 0.05, "paper_study_gpu_hours": 1.0}
@@ -354,7 +356,7 @@ def estimate(check: Check, rates: dict) -> dict:
     epochs = config.epochs
     tile_cost = (synth.PRCC_SIDE / synth.WBC_SIZE) ** 2
     rows = []
-    for job in study.grid([0]):
+    for job in runner.grid([0]):
         dataset = job.params["dataset"]
         if dataset == "wbc":
             n_train = sum(c["data"] for c in counts[f"WBC_{job.params['subset']}"]["train"].values())

@@ -31,9 +31,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wbclib import config as cfg
-from wbclib import data, inference, train
-from wbclib.losses import MultiTaskLoss
+from wbclib.core import config as cfg
+from wbclib.data import datasets
+from wbclib.model.losses import MultiTaskLoss
+from wbclib.training import inference, train
 
 
 def cpu_model() -> str:
@@ -112,15 +113,15 @@ def decode_rates(paths: list[Path], resize: int | None) -> dict[str, float]:
     out = {"pil_full": rate(lambda p: Image.open(p).convert("RGB").load()),
            "torchvision_decode_jpeg": rate(lambda p: decode_jpeg(read_file(str(p))))}
     if resize:
-        out["pil_draft"] = rate(lambda p: data.open_image(p, draft_size=resize))
+        out["pil_draft"] = rate(lambda p: datasets.open_image(p, draft_size=resize))
         # what a run's loader does: draft decode, Lanczos resize and the JPEG round trip of `wbc prepare --size`
-        out["prepare_rule"] = rate(lambda p: data.load_image(p, resize))
+        out["prepare_rule"] = rate(lambda p: datasets.load_image(p, resize))
     return out
 
 
 def loader_throughput(config: cfg.RunConfig, rt: inference.Runtime, root: Path, seconds: float = 8.0) -> float:
     """Images per second that the training DataLoader delivers alone (decode + augmentation + collate)."""
-    splits = data.build_splits(config, root, check=False)
+    splits = datasets.build_splits(config, root, check=False)
     loader = inference.make_loader(splits.train, config, rt, shuffle=True, generator=torch.Generator().manual_seed(0))
     n, t = 0, time.perf_counter()
     while time.perf_counter() - t < seconds:
@@ -214,7 +215,7 @@ def main(argv=None) -> int:
                    and r["channels_last"] == rt.channels_last
                    and r["precision"] == ("bf16" if rt.amp_dtype else "fp32"))
 
-    root = data.data_root(config)
+    root = datasets.data_root(config)
     jpegs = sorted((root / "WBC_100" / "train" / "data").rglob("*.jpg"))[:64]
     decode = decode_rates(jpegs, config.resize) if jpegs else {}
     for k, v in decode.items():

@@ -79,7 +79,7 @@ def tiny_book(tmp_path_factory):
     """The whole chain at a tiny size, once per session: every run of the grid on the synthetic stand-in, an
     external set, the analysis, the walkthrough (20 steps) and the book, built in its own folder.
     Returns (tmp folder, book root, the finished process)."""
-    from wbclib import synth
+    from wbclib.data import synth
 
     tmp_path = tmp_path_factory.mktemp("tiny-study")
     book = tmp_path / "book"

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wbclib import WBC_CLASSES, analysis, metrics
+from wbclib import WBC_CLASSES
+from wbclib.results import analysis
+from wbclib.training import metrics
 
 T_975_DF2 = 4.302652729911275  # Student t, 97.5th percentile, 2 degrees of freedom
 

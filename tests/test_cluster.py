@@ -16,7 +16,10 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, wbc
-from wbclib import WbcError, cluster, runs, study
+from wbclib import WbcError
+from wbclib.core import storage
+from wbclib.study import cluster, runner
+from wbclib.training import runs
 
 # -- the scheduler, with a fake executor -------------------------------------------------------------------------
 
@@ -43,7 +46,7 @@ class FakeExecutor:
         outcome = (self.script.get(job.id) or ["finished"]).pop(0)
         job.status, job.detail, job.seconds = outcome, "" if outcome == "finished" else f"it {outcome}", 1.0
         if outcome == "finished":
-            runs.write_json(self.runs_dir / job.id / "metrics.json", {"accuracy": 0.5})
+            storage.write_json(self.runs_dir / job.id / "metrics.json", {"accuracy": 0.5})
         return [job]
 
     def close(self):
@@ -53,15 +56,15 @@ class FakeExecutor:
 def grid_of(tmp_path, pattern="cam16-*"):
     """prcc-s0, then four CAM16 runs, two of which start from prcc-s0."""
     runs_dir = tmp_path / "runs"
-    jobs = study.select(study.grid([0]), pattern)
-    configs = {j.id: study.job_config(j, "quick", None, runs_dir, {}, "synthetic") for j in jobs}
+    jobs = runner.select(runner.grid([0]), pattern)
+    configs = {j.id: runner.job_config(j, "quick", None, runs_dir, {}, "synthetic") for j in jobs}
     return jobs, configs, runs_dir
 
 
 def run(tmp_path, script, retries=0, pattern="cam16-*"):
     jobs, configs, runs_dir = grid_of(tmp_path, pattern)
     fake, lines = FakeExecutor(runs_dir, script), []
-    study.run_grid(jobs, configs, runs_dir, log=lines.append, executor=fake, retries=retries)
+    runner.run_grid(jobs, configs, runs_dir, log=lines.append, executor=fake, retries=retries)
     assert fake.closed
     return {j.id: j for j in jobs}, fake, "\n".join(lines)
 
@@ -81,7 +84,7 @@ def test_a_run_that_keeps_dying_fails_after_its_retries_and_its_dependants_are_s
     for rid in ("cam16-ce-prcc-s0", "cam16-ce-prcc-dice-s0"):
         assert jobs[rid].status == "skipped" and rid not in fake.started
     assert jobs["cam16-ce-s0"].status == jobs["cam16-ce-dice-s0"].status == "finished"
-    assert "1 failed, 2 skipped" in study.summary(list(jobs.values()))
+    assert "1 failed, 2 skipped" in runner.summary(list(jobs.values()))
 
 
 def test_a_notebook_that_raised_is_not_retried_its_dependants_are_skipped_the_others_finish(tmp_path):
@@ -89,7 +92,7 @@ def test_a_notebook_that_raised_is_not_retried_its_dependants_are_skipped_the_ot
     assert jobs["prcc-s0"].status == "failed" and fake.started.count("prcc-s0") == 1
     assert "starting it again" not in log
     assert {rid for rid, j in jobs.items() if j.status == "skipped"} == {"cam16-ce-prcc-s0", "cam16-ce-prcc-dice-s0"}
-    assert "FAILED prcc-s0: it failed" in study.summary(list(jobs.values()))
+    assert "FAILED prcc-s0: it failed" in runner.summary(list(jobs.values()))
 
 
 def test_without_retries_a_died_run_is_reported_failed(tmp_path):
@@ -106,20 +109,20 @@ def test_a_detached_grid_submits_dependants_behind_their_starting_point(tmp_path
             self.queue.append(job)
 
     fake = Detached(runs_dir, {j.id: ["submitted"] for j in jobs})
-    study.run_grid(jobs, configs, runs_dir, log=lambda line: None, executor=fake)
+    runner.run_grid(jobs, configs, runs_dir, log=lambda line: None, executor=fake)
     assert [j.status for j in jobs] == ["submitted"] * 5 and fake.started[0] == "prcc-s0"
-    assert study.summary(jobs).startswith("study: 0 finished, 0 reused, 0 failed, 0 skipped, 5 submitted")
+    assert runner.summary(jobs).startswith("study: 0 finished, 0 reused, 0 failed, 0 skipped, 5 submitted")
 
 
 def test_finished_runs_are_reused_and_never_handed_to_the_executor(tmp_path):
     jobs, configs, runs_dir = grid_of(tmp_path, "cam16-ce-s0")
     job = jobs[0]
     (runs_dir / job.id).mkdir(parents=True)
-    runs.write_atomic(runs_dir / job.id / "config.json", configs[job.id].to_json())
-    runs.write_json(runs_dir / job.id / "metrics.json", {"accuracy": 0.5})
+    storage.write_atomic(runs_dir / job.id / "config.json", configs[job.id].to_json())
+    storage.write_json(runs_dir / job.id / "metrics.json", {"accuracy": 0.5})
     (runs_dir / job.id / "train.ipynb").write_text(json.dumps({"metadata": {"papermill": {"end_time": "x"}}}))
     fake = FakeExecutor(runs_dir, {})
-    study.run_grid(jobs, configs, runs_dir, log=lambda line: None, executor=fake)
+    runner.run_grid(jobs, configs, runs_dir, log=lambda line: None, executor=fake)
     assert job.status == "reused" and fake.started == []
 
 
@@ -132,7 +135,7 @@ def test_an_interrupted_grid_closes_its_executor_which_names_what_it_leaves_runn
 
     fake = Interrupted(runs_dir, {})
     with pytest.raises(KeyboardInterrupt):
-        study.run_grid(jobs, configs, runs_dir, log=lambda line: None, executor=fake)
+        runner.run_grid(jobs, configs, runs_dir, log=lambda line: None, executor=fake)
     assert fake.closed and fake.started == ["prcc-s0", "cam16-ce-s0"]  # its capacity: two at a time
 
 
@@ -172,14 +175,15 @@ def test_cluster_flags_without_the_slurm_executor_and_slurm_missing_are_one_line
 
 NO_FLOCK = """
 import errno, fcntl, sys, types
-from wbclib import runs
+from wbclib import WbcError
+from wbclib.core import storage
 def no(fd, op):
     raise OSError(errno.ENOLCK, "No locks available")
-runs.fcntl = types.SimpleNamespace(LOCK_EX=fcntl.LOCK_EX, LOCK_NB=fcntl.LOCK_NB, flock=no,
+storage.fcntl = types.SimpleNamespace(LOCK_EX=fcntl.LOCK_EX, LOCK_NB=fcntl.LOCK_NB, flock=no,
                                    lockf=no if sys.argv[2] == "none" else fcntl.lockf)
 try:
-    lock = runs.FolderLock(sys.argv[1], "runs folder").acquire()
-except runs.WbcError as exc:
+    lock = storage.FolderLock(sys.argv[1], "runs folder").acquire()
+except WbcError as exc:
     print(type(exc).__name__, exc)
     sys.exit(3)
 print("locked", lock.note)
@@ -208,16 +212,16 @@ def test_without_flock_the_lock_falls_back_to_a_record_lock_that_still_tells_a_s
 
 
 def test_flock_held_by_another_process_is_busy_not_unsupported(tmp_path):
-    first = runs.FolderLock(tmp_path, "runs folder").acquire()
+    first = storage.FolderLock(tmp_path, "runs folder").acquire()
     try:
-        code = ("import sys\nfrom wbclib import runs\ntry:\n runs.FolderLock(sys.argv[1], 'runs folder').acquire()\n"
-                "except runs.Busy as e:\n print(e); sys.exit(3)")
+        code = ("import sys\nfrom wbclib.core import storage\ntry:\n storage.FolderLock(sys.argv[1], 'runs folder').acquire()\n"
+                "except storage.Busy as e:\n print(e); sys.exit(3)")
         p = subprocess.run([sys.executable, "-c", code, str(tmp_path)],
                            capture_output=True, text=True, timeout=60)
         assert p.returncode == 3 and f"in use by pid {os.getpid()}" in p.stdout and first.note == ""
     finally:
         first.release()
-    assert errno.ENOLCK in runs._NO_FLOCK and errno.EWOULDBLOCK not in runs._NO_FLOCK
+    assert errno.ENOLCK in storage._NO_FLOCK and errno.EWOULDBLOCK not in storage._NO_FLOCK
 
 
 # -- a real Slurm ------------------------------------------------------------------------------------------------
@@ -238,7 +242,7 @@ def slurm_or_skip() -> None:
 
 
 def history_and_metrics(run_dir: Path) -> tuple[str, dict]:
-    m = runs.read_json(run_dir / "metrics.json")
+    m = storage.read_json(run_dir / "metrics.json")
     drop = {"timing_s", "wall_time_s", "throughput", "manifest", "environment", "images_per_s", "seconds"}
     return (run_dir / "history.csv").read_text(), {k: v for k, v in m.items() if k not in drop}
 
@@ -265,23 +269,23 @@ def test_a_chain_on_slurm_survives_a_scancel_mid_run_and_ends_like_a_local_run(t
     # The middle run stops after its second epoch's checkpoint (until killed): scancel ends it there.
     slurm_runs = tmp_path / "slurm"
     t0 = time.time()
-    runner = subprocess.Popen([sys.executable, "-m", "wbclib.cli", *args, "--runs-dir", str(slurm_runs),
+    proc = subprocess.Popen([sys.executable, "-m", "wbclib.cli", *args, "--runs-dir", str(slurm_runs),
                                "--executor", "slurm", "--gpus", "0", "--cpus", "1", "--retries", "1"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env={**env, "WBC_FAULT": "pause@after-checkpoint#2", "WBC_FAULT_RUN": middle})
     try:
         ckpt = slurm_runs / middle / runs.CHECKPOINT
         while not (ckpt.is_file() and runs.load_checkpoint(ckpt)["epoch"] == 2):
-            assert runner.poll() is None and time.time() - t0 < 600, "the middle run never reached epoch 2"
+            assert proc.poll() is None and time.time() - t0 < 600, "the middle run never reached epoch 2"
             time.sleep(1)
-        job_id = runs.read_json(slurm_runs / ".submitit" / "jobs.json")[middle]["job"]
+        job_id = storage.read_json(slurm_runs / ".submitit" / "jobs.json")[middle]["job"]
         subprocess.run(["scancel", job_id], check=True, timeout=30)
-        out, _ = runner.communicate(timeout=900)
+        out, _ = proc.communicate(timeout=900)
     finally:
-        if runner.poll() is None:
-            runner.kill()
+        if proc.poll() is None:
+            proc.kill()
     print(f"slurm chain: {time.time() - t0:.0f} s\n{out}")
-    assert runner.returncode == 0, out
+    assert proc.returncode == 0, out
     assert "died" in out and f"Slurm job {job_id} ended CANCELLED" in out and "starting it again (1/1)" in out
     assert "study: 3 finished, 0 reused, 0 failed, 0 skipped" in out
     notebook = (slurm_runs / middle / "train.ipynb").read_text()
@@ -290,4 +294,4 @@ def test_a_chain_on_slurm_survives_a_scancel_mid_run_and_ends_like_a_local_run(t
         assert comparable(history_and_metrics(slurm_runs / rid)[0]) == \
             comparable(history_and_metrics(tmp_path / "local" / rid)[0]), rid
         assert history_and_metrics(slurm_runs / rid)[1] == history_and_metrics(tmp_path / "local" / rid)[1], rid
-    assert not runs.read_json(slurm_runs / ".submitit" / "jobs.json")  # every outcome collected
+    assert not storage.read_json(slurm_runs / ".submitit" / "jobs.json")  # every outcome collected

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from wbclib import cli
-from wbclib import config as cfg
+from wbclib.core import config as cfg
 
 
 def test_paper_profile_is_the_reports_recipe():
@@ -26,7 +26,7 @@ def test_quick_profile_and_the_step_schedules_fraction():
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero():
-    from wbclib import train
+    from wbclib.training import train
 
     c = cfg.from_profile("quick", epochs=4, warmup_epochs=1, lr=1.0)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=c.lr)
@@ -137,12 +137,12 @@ def test_resize_none_trains_at_native_resolution(tmp_path):
     from torchvision.transforms import v2
 
     from conftest import make_wbc_tree
-    from wbclib import data
+    from wbclib.data import datasets
 
     root = make_wbc_tree(tmp_path / "root", per_class=1, size=(48, 48))
     a = cli.parser().parse_args(["train", "--data-root", str(root), "--run-dir", "r", "--set", "resize=none",
                                  "--set", "input_size=48", "--set", "depth=2"])
-    splits = data.build_splits(cli.config_from_args(a), root)
+    splits = datasets.build_splits(cli.config_from_args(a), root)
     steps = splits.train.transform.transforms
     assert not any(isinstance(t, v2.Resize) for t in steps)
     item = splits.val[0]
@@ -152,13 +152,13 @@ def test_resize_none_trains_at_native_resolution(tmp_path):
 
 
 def test_data_sources(tmp_path):
-    from wbclib import data
+    from wbclib.data import datasets
 
-    assert data.data_source(cfg.from_profile("quick")) == "embedded"
-    assert data.data_source(cfg.from_profile("quick", dataset="prcc")) == "embedded"
-    assert data.data_source(cfg.from_profile("quick", dataset="cam16")) == "embedded"  # EBHI-Seg tiles
-    assert data.data_source(cfg.from_profile("quick", data="synthetic")) == "synthetic"
-    assert data.data_source(cfg.from_profile("quick", data_root=str(tmp_path))) == "data-root"
-    assert data.data_root(cfg.from_profile("quick")) == data.EMBEDDED
+    assert datasets.data_source(cfg.from_profile("quick")) == "embedded"
+    assert datasets.data_source(cfg.from_profile("quick", dataset="prcc")) == "embedded"
+    assert datasets.data_source(cfg.from_profile("quick", dataset="cam16")) == "embedded"  # EBHI-Seg tiles
+    assert datasets.data_source(cfg.from_profile("quick", data="synthetic")) == "synthetic"
+    assert datasets.data_source(cfg.from_profile("quick", data_root=str(tmp_path))) == "data-root"
+    assert datasets.data_root(cfg.from_profile("quick")) == datasets.EMBEDDED
     with pytest.raises(cfg.ConfigError, match="data must be one of"):
         cfg.from_profile("quick", data="course")

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from conftest import make_wbc_tree
-from wbclib import config as cfg
-from wbclib import inference, runs, train
-from wbclib.losses import MultiTaskLoss
+from wbclib.core import config as cfg
+from wbclib.model.losses import MultiTaskLoss
+from wbclib.training import inference, runs, train
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CUDA not available)")]

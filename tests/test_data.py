@@ -9,13 +9,14 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from conftest import make_wbc_tree, shared_or_skip, write_image, write_mask
-from wbclib import WBC_CLASSES, data, transforms
-from wbclib.data import DatasetError
+from wbclib import WBC_CLASSES
+from wbclib.data import datasets, transforms
+from wbclib.data.datasets import DatasetError
 
 
 def test_wbc_layout(wbc_tree):
-    train = data.wbc_records(wbc_tree, 100, "train")
-    val = data.wbc_records(wbc_tree, 100, "val")
+    train = datasets.wbc_records(wbc_tree, 100, "train")
+    val = datasets.wbc_records(wbc_tree, 100, "val")
     assert len(train) == 10 and len(val) == 5
     assert sorted({r.label for r in train}) == [0, 1, 2, 3, 4]
     masked = [r for r in train if r.mask_path is not None]
@@ -26,21 +27,21 @@ def test_wbc_layout(wbc_tree):
 
 def test_validation_set_is_shared_and_found_as_wbc_test(tmp_path):
     root = make_wbc_tree(tmp_path, subsets=(10,))  # only WBC_10 train + WBC_100/val
-    assert len(data.wbc_records(root, 10, "val")) == 5
+    assert len(datasets.wbc_records(root, 10, "val")) == 5
     (root / "WBC_100").rename(root / "WBC_test")
-    assert len(data.wbc_records(root, 10, "val")) == 5
+    assert len(datasets.wbc_records(root, 10, "val")) == 5
 
 
 def test_class_names_case_and_plural(tmp_path):
     for i, name in enumerate(["basophils", "EOSINOPHIL", "Lymphocytes", "monocyte", "Neutrophils"]):
         write_image(tmp_path / "set" / name / f"a{i}.png", seed=i)
-    recs, _ = data.folder_records(tmp_path / "set")
+    recs, _ = datasets.folder_records(tmp_path / "set")
     assert sorted(r.label for r in recs) == [0, 1, 2, 3, 4]
 
 
 def test_item_contract_and_default_collate(wbc_tree):
-    recs = data.wbc_records(wbc_tree, 100, "train")
-    ds = data.CellDataset(recs, WBC_CLASSES, transforms.build(32, 48, train=True), root=wbc_tree)
+    recs = datasets.wbc_records(wbc_tree, 100, "train")
+    ds = datasets.CellDataset(recs, WBC_CLASSES, transforms.build(32, 48, train=True), root=wbc_tree)
     batch = torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
     assert batch["image"].shape == (10, 3, 32, 32) and batch["image"].dtype == torch.float32
     assert 0 <= batch["image"].min() and batch["image"].max() <= 1
@@ -59,13 +60,13 @@ def test_cam16_and_prcc_layouts(tmp_path):
                 write_image(base / split / "data" / c / f"{split}_{c}_{i}.jpg", seed=i)
     write_mask(base / "train/mask/tumor/train_tumor_0.jpg")
     write_mask(base / "train/mask/normal/train_normal_0.jpg", box=(0, 0, 0, 0))
-    train = data.cam16_records(tmp_path, "train")
+    train = datasets.cam16_records(tmp_path, "train")
     assert len(train) == 4 and sum(r.mask_path is not None for r in train) == 2
     assert {r.label for r in train if r.path.parent.name == "tumor"} == {1}
-    assert len(data.cam16_records(tmp_path, "test")) == 4
+    assert len(datasets.cam16_records(tmp_path, "test")) == 4
     for i in range(20):
         write_image(tmp_path / "pRCC_nolabel" / f"b{i % 2}" / f"{i}_{i}_2000.jpg", seed=i)
-    tr, va = data.prcc_records(tmp_path, "train"), data.prcc_records(tmp_path, "val")
+    tr, va = datasets.prcc_records(tmp_path, "train"), datasets.prcc_records(tmp_path, "val")
     assert len(tr) == 18 and len(va) == 2 and not {r.path for r in tr} & {r.path for r in va}
     assert all(r.label == -1 for r in tr)
 
@@ -81,11 +82,11 @@ def _expect(exc_info, *fragments):
 
 def test_missing_root_and_subset(tmp_path):
     with pytest.raises(DatasetError) as e:
-        data.wbc_records(tmp_path / "nope", 100, "train")
+        datasets.wbc_records(tmp_path / "nope", 100, "train")
     _expect(e, "data root not found", "nope")
     make_wbc_tree(tmp_path, subsets=(100,))
     with pytest.raises(DatasetError) as e:
-        data.wbc_records(tmp_path, 10, "train")
+        datasets.wbc_records(tmp_path, 10, "train")
     _expect(e, "WBC_10 training split not found")
 
 
@@ -97,7 +98,7 @@ def test_zero_byte_truncated_and_non_image(wbc_tree):
     (d / "Monocyte/notes.txt").write_text("hello")
     (d / "Monocyte/fake.png").write_text("not a png")
     with pytest.raises(DatasetError) as e:
-        data.wbc_records(wbc_tree, 100, "train")
+        datasets.wbc_records(wbc_tree, 100, "train")
     _expect(e, "empty.jpg: zero-byte", "cut.jpg: unreadable or truncated", "notes.txt: not an image",
             "fake.png: unreadable", "4 problem(s)")
 
@@ -108,7 +109,7 @@ def test_unknown_class_mask_without_image_and_size_mismatch(wbc_tree):
     write_mask(d / "mask/Basophil/orphan.jpg")
     write_mask(d / "mask/Lymphocyte/img_2_0.jpg", size=(32, 32), box=(0, 0, 8, 8))
     with pytest.raises(DatasetError) as e:
-        data.wbc_records(wbc_tree, 100, "train")
+        datasets.wbc_records(wbc_tree, 100, "train")
     _expect(e, "Platelet: unknown class folder", "orphan.jpg: mask without image", "img_2_0.jpg: mask size differs")
 
 
@@ -116,7 +117,7 @@ def test_empty_split(tmp_path):
     for cls in WBC_CLASSES:
         (tmp_path / f"WBC_100/train/data/{cls}").mkdir(parents=True)
     with pytest.raises(DatasetError) as e:
-        data.wbc_records(tmp_path, 100, "train")
+        datasets.wbc_records(tmp_path, 100, "train")
     _expect(e, "empty split")
 
 
@@ -124,22 +125,22 @@ def test_long_lists_are_cut_at_twenty(wbc_tree):
     for i in range(25):
         (wbc_tree / f"WBC_100/train/data/Basophil/e{i:02d}.jpg").write_bytes(b"")
     with pytest.raises(DatasetError) as e:
-        data.wbc_records(wbc_tree, 100, "train")
+        datasets.wbc_records(wbc_tree, 100, "train")
     msg = str(e.value)
     assert "25 problem(s)" in msg and "... and 5 more" in msg and msg.count(": zero-byte") == 20
 
 
 def test_skip_bad_leaves_bad_files_out(wbc_tree, capsys):
     (wbc_tree / "WBC_100/train/data/Basophil/empty.jpg").write_bytes(b"")
-    recs = data.wbc_records(wbc_tree, 100, "train", skip_bad=True)
+    recs = datasets.wbc_records(wbc_tree, 100, "train", skip_bad=True)
     assert len(recs) == 10
     assert "skipping 1 bad file" in capsys.readouterr().err
 
 
 def test_nothing_is_written_inside_the_data_root(wbc_tree):
     before = sorted((p, p.stat().st_mtime_ns) for p in wbc_tree.rglob("*"))
-    recs = data.wbc_records(wbc_tree, 100, "train")
-    ds = data.CellDataset(recs, WBC_CLASSES, transforms.build(32, None, True))
+    recs = datasets.wbc_records(wbc_tree, 100, "train")
+    ds = datasets.CellDataset(recs, WBC_CLASSES, transforms.build(32, None, True))
     _ = [ds[i] for i in range(len(ds))]
     assert sorted((p, p.stat().st_mtime_ns) for p in wbc_tree.rglob("*")) == before
 
@@ -151,7 +152,7 @@ def test_odd_image_modes_become_rgb(tmp_path, mode):
         Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)).save(p)
     else:
         write_image(p, mode=mode)
-    img = data.open_image(p)
+    img = datasets.open_image(p)
     assert img.mode == "RGB" and img.size == (64, 64)
     if mode == "I;16":
         assert np.asarray(img).max() > 200  # scaled down from 16 bits, not clipped to white or black
@@ -165,9 +166,9 @@ def test_three_channel_masks_and_threshold(tmp_path):
     arr[:, 48:] = 255
     (root / "mask/Basophil").mkdir(parents=True)
     Image.fromarray(arr).save(root / "mask/Basophil/a.png")
-    recs, _ = data.folder_records(root)
+    recs, _ = datasets.folder_records(root)
     for thr, frac in [(128, 0.5 + 16 / 64), (200, 16 / 64), (64, 0.5 + 16 / 64)]:
-        _, mask = data.CellDataset(recs, WBC_CLASSES, mask_threshold=thr).load(0)
+        _, mask = datasets.CellDataset(recs, WBC_CLASSES, mask_threshold=thr).load(0)
         assert mask.float().mean().item() == pytest.approx(frac)
 
 
@@ -202,7 +203,7 @@ def test_crop_and_padding_when_smaller():
 
 def test_jpeg_draft_decoding_matches_the_resize(tmp_path):
     p = write_image(tmp_path / "big.jpg", size=(575, 575))
-    img = data.open_image(p, draft_size=144)
+    img = datasets.open_image(p, draft_size=144)
     assert min(img.size) >= 144 and min(img.size) < 575
 
 
@@ -210,28 +211,28 @@ def test_jpeg_draft_decoding_matches_the_resize(tmp_path):
 
 def test_segwbc_loads_with_labels_and_masks():
     root = shared_or_skip("segwbc")
-    recs, _ = data.folder_records(root / "dataset1")
+    recs, _ = datasets.folder_records(root / "dataset1")
     assert len(recs) == 300 and all(r.mask_path is not None for r in recs)
     counts = np.bincount([r.label for r in recs], minlength=5)
     assert counts.tolist() == [1, 22, 53, 48, 176]
     assert all(r.mask_path.stem == r.path.stem and r.mask_path.suffix == ".png" for r in recs)
-    ds = data.CellDataset(recs, WBC_CLASSES, mask_threshold=64)
+    ds = datasets.CellDataset(recs, WBC_CLASSES, mask_threshold=64)
     _, mask = ds.load(0)
     frac = mask.float().mean().item()
     assert 0.05 < frac < 0.9  # cell = nucleus + cytoplasm at threshold 64
-    _, nucleus = data.CellDataset(recs, WBC_CLASSES, mask_threshold=192).load(0)
+    _, nucleus = datasets.CellDataset(recs, WBC_CLASSES, mask_threshold=192).load(0)
     assert nucleus.sum() < mask.sum()
-    recs2, _ = data.folder_records(root / "dataset2")
+    recs2, _ = datasets.folder_records(root / "dataset2")
     assert np.bincount([r.label for r in recs2], minlength=5).tolist() == [3, 12, 37, 15, 33]
 
 
 def test_bccd_loads_with_labels():
     root = shared_or_skip("bccd")
     before = {str(p): p.stat().st_mtime_ns for p in root.rglob("*")}
-    recs, _ = data.folder_records(root)
+    recs, _ = datasets.folder_records(root)
     assert np.bincount([r.label for r in recs], minlength=5).tolist() == [3, 88, 33, 20, 207]
     assert all(r.mask_path is None for r in recs)
-    ds = data.CellDataset(recs, WBC_CLASSES, transforms.build(96, 144, False), resize=144)
+    ds = datasets.CellDataset(recs, WBC_CLASSES, transforms.build(96, 144, False), resize=144)
     item = ds[0]
     assert item["image"].shape == (3, 96, 96) and not item["has_mask"]
     assert {str(p): p.stat().st_mtime_ns for p in root.rglob("*")} == before  # nothing written or touched

@@ -23,11 +23,12 @@ import pytest
 import torch
 from PIL import Image
 
-from wbclib import WBC_CLASSES, WbcError, runs
-from wbclib import config as cfg
-from wbclib.distributed import Context, ShardedBatchSampler, local_batch_size
-from wbclib.inference import build_model
-from wbclib.train import seed_everything
+from wbclib import WBC_CLASSES, WbcError
+from wbclib.core import config as cfg
+from wbclib.training import runs
+from wbclib.training.distributed import Context, ShardedBatchSampler, local_batch_size
+from wbclib.training.inference import build_model
+from wbclib.training.train import seed_everything
 
 ARGS = ["--epochs", "2", "--no-progress", "--no-masks", "--set", "input_size=32", "--set", "resize=null",
         "--set", "base_width=4", "--set", "min_steps=0", "--set", "rot90=false", "--set", "color_jitter=0",

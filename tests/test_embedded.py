@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from conftest import shared_or_skip
-from wbclib import CAM16_CLASSES, WBC_CLASSES, data
+from wbclib import CAM16_CLASSES, WBC_CLASSES
+from wbclib.data import datasets
 
-EMBEDDED = data.EMBEDDED
+EMBEDDED = datasets.EMBEDDED
 #: The command of embedded/README.md, run from the project root (paths relative to it).
 COMMAND = ["prepare", "pbc", "--from", "../shared/data/pbc", "--out", "{out}", "--size", "96",
            "--masked", "segwbc=../shared/data/segwbc/dataset2", "--external", "bccd=../shared/data/bccd",
@@ -35,28 +36,28 @@ def test_every_file_matches_its_manifest_hash():
 
 
 def test_layout_counts_and_masks_as_documented():
-    counts = {n: data.wbc_records(EMBEDDED, n, "train", check=False) for n in data.WBC_SUBSETS}
-    assert [len(counts[n]) for n in data.WBC_SUBSETS] == [15, 165, 834, 1669]
-    for n in data.WBC_SUBSETS:  # every subset has at least one masked cell of every class
+    counts = {n: datasets.wbc_records(EMBEDDED, n, "train", check=False) for n in datasets.WBC_SUBSETS}
+    assert [len(counts[n]) for n in datasets.WBC_SUBSETS] == [15, 165, 834, 1669]
+    for n in datasets.WBC_SUBSETS:  # every subset has at least one masked cell of every class
         masked = {r.label for r in counts[n] if r.mask_path is not None}
         assert masked == set(range(len(WBC_CLASSES))), n
-    names = [{r.path.name for r in counts[n]} for n in data.WBC_SUBSETS]
+    names = [{r.path.name for r in counts[n]} for n in datasets.WBC_SUBSETS]
     assert names[0] <= names[1] <= names[2] <= names[3]
-    val = data.wbc_records(EMBEDDED, 100, "val", check=False)
+    val = datasets.wbc_records(EMBEDDED, 100, "val", check=False)
     assert len(val) == 400 and not {r.path.name for r in val} & names[3]
-    bccd, _ = data.folder_records(EMBEDDED / "external" / "bccd", check=False)
-    segwbc, _ = data.folder_records(EMBEDDED / "external" / "segwbc", check=False)
+    bccd, _ = datasets.folder_records(EMBEDDED / "external" / "bccd", check=False)
+    segwbc, _ = datasets.folder_records(EMBEDDED / "external" / "segwbc", check=False)
     assert len(bccd) == 351 and len(segwbc) == 31 and all(r.mask_path for r in segwbc)
-    tiles = {folder: len(data.prcc_records(EMBEDDED, "train", check=False, folder=folder))
-             + len(data.prcc_records(EMBEDDED, "val", check=False, folder=folder))
+    tiles = {folder: len(datasets.prcc_records(EMBEDDED, "train", check=False, folder=folder))
+             + len(datasets.prcc_records(EMBEDDED, "val", check=False, folder=folder))
              for folder in ("pRCC_nolabel", "smears_nolabel")}
     assert tiles == {"pRCC_nolabel": 150, "smears_nolabel": 728}  # EBHI low-grade IN (H&E); BCCD smear photographs
-    cam = {s: data.cam16_records(EMBEDDED, s, check=False) for s in ("train", "val", "test")}
+    cam = {s: datasets.cam16_records(EMBEDDED, s, check=False) for s in ("train", "val", "test")}
     assert [len(cam[s]) for s in ("train", "val", "test")] == [382, 55, 109]
     assert [sum(r.mask_path is not None for r in cam[s]) for s in ("train", "val", "test")] == [38, 0, 109]
-    assert data.external_sets(CAM16_CLASSES) == [EMBEDDED / "external" / "camelyon16"]
-    assert [p.name for p in data.external_sets()] == ["bccd", "segwbc"]
-    camelyon, _ = data.folder_records(EMBEDDED / "external" / "camelyon16", CAM16_CLASSES, check=False)
+    assert datasets.external_sets(CAM16_CLASSES) == [EMBEDDED / "external" / "camelyon16"]
+    assert [p.name for p in datasets.external_sets()] == ["bccd", "segwbc"]
+    camelyon, _ = datasets.folder_records(EMBEDDED / "external" / "camelyon16", CAM16_CLASSES, check=False)
     assert len(camelyon) == 89 and all(r.mask_path for r in camelyon)
     licenses = {s["dataset"]: s["license"] for s in manifest()["sources"]}
     assert licenses == {"pbc": "CC BY 4.0", "segwbc": "GPL-3.0", "bccd": "MIT (BCCD_Dataset)",
@@ -100,10 +101,10 @@ def test_a_slice_trains_and_evaluates_end_to_end(tmp_path):
 
 
 def test_no_stage_of_the_default_chain_is_synthetic():
-    from wbclib import config as cfg
+    from wbclib.core import config as cfg
 
     for dataset in ("wbc", "cam16", "prcc"):
-        assert data.data_source(cfg.from_profile("quick", dataset=dataset)) == "embedded", dataset
+        assert datasets.data_source(cfg.from_profile("quick", dataset=dataset)) == "embedded", dataset
 
 
 @pytest.mark.slow

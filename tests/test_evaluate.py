@@ -10,8 +10,10 @@ import sys
 import pytest
 
 from conftest import make_wbc_tree, shared_or_skip, write_image
-from wbclib import WBC_CLASSES, evaluate, train
-from wbclib import config as cfg
+from wbclib import WBC_CLASSES
+from wbclib.core import config as cfg
+from wbclib.results import evaluate
+from wbclib.training import train
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Faults and bad input through the real commands, each `wbc` run in a subprocess.
 
-Kills land deterministically through the ``WBC_FAULT`` hook (see :mod:`wbclib.faults`): a process is SIGKILLed
+Kills land deterministically through the ``WBC_FAULT`` hook (see :mod:`wbclib.core.faults`): a process is SIGKILLed
 at a named point, then resumed, and must end exactly where an uninterrupted run ends (on CPU). Bad data, bad
 checkpoints, outputs inside a data folder, a second process on a busy folder, NaN losses and unavailable
 devices must each give one ``wbc: error:`` line (or one listing), exit status 2, no traceback, nothing written.
@@ -23,7 +23,7 @@ import torch
 
 from conftest import make_wbc_tree, write_image, write_mask
 from wbclib.cli import main
-from wbclib.runs import load_checkpoint
+from wbclib.training.runs import load_checkpoint
 
 TINY = ["--no-progress", "--set", "input_size=32", "--set", "resize=null", "--set", "base_width=4", "--set",
         "depth=2", "--set", "batch_size=4", "--set", "min_steps=0", "--set", "precision=fp32"]
@@ -216,23 +216,25 @@ def test_killed_study_reruns_to_the_same_tables_and_a_second_study_on_its_runs_f
     on the same runs folder is refused; the runner is SIGKILLed (its notebooks' processes go with it); the
     rerun reuses the finished run, resumes the other, and every number the tables are made of equals that of
     runs trained without interruption."""
-    from wbclib import analysis, runs, study
-    from wbclib import config as cfg
-    from wbclib.train import fit
+    from wbclib.core import config as cfg
+    from wbclib.results import analysis
+    from wbclib.study import runner
+    from wbclib.training import runs
+    from wbclib.training.train import fit
 
     data = make_wbc_tree(tmp_path / "data", per_class=4, val_per_class=2, size=(48, 48), subsets=(1,))
     runs_dir = tmp_path / "runs"
     args = ["study", "--data-root", data, "--only", "wbc1-scratch-*", "--runs-dir", runs_dir, "--no-book",
             "--jobs", "2", *STUDY_SET]
     done, held = runs_dir / "wbc1-scratch-nomask-s0", runs_dir / "wbc1-scratch-mask-s0"
-    runner = popen_wbc(*args, env={"WBC_FAULT": "pause@after-checkpoint#1", "WBC_FAULT_RUN": held.name})
+    proc = popen_wbc(*args, env={"WBC_FAULT": "pause@after-checkpoint#1", "WBC_FAULT_RUN": held.name})
     try:
-        wait_for(lambda: study.notebook_complete(done / "train.ipynb") and (held / "checkpoint.pt").exists(),
-                 "one run finished and the other checkpointed", proc=runner)
-        refused(cli(capsys, *args), f"runs folder {runs_dir} is in use by pid {runner.pid} on ")
+        wait_for(lambda: runner.notebook_complete(done / "train.ipynb") and (held / "checkpoint.pt").exists(),
+                 "one run finished and the other checkpointed", proc=proc)
+        refused(cli(capsys, *args), f"runs folder {runs_dir} is in use by pid {proc.pid} on ")
     finally:
-        runner.kill()  # the runner only: what it started must end by itself
-        runner.wait()
+        proc.kill()  # the runner only: what it started must end by itself
+        proc.wait()
     wait_for(lambda: lock_is_free(held), "the killed study's notebook to end", timeout=30)
     assert not (held / "metrics.json").exists()
 
@@ -245,8 +247,8 @@ def test_killed_study_reruns_to_the_same_tables_and_a_second_study_on_its_runs_f
 
     reference = tmp_path / "reference"  # the same configurations, trained without interruption
     overrides = dict(cfg.parse_assignment(s) for s in STUDY_SET[1::2])
-    for job in study.select(study.grid([0]), "wbc1-scratch-*"):
-        fit(study.job_config(job, "quick", str(data.resolve()), runs_dir, overrides), reference / job.id,
+    for job in runner.select(runner.grid([0]), "wbc1-scratch-*"):
+        fit(runner.job_config(job, "quick", str(data.resolve()), runs_dir, overrides), reference / job.id,
             progress=False, log=lambda s: None)
         runs.write_structure(reference / job.id, job.structure)  # what the study records beside each run
         assert_same_outcome(reference / job.id, runs_dir / job.id)
@@ -267,7 +269,7 @@ def model_dir(root, tmp_path_factory) -> Path:
 
 def test_every_writing_command_refuses_an_output_inside_a_data_folder_it_reads(root, model_dir, tmp_path,
                                                                                capsys):
-    from wbclib.data import EMBEDDED
+    from wbclib.data.datasets import EMBEDDED
 
     before = tree_listing(root)
     val = root / "WBC_100" / "val" / "data"
@@ -311,8 +313,8 @@ def test_predict_never_reads_its_own_output(root, model_dir, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def bad_checkpoints(model_dir, tmp_path_factory) -> dict[str, tuple[Path, str]]:
     """Each bad checkpoint and a fragment of the message it must give."""
-    from wbclib import config as cfg
-    from wbclib.model import MultiTaskUNet
+    from wbclib.core import config as cfg
+    from wbclib.model.network import MultiTaskUNet
 
     d = tmp_path_factory.mktemp("checkpoints")
     good = (model_dir / "checkpoint.pt").read_bytes()
@@ -498,14 +500,14 @@ def test_missing_root_missing_split_and_empty_split_for_each_layout(tmp_path, ca
 
 
 def test_odd_image_modes_are_read_as_rgb_cells(tmp_path):
-    from wbclib import data
+    from wbclib.data import datasets
 
     gray, transparent, cmyk, sixteen = odd_but_valid_images(tmp_path)
     for path in (gray, transparent, cmyk, sixteen):
-        img = data.open_image(path)
+        img = datasets.open_image(path)
         assert img.mode == "RGB" and img.size == (48, 48), path
-    assert np.all(np.asarray(data.open_image(transparent))[:, :24] == 255)  # transparent: white, not black
-    assert np.asarray(data.open_image(sixteen)).max() > 0
+    assert np.all(np.asarray(datasets.open_image(transparent))[:, :24] == 255)  # transparent: white, not black
+    assert np.asarray(datasets.open_image(sixteen)).max() > 0
 
 
 def test_skip_bad_drops_bad_files_keeps_the_image_of_a_bad_mask_and_trains(tmp_path, capsys):
@@ -537,7 +539,7 @@ def test_skip_bad_drops_bad_files_keeps_the_image_of_a_bad_mask_and_trains(tmp_p
 ])
 def test_a_nan_or_inf_loss_stops_the_run_keeps_the_last_good_checkpoint_and_resume_works(
         root, uninterrupted, tmp_path, capsys, monkeypatch, fault, where):
-    from wbclib import runs
+    from wbclib.training import runs
 
     run = tmp_path / "r"
     monkeypatch.setenv("WBC_FAULT", fault)
@@ -598,21 +600,22 @@ def test_cuda_on_a_machine_without_it_through_a_real_process(root, tmp_path):
 def test_a_run_whose_notebook_did_not_complete_is_executed_again_not_reused(tmp_path):
     """A study killed after a run's metrics.json but before papermill saved its executed notebook must not
     publish the half-executed notebook: the run is executed again (which retrains nothing)."""
-    from wbclib import runs, study
+    from wbclib.core import storage
+    from wbclib.study import runner
 
-    job = study.Job("wbc1-scratch-mask-s0", {"dataset": "wbc", "subset": 1, "masks": True, "seed": 0})
-    config = study.job_config(job, "quick", None, tmp_path, {})
+    job = runner.Job("wbc1-scratch-mask-s0", {"dataset": "wbc", "subset": 1, "masks": True, "seed": 0})
+    config = runner.job_config(job, "quick", None, tmp_path, {})
     run_dir = tmp_path / job.id
-    runs.write_atomic(run_dir / "config.json", config.to_json())
-    runs.write_json(run_dir / "metrics.json", {"accuracy": 0.5})
+    storage.write_atomic(run_dir / "config.json", config.to_json())
+    storage.write_json(run_dir / "metrics.json", {"accuracy": 0.5})
     job.notebook = run_dir / "train.ipynb"
     for papermill, reused in (({"start_time": "t0", "end_time": None}, False), (None, False),
                               ({"start_time": "t0", "end_time": "t1", "exception": None}, True)):
         job.status = "pending"
         job.notebook.write_text(json.dumps({"cells": [], "metadata": {"papermill": papermill} if papermill else {}}))
-        assert study._decide(job, {}, config, run_dir) is not reused and (job.status == "reused") is reused
+        assert runner._decide(job, {}, config, run_dir) is not reused and (job.status == "reused") is reused
     job.notebook.write_text('{"cells": [')  # a notebook cut short by the kill
-    assert study._decide(job, {}, config, run_dir)
+    assert runner._decide(job, {}, config, run_dir)
 
 
 # -- 1 with loader worker processes ----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import nbformat
 
-from wbclib import book
+from wbclib.study import book
 
 
 def test_an_executed_notebook_prints_no_encryption_warning_and_keeps_the_kernels_stderr(tmp_path, capfd):

@@ -45,7 +45,7 @@ def test_the_walkthrough_links_to_book_pages_in_plain_markdown_from_notebooks_an
     notebooks/, rebased for the generated page to files that exist from book/generated/."""
     import nbformat
 
-    from wbclib import book
+    from wbclib.study import book
 
     nb = nbformat.read(ROOT / "notebooks" / "walkthrough.ipynb", as_version=4)
     markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")

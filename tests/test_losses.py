@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from wbclib.losses import MultiTaskLoss, generalized_dice_loss, mask_targets
-from wbclib.model import UNetOutput
+from wbclib.model.losses import MultiTaskLoss, generalized_dice_loss, mask_targets
+from wbclib.model.network import UNetOutput
 
 
 def monai_gdl(logits, target):

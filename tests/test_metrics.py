@@ -1,4 +1,4 @@
-"""Tests of wbclib.metrics against small hand-computed examples."""
+"""Tests of wbclib.training.metrics against small hand-computed examples."""
 
 import json
 import math
@@ -10,7 +10,7 @@ import torch
 from scipy import stats
 
 from wbclib import WBC_CLASSES
-from wbclib.metrics import (
+from wbclib.training.metrics import (
     classification_metrics,
     describe_difference,
     format_mean_ci,
@@ -243,7 +243,7 @@ def test_mcnemar_at_25_discordant_pairs_is_the_corrected_chi_square(b, c):
 
 @pytest.mark.parametrize("diffs", [[0.01, 0.03, 0.02], [0.05, -0.02, 0.01, 0.04], [-0.3, -0.1]])
 def test_seed_t_test_p_matches_scipy_ttest_1samp(diffs):
-    from wbclib.metrics import seed_t_interval
+    from wbclib.training.metrics import seed_t_interval
 
     r = seed_t_interval(diffs)
     ref = stats.ttest_1samp(diffs, 0.0)
@@ -275,7 +275,7 @@ def test_one_seed_bootstrap_with_a_single_discordant_image_has_a_large_p():
     """A alone is right on 1 of 10 images (the other 9 agree): a replicate's difference is <= 0 exactly when the
     10 draws miss that image, with chance 0.9^10 = 0.3487, so p = 2 x 0.3487 = 0.697 and the interval holds 0.
     A bootstrap that stopped resampling the images would give p = 0 here."""
-    from wbclib.metrics import hierarchical_bootstrap
+    from wbclib.training.metrics import hierarchical_bootstrap
 
     a = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 1], bool)
     b = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0], bool)
@@ -292,7 +292,7 @@ def test_hierarchical_bootstrap_spread_matches_its_two_level_variance():
     """S seeds, each with its own images. A replicate averages S seeds drawn with replacement, each an image
     bootstrap of its own mean, so its variance is (1/S) x [Var_k(mu_k) + mean_k(sigma_k^2 / n_k)] (population
     variances). Four seeds of 300 images with known counts of +1 / -1 / 0 give the analytic SE to check."""
-    from wbclib.metrics import hierarchical_bootstrap
+    from wbclib.training.metrics import hierarchical_bootstrap
 
     counts = [(60, 10), (30, 30), (90, 15), (45, 45)]  # (A alone right, B alone right) of 300 images
     pairs = [_pairs(150, p, q, 150 - p - q) for p, q in counts]

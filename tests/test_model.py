@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from wbclib.model import MultiTaskUNet, count_parameters, load_matching
+from wbclib.model.network import MultiTaskUNet, count_parameters, load_matching
 
 
 @pytest.mark.parametrize("size,width,depth", [(64, 8, 4), (96, 8, 4), (32, 4, 2), (48, 4, 3), (16, 4, 1)])

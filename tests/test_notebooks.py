@@ -10,7 +10,7 @@ from pathlib import Path
 import papermill
 import pytest
 
-from wbclib import book
+from wbclib.study import book
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Smoke tests of wbclib.plots: each function returns a Figure with the expected axes."""
+"""Smoke tests of wbclib.results.plots: each function returns a Figure with the expected axes."""
 
 import matplotlib
 
@@ -12,7 +12,7 @@ import torch
 from matplotlib.figure import Figure
 
 from wbclib import WBC_CLASSES
-from wbclib.plots import (
+from wbclib.results.plots import (
     CLASS_PALETTE,
     confusion_grid,
     confusion_matrix_plot,

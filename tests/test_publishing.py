@@ -11,7 +11,7 @@ import nbformat
 import pytest
 import yaml
 
-from wbclib import book, study
+from wbclib.study import book, runner
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / ".github" / "workflows" / "book.yml"
@@ -80,7 +80,7 @@ def test_book_builds_fail_on_warnings(monkeypatch, tmp_path):
     for name in ("results.ipynb", "data_summary.md", "evaluation.md", "performance.md", "walkthrough.md"):
         (gen / name).write_text("{}" if name.endswith("ipynb") else "# x\n")
     (gen / "results.ipynb").write_text(nbformat.writes(nbformat.v4.new_notebook()))
-    monkeypatch.setattr(study.subprocess, "run", fake_run)
+    monkeypatch.setattr(runner.subprocess, "run", fake_run)
     book.build_book(tmp_path)
     assert seen["cmd"][1:3] == ["build", str(tmp_path)] and "-W" in seen["cmd"] and "--keep-going" in seen["cmd"]
     assert re.search(r"^book:.*\n\t\$\(BIN\)/wbc book$", (ROOT / "Makefile").read_text(), re.M)
@@ -135,7 +135,7 @@ def test_the_walkthrough_is_a_page_with_parameters_and_no_library_code():
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1 and re.search(r"^steps = \d+", params[0].source, re.M)
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-    assert not re.search(r"^\s*(def|class) ", code, re.M)  # helpers live in wbclib.walkthrough
+    assert not re.search(r"^\s*(def|class) ", code, re.M)  # helpers live in wbclib.study.walkthrough
     assert "Exercises" in "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
 
 

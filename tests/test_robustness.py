@@ -9,8 +9,11 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from conftest import make_wbc_tree, write_image
-from wbclib import WBC_CLASSES, cli, evaluate, robustness, train, transforms
-from wbclib import config as cfg
+from wbclib import WBC_CLASSES, cli
+from wbclib.core import config as cfg
+from wbclib.data import transforms
+from wbclib.results import evaluate, robustness
+from wbclib.training import train
 
 
 def _cell_image(h=96, w=97):

@@ -16,9 +16,13 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from conftest import make_wbc_tree, write_image
-from wbclib import book, cli, data, evaluate, inference, runs, shift, study, train, transforms
-from wbclib import config as cfg
-from wbclib.model import MultiTaskUNet
+from wbclib import cli
+from wbclib.core import config as cfg
+from wbclib.data import datasets, transforms
+from wbclib.model.network import MultiTaskUNet
+from wbclib.results import evaluate, shift
+from wbclib.study import book, runner
+from wbclib.training import inference, runs, train
 
 TINY = dict(input_size=32, resize=None, base_width=4, depth=2, batch_size=4, epochs=1, min_steps=0)
 
@@ -146,7 +150,7 @@ def shift_runs(tmp_path_factory):
         config = cfg.from_profile("quick", data_root=str(root), norm=norm, **TINY)
         run_dir = base / "runs" / f"shift-{name}-s0"
         train.fit(config, run_dir, progress=False, log=lambda s: None)
-        runs.write_structure(run_dir, study.make_job(f"shift-{name}", 0, {"dataset": "wbc"}, setting=name,
+        runs.write_structure(run_dir, runner.make_job(f"shift-{name}", 0, {"dataset": "wbc"}, setting=name,
                                                      chapter="shift").structure)  # as the study records it
     target = base / "target"
     for i, cls in enumerate(["Lymphocyte", "Neutrophil", "Monocyte"]):
@@ -186,12 +190,12 @@ def test_evaluate_adabn_on_a_group_norm_model_says_it_changes_nothing(shift_runs
 # -- the study's shift-* runs and the chapter ------------------------------------------------------------
 
 def test_shift_runs_are_opt_in_and_carry_their_settings(tmp_path, capsys):
-    jobs = [study.make_job(c, s, p, setting=name, chapter="shift") for c, s, p, name in shift.grid([0, 1])]
+    jobs = [runner.make_job(c, s, p, setting=name, chapter="shift") for c, s, p, name in shift.grid([0, 1])]
     assert [j.id for j in jobs[:2]] == ["shift-bn-s0", "shift-gn-s0"] and len(jobs) == 2 * len(shift.SETTINGS)
     assert jobs[0].structure == {"configuration": "shift-bn", "seed": 0, "chapter": "shift", "dataset": "wbc",
                                  "subset": 100, "masks": True, "pretrained": False, "setting": "bn"}
     for job in jobs:
-        c = study.job_config(job, "quick", None, tmp_path, {"epochs": 2})
+        c = runner.job_config(job, "quick", None, tmp_path, {"epochs": 2})
         changes = shift.SETTINGS[job.structure["setting"]][0]
         assert c.epochs == 2 and c.subset == 100 and c.masks and c.init is None
         assert all(getattr(c, k) == v for k, v in changes.items()), job.id
@@ -242,7 +246,7 @@ def test_stained_fraction_and_image_statistics():
     rgb[disk] = [0.45, 0.3, 0.7]  # a violet nucleus
     assert abs(shift.stained_fraction(rgb) - disk.mean()) < 0.01
     assert shift.stained_fraction(np.full((10, 10, 3), 0.8, np.float32)) == 0
-    df = shift.image_statistics(data.EMBEDDED / "external" / "bccd", limit=12)
+    df = shift.image_statistics(datasets.EMBEDDED / "external" / "bccd", limit=12)
     assert len(df) == 12 and set(df["set"]) == {"bccd"} and df["stained_fraction"].between(0, 1).all()
     assert df[["red", "green", "blue", "saturation", "brightness"]].stack().between(0, 1).all()
     assert df["hue"].between(-0.5, 0.5).all()

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, wbc
-from wbclib import book, study
+from wbclib.study import book, runner
 
 
 def test_grid_ids_and_dependencies():
-    jobs = study.grid([0])
+    jobs = runner.grid([0])
     ids = [j.id for j in jobs]
     assert len(ids) == 21 and len(set(ids)) == 21
     assert ids[0] == "prcc-s0"
@@ -26,30 +26,30 @@ def test_grid_ids_and_dependencies():
     assert deps["cam16-ce-prcc-s0"] == "prcc-s0" and deps["cam16-ce-s0"] is None
     assert deps["wbc10-pretrained-mask-s0"] == "cam16-ce-prcc-dice-s0" and deps["wbc10-scratch-mask-s0"] is None
     assert all(ids.index(d) < ids.index(i) for i, d in deps.items() if d)
-    assert len(study.grid([0, 1, 2])) == 63
+    assert len(runner.grid([0, 1, 2])) == 63
 
 
 def test_only_pulls_in_dependencies():
-    ids = [j.id for j in study.select(study.grid([0, 1]), "wbc1-pretrained-mask-s1")]
+    ids = [j.id for j in runner.select(runner.grid([0, 1]), "wbc1-pretrained-mask-s1")]
     assert ids == ["prcc-s1", "cam16-ce-prcc-dice-s1", "wbc1-pretrained-mask-s1"]
-    with pytest.raises(study.WbcError, match="matches no run id"):
-        study.select(study.grid([0]), "nothing-*")
+    with pytest.raises(runner.WbcError, match="matches no run id"):
+        runner.select(runner.grid([0]), "nothing-*")
 
 
 def test_the_smear_chain_is_opt_in_and_selected_with_several_globs():
-    assert not any("smears" in j.id for j in study.grid([0]))
-    jobs = study.grid([0, 1], smear_chain=True)
+    assert not any("smears" in j.id for j in runner.grid([0]))
+    jobs = runner.grid([0, 1], smear_chain=True)
     by_id = {j.id: j for j in jobs}
     assert len(jobs) == 2 * (21 + 4)
     assert by_id["cam16-ce-smears-dice-s1"].depends == "smears-s1"
     assert by_id["wbc10-smears-mask-s0"].depends == "cam16-ce-smears-dice-s0"
     assert by_id["smears-s0"].params["overrides"] == {"prcc_folder": "smears_nolabel"}
-    config = study.job_config(by_id["smears-s0"], "quick", None, Path("runs"), {})
+    config = runner.job_config(by_id["smears-s0"], "quick", None, Path("runs"), {})
     assert config.dataset == "prcc" and config.prcc_folder == "smears_nolabel"
     assert book.describe(by_id["wbc1-smears-mask-s0"].structure) == (
         "WBC_1, pretrained on blood-smear + CAM16, with masks, seed 0")
     assert book.describe(by_id["wbc1-pretrained-mask-s0"].structure).startswith("WBC_1, pretrained on pRCC + CAM16")
-    picked = [j.id for j in study.select(jobs, "wbc1-*-mask-s0, wbc10-*-mask-s0")]
+    picked = [j.id for j in runner.select(jobs, "wbc1-*-mask-s0, wbc10-*-mask-s0")]
     assert set(picked) == {"prcc-s0", "cam16-ce-prcc-dice-s0", "smears-s0", "cam16-ce-smears-dice-s0",
                            *(f"wbc{n}-{k}-mask-s0" for n in (1, 10) for k in ("scratch", "pretrained", "smears"))}
 
@@ -65,7 +65,7 @@ def test_dry_run_plans_without_running(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_failed_configuration_does_not_stop_the_others(tmp_path):
-    from wbclib import synth
+    from wbclib.data import synth
 
     root = tmp_path / "data"
     synth.generate(root, scale=0.003, seed=0, progress=False)
@@ -127,7 +127,7 @@ def test_pages_open_with_results_and_carry_no_absolute_path_of_the_machine(tiny_
     tmp_path, book, p = tiny_book
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     html = book / "_build" / "html"
-    forbidden = [str(study.NOTEBOOKS.parent), str(tmp_path), str(Path.home()) + "/"]
+    forbidden = [str(runner.NOTEBOOKS.parent), str(tmp_path), str(Path.home()) + "/"]
     files = [f for f in html.rglob("*") if f.is_file() and f.suffix in (".html", ".ipynb", ".js", ".txt", ".md")]
     assert len(files) > 30
     for f in files:
@@ -146,33 +146,33 @@ def test_the_notebook_trains_exactly_the_config_the_runner_resolved(tmp_path):
     parameters cell, papermill's injected values and its config cell must give back that very config."""
     import nbformat
 
-    from wbclib import shift
+    from wbclib.results import shift
 
     nb = nbformat.read(book.NOTEBOOKS / "train.ipynb", as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", [])).source
     setup = next(c for c in nb.cells if "cfg.from_dict(run_config)" in c.source).source
-    jobs = study.grid([0]) + [study.make_job(c, s, p, setting=n, chapter="shift") for c, s, p, n in shift.grid([0])]
+    jobs = runner.grid([0]) + [runner.make_job(c, s, p, setting=n, chapter="shift") for c, s, p, n in shift.grid([0])]
     for job in jobs:
-        config = study.job_config(job, "quick", None, tmp_path, {"lr": 0.01, "resize": None})
+        config = runner.job_config(job, "quick", None, tmp_path, {"lr": 0.01, "resize": None})
         ns: dict = {}
         exec(params, ns)
-        ns.update(study.notebook_params(config, tmp_path / job.id))
+        ns.update(runner.notebook_params(config, tmp_path / job.id))
         exec(setup, ns)
         assert ns["config"] == config and str(ns["run_dir"]) == str((tmp_path / job.id).resolve()), job.id
     assert config.lr == 0.01 and config.resize is None  # KEY=none reaches the run
 
 
 def test_time_breakdown_adds_the_parts_of_trained_runs_only(tmp_path):
-    jobs = [study.Job("a-s0", {}, status="finished", seconds=10.0), study.Job("b-s0", {}, status="reused"),
-            study.Job("c-s0", {}, status="failed", seconds=3.0)]
+    jobs = [runner.Job("a-s0", {}, status="finished", seconds=10.0), runner.Job("b-s0", {}, status="reused"),
+            runner.Job("c-s0", {}, status="failed", seconds=3.0)]
     for j, timing in (("a-s0", {"setup": 1.0, "train_steps": 6.0, "validation": 1.0, "checkpoints": 0.5,
                                 "final_evaluation": 0.5}), ("b-s0", {"train_steps": 100.0})):
         (tmp_path / j).mkdir()
         (tmp_path / j / "metrics.json").write_text(json.dumps({"timing_s": timing, "wall_time_s": 9.0}))
-    b = study.time_breakdown(jobs, tmp_path, book_seconds=5.0, wall=20.0)
+    b = runner.time_breakdown(jobs, tmp_path, book_seconds=5.0, wall=20.0)
     assert b["parts_s"]["train_steps"] == 6.0 and b["parts_s"]["notebook"] == 1.0 and b["parts_s"]["book"] == 5.0
     assert b["work_s"] == 15.0 and b["shares"]["train_steps"] == 6.0 / 15.0
-    text = study.describe_time(b)
+    text = runner.describe_time(b)
     assert text.startswith("time: 20 s wall, 15 s of work") and "training steps" in text and "40.0 %" in text
 
 
@@ -181,24 +181,24 @@ def test_a_kept_alive_kernel_trains_exactly_what_a_fresh_kernel_trains(tmp_path)
     """A slot keeps its kernel from one run to the next (imports paid once); the run must not notice."""
     import pandas as pd
 
-    from wbclib import config as cfg
-    from wbclib import synth
+    from wbclib.core import config as cfg
+    from wbclib.data import synth
 
     root = tmp_path / "data"
     synth.generate(root, scale=0.003, seed=0, progress=False)
     overrides = dict(cfg.parse_assignment(s) for s in TINY[1::2])
-    params = {j.id: j.params for j in study.grid([0])}
+    params = {j.id: j.params for j in runner.grid([0])}
     book.ensure_kernel()
 
     def run(slot, rid, runs_dir):
-        job = study.Job(rid, params[rid])
+        job = runner.Job(rid, params[rid])
         job.notebook = runs_dir / rid / "train.ipynb"
-        config = study.job_config(job, "quick", str(root), runs_dir, overrides)
-        slot.run(job, study.notebook_params(config, runs_dir / rid))
+        config = runner.job_config(job, "quick", str(root), runs_dir, overrides)
+        slot.run(job, runner.notebook_params(config, runs_dir / rid))
         assert job.status == "finished", job.detail
         return pd.read_csv(runs_dir / rid / "history.csv").drop(columns="seconds")
 
-    kept, fresh = study.Slot({}), study.Slot({})
+    kept, fresh = runner.Slot({}), runner.Slot({})
     try:
         run(kept, "wbc1-scratch-nomask-s0", tmp_path / "a")
         km = kept.km
@@ -214,7 +214,7 @@ def test_a_kept_alive_kernel_trains_exactly_what_a_fresh_kernel_trains(tmp_path)
 def test_study_outside_a_checkout_says_it_needs_one(tmp_path, monkeypatch):
     """``pip install .`` installs wbclib without the notebooks and the book: the study says so in one line."""
     monkeypatch.setattr(book, "NOTEBOOKS", tmp_path / "notebooks")
-    with pytest.raises(study.WbcError, match="needs a checkout of the project"):
+    with pytest.raises(runner.WbcError, match="needs a checkout of the project"):
         book.require_checkout()
     monkeypatch.undo()
     book.require_checkout()  # this checkout has them

@@ -1,4 +1,4 @@
-"""Tests of the synthetic stand-in for the course data (wbclib.synth)."""
+"""Tests of the synthetic stand-in for the course data (wbclib.data.synth)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wbclib import CAM16_CLASSES, WBC_CLASSES, WbcError, synth
+from wbclib import CAM16_CLASSES, WBC_CLASSES, WbcError
+from wbclib.data import synth
 
 SCALE = 0.01
 SUBSETS = ("WBC_1", "WBC_10", "WBC_50", "WBC_100")

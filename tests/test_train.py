@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from conftest import make_wbc_tree
-from wbclib import WbcError, data, inference, runs, train
-from wbclib import config as cfg
-from wbclib.model import MultiTaskUNet
+from wbclib import WbcError
+from wbclib.core import config as cfg
+from wbclib.data import datasets
+from wbclib.model.network import MultiTaskUNet
+from wbclib.training import inference, runs, train
 
 
 @pytest.fixture(scope="module")
@@ -217,9 +219,9 @@ def test_set_resize_none_trains_at_native_resolution(tmp_path):
     native = config_from_args(parser().parse_args([*argv, "--set", "resize=none"]))
     scaled = config_from_args(parser().parse_args(argv))
     assert native.resize is None and scaled.resize == 96
-    crop = data.build_splits(native, tmp_path).val[0]["image"]
+    crop = datasets.build_splits(native, tmp_path).val[0]["image"]
     assert crop.shape == (3, 32, 32) and set(crop.unique().tolist()) == {0.0, 1.0}
-    blended = data.build_splits(scaled, tmp_path).val[0]["image"]
+    blended = datasets.build_splits(scaled, tmp_path).val[0]["image"]
     assert len(blended.unique()) > 2
 
 
@@ -231,13 +233,13 @@ def test_a_cpu_run_loads_in_worker_processes_only_when_decoding_large_images_hol
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        assert inference.cpu_loader_workers(config, data.build_splits(config, large).train) == 1
-        assert inference.cpu_loader_workers(config.replace(resize=150), data.build_splits(config, large).train) == 0
+        assert inference.cpu_loader_workers(config, datasets.build_splits(config, large).train) == 1
+        assert inference.cpu_loader_workers(config.replace(resize=150), datasets.build_splits(config, large).train) == 0
         lines = []
         train.fit(config, tmp_path / "r", progress=False, log=lines.append)
         assert any(s.startswith("loader: 1 worker process,") for s in lines), lines
         assert json.loads((tmp_path / "r" / "manifest.json").read_text())["num_workers"] == 1
         torch.set_num_threads(1)  # no spare thread (a study's slot on two cores): no worker
-        assert inference.cpu_loader_workers(config, data.build_splits(config, large).train) == 0
+        assert inference.cpu_loader_workers(config, datasets.build_splits(config, large).train) == 0
     finally:
         torch.set_num_threads(threads)

@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from wbclib import inference, walkthrough
-from wbclib.model import count_parameters
+from wbclib.model.network import count_parameters
+from wbclib.study import walkthrough
+from wbclib.training import inference
 
 
 @pytest.fixture(scope="module")

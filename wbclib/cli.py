@@ -10,9 +10,9 @@ import argparse
 import os
 import sys
 
-from . import WBC_SUBSETS, WbcError
-from . import config as cfg
-from .sources import CAM16_SPLIT, EBHI_GROUPING, named_by
+from wbclib import WBC_SUBSETS, WbcError
+from wbclib.core import config as cfg
+from wbclib.data.sources import CAM16_SPLIT, EBHI_GROUPING, named_by
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -87,7 +87,7 @@ def config_from_args(a: argparse.Namespace) -> cfg.RunConfig:
 
 
 def cmd_train(a) -> int:
-    from . import train
+    from wbclib.training import train
 
     config = config_from_args(a)
     metrics = train.fit(config, a.run_dir, resume=a.resume, progress=False if a.no_progress else None)
@@ -99,7 +99,7 @@ def cmd_train(a) -> int:
 
 
 def cmd_synth(a) -> int:
-    from . import synth
+    from wbclib.data import synth
 
     summary = synth.generate(a.out, scale=a.scale, seed=a.seed, progress=not a.no_progress,
                              cam16_scale=a.cam16_scale)
@@ -108,7 +108,7 @@ def cmd_synth(a) -> int:
 
 
 def cmd_prepare(a) -> int:
-    from . import prepare as prep
+    from wbclib.data import prepare as prep
 
     external: dict[str, str] = {}
     for text in a.external:
@@ -133,7 +133,7 @@ def cmd_prepare(a) -> int:
 
 def _prepare_table(summary: dict) -> str:
     """Images per split and class (masks in brackets), then what was left out and where the manifest is."""
-    from . import CAM16_CLASSES, WBC_CLASSES
+    from wbclib import CAM16_CLASSES, WBC_CLASSES
 
     seen = {c for per_class in summary["counts"].values() for c in per_class}
     classes = [c for c in (*WBC_CLASSES, *CAM16_CLASSES) if c in seen] + sorted(
@@ -159,15 +159,15 @@ def _prepare_table(summary: dict) -> str:
 
 
 def cmd_study(a) -> int:
-    from . import study
+    from wbclib.study import runner
 
-    options = study.Options(profile=a.profile, data=a.data, data_root=a.data_root, seeds=a.seeds, only=a.only,
+    options = runner.Options(profile=a.profile, data=a.data, data_root=a.data_root, seeds=a.seeds, only=a.only,
                             runs_dir=a.runs_dir, jobs=a.jobs, external=a.external,
                             overrides=dict(cfg.parse_assignment(s) for s in a.set), no_book=a.no_book,
                             book_root=a.book_root, dry_run=a.dry_run, walkthrough_steps=a.walkthrough_steps,
                             smear_chain=a.smear_chain, executor=a.executor, retries=a.retries, detach=a.detach)
     if a.executor == "slurm":
-        from . import cluster
+        from wbclib.study import cluster
 
         options.slurm = {"path": a.cluster_config, "partition": a.partition, "account": a.account, "time": a.time,
                          "gpus": a.gpus, "cpus": a.cpus, "mem": a.mem, "sbatch": cluster.parse_sbatch(a.sbatch)}
@@ -178,13 +178,13 @@ def cmd_study(a) -> int:
             a.partition, a.account, a.time, a.gpus, a.cpus, a.mem)):
         raise WbcError("--detach, --cluster-config, --partition, --account, --time, --gpus, --cpus, --mem and "
                        "--sbatch go with --executor slurm")
-    return study.run(options, log=print)
+    return runner.run(options, log=print)
 
 
 def cmd_evaluate(a) -> int:
     from pathlib import Path
 
-    from . import evaluate
+    from wbclib.results import evaluate
 
     result = evaluate.evaluate(a.checkpoint, a.data, a.out, a.mask_threshold, a.skip_bad,
                                progress=not a.no_progress and sys.stderr.isatty(), adabn=a.adabn)
@@ -205,7 +205,7 @@ def cmd_evaluate(a) -> int:
 def cmd_predict(a) -> int:
     from pathlib import Path
 
-    from . import evaluate
+    from wbclib.results import evaluate
 
     text = evaluate.predict_images(a.checkpoint, a.inputs, a.out, progress=not a.no_progress and sys.stderr.isatty())
     if a.out:
@@ -216,12 +216,13 @@ def cmd_predict(a) -> int:
 
 
 def cmd_book(a) -> int:
-    from . import book, runs
-    from .data import EMBEDDED, cache_dir
+    from wbclib.core import storage
+    from wbclib.data.datasets import EMBEDDED, cache_dir
+    from wbclib.study import book
 
     book.require_checkout()
     if a.book_root:
-        runs.refuse_inside(a.book_root, [EMBEDDED, cache_dir()], "--book-root")
+        storage.refuse_inside(a.book_root, [EMBEDDED, cache_dir()], "--book-root")
     print(f"book: {book.build_book(book.prepare_book_root(a.book_root))}")
     return 0
 

@@ -14,11 +14,11 @@ import pandas as pd
 import torch
 from torch.utils.data import default_collate
 
-from . import config as cfg
-from . import inference, train
-from .data import Splits, build_splits, data_root
-from .losses import MultiTaskLoss, mask_targets
-from .model import MultiTaskUNet
+from wbclib.core import config as cfg
+from wbclib.data.datasets import Splits, build_splits, data_root
+from wbclib.model.losses import MultiTaskLoss, mask_targets
+from wbclib.model.network import MultiTaskUNet
+from wbclib.training import inference, train
 
 
 def walkthrough_config(subset: int = 100, batch_size: int = 16, lambda_ce: float = 2.0, lambda_dice: float = 1.0,

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from . import WbcError
+from wbclib import WbcError
 
 
 @dataclass

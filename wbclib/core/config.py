@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from . import CAM16_CLASSES, WBC_CLASSES, WBC_SUBSETS, WbcError
+from wbclib import CAM16_CLASSES, WBC_CLASSES, WBC_SUBSETS, WbcError
 
 DATASETS = ("wbc", "cam16", "prcc")
 DATA_SOURCES = ("embedded", "synthetic")

@@ -1,7 +1,7 @@
 """Apply a trained model: ``wbc evaluate`` on a labelled class-folder set, ``wbc predict`` on any images.
 
 Images are loaded as the checkpoint's own config says (the shorter side resized by the rule of ``wbc prepare
---size``, :func:`wbclib.data.load_image`), then centre-cropped, whatever their size: a full-size image and its
+--size``, :func:`wbclib.data.datasets.load_image`), then centre-cropped, whatever their size: a full-size image and its
 prepared copy give the model the same pixels. Checkpoints are loaded with ``weights_only=True``.
 """
 
@@ -14,8 +14,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import WbcError, data, metrics, runs, transforms
-from .inference import Runtime, adapt_batchnorm, load_model, make_loader, predict, predicted_mask
+from wbclib import WbcError
+from wbclib.core import storage
+from wbclib.data import datasets, transforms
+from wbclib.training import metrics, runs
+from wbclib.training.inference import Runtime, adapt_batchnorm, load_model, make_loader, predict, predicted_mask
 
 
 def _model(checkpoint):
@@ -26,7 +29,7 @@ def _model(checkpoint):
 
 
 def _dataset(records, classes, config, root=None, mask_threshold=None):
-    return data.CellDataset(records, classes, transforms.build(config.input_size, config.resize, train=False),
+    return datasets.CellDataset(records, classes, transforms.build(config.input_size, config.resize, train=False),
                             mask_threshold if mask_threshold is not None else config.mask_threshold,
                             config.resize, root, config.resize_quality)
 
@@ -37,7 +40,7 @@ def _loader(ds, config, rt):
 
 
 def _adapt(model, ds, config, rt) -> dict:
-    """AdaBN on the images of ``ds`` (see :func:`wbclib.inference.adapt_batchnorm`); what was done, for
+    """AdaBN on the images of ``ds`` (see :func:`wbclib.training.inference.adapt_batchnorm`); what was done, for
     metrics.json."""
 
     layers = adapt_batchnorm(model, _loader(ds, config, rt), rt.device, rt.autocast)
@@ -58,7 +61,7 @@ def _run(model, ds, config, rt, progress: bool) -> dict:
 def embed_folder(checkpoint, folder, mask_threshold=None, skip_bad: bool = False, progress: bool = False) -> dict:
     """Embeddings, labels and predictions of a class-folder set under a trained model (for t-SNE)."""
     model, config, classes, rt = _model(checkpoint)
-    records, root = data.folder_records(folder, classes, skip_bad=skip_bad)
+    records, root = datasets.folder_records(folder, classes, skip_bad=skip_bad)
     pred = _run(model, _dataset(records, classes, config, root, mask_threshold), config, rt, progress)
     pred["prediction"] = pred["logits"].argmax(1)
     return pred
@@ -70,13 +73,13 @@ def evaluate(checkpoint, folder, out, mask_threshold=None, skip_bad: bool = Fals
     predictions.csv under ``out`` (never inside the data folder). With ``adabn``, the BatchNorm statistics are
     first re-estimated on the set's images (AdaBN; their labels are not used), and ``result["adabn"]`` says
     what was adapted (nothing for a GroupNorm model)."""
-    from . import plots
+    from wbclib.results import plots
 
     out = Path(out)
     model, config, classes, rt = _model(checkpoint)
-    runs.refuse_inside(out, [folder], "--out")
+    storage.refuse_inside(out, [folder], "--out")
     _same_task(checkpoint, config, folder)
-    records, root = data.folder_records(folder, classes, skip_bad=skip_bad)
+    records, root = datasets.folder_records(folder, classes, skip_bad=skip_bad)
     ds = _dataset(records, classes, config, root, mask_threshold)
     adapted = _adapt(model, ds, config, rt) if adabn else None
     pred = _run(model, ds, config, rt, progress)
@@ -89,10 +92,10 @@ def evaluate(checkpoint, folder, out, mask_threshold=None, skip_bad: bool = Fals
         result["masks"] = pred["segmentation"]
         result["masks_by_class"] = {classes[c]: v for c, v in pred["segmentation_by_class"].items()}
     out.mkdir(parents=True, exist_ok=True)
-    runs.write_json(out / "metrics.json", result)
+    storage.write_json(out / "metrics.json", result)
     fig = plots.confusion_matrix_plot(result["confusion_matrix"], list(classes), title=Path(folder).name)
     fig.savefig(out / "confusion.png", dpi=120)
-    runs.write_atomic(out / "predictions.csv", _csv(pred["path"], pred["logits"], classes, pred["label"]))
+    storage.write_atomic(out / "predictions.csv", _csv(pred["path"], pred["logits"], classes, pred["label"]))
     return result
 
 
@@ -106,7 +109,7 @@ def evaluate_into_run(run_dir, name: str, folder, adabn: bool = False) -> dict:
     (``external-<name>[-adabn]/``, never into the set), and reused while it is newer than the run's checkpoint
     and was made from the same folder in the same mode."""
     run_dir, out = Path(run_dir), external_dir(run_dir, name, adabn)
-    m = runs.read_json(out / "metrics.json")
+    m = storage.read_json(out / "metrics.json")
     ckpt = runs.resolve_checkpoint(run_dir)
     if (m and m.get("data") == str(Path(folder).resolve()) and ("adabn" in m) == adabn
             and (out / "predictions.csv").is_file() and (out / "metrics.json").stat().st_mtime >= ckpt.stat().st_mtime):
@@ -120,8 +123,8 @@ def _same_task(checkpoint, config, folder) -> None:
     if config.num_classes < 2:
         raise WbcError(f"{checkpoint} is a {config.dataset} model (reconstruction only, no classifier); "
                        "evaluate a model trained on labelled cells")
-    names = data.class_folder_names(folder)
-    if names and not any(data.canonical_class(n, config.classes) is not None for n in names):
+    names = datasets.class_folder_names(folder)
+    if names and not any(datasets.canonical_class(n, config.classes) is not None for n in names):
         raise WbcError(f"{checkpoint} is a {config.dataset} model (classes {', '.join(config.classes)}), but the "
                        f"class folders of {folder} are {', '.join(names[:8])}: give a model of the same task")
 
@@ -153,21 +156,21 @@ def image_files(inputs) -> list[Path]:
 
     Folders that hold the output of ``wbc predict`` or ``wbc evaluate`` (their PNGs are figures, not cells)
     are refused."""
-    files, problems = [], data.Problems(Path("."), "image files (.jpg/.png/.bmp/.tif) or folders holding them")
+    files, problems = [], datasets.Problems(Path("."), "image files (.jpg/.png/.bmp/.tif) or folders holding them")
     for item in map(Path, inputs):
         if item.is_dir():
             outputs = [d for d in [item, *item.rglob("*")] if d.is_dir() and _is_wbc_output(d)]
             if outputs:
                 raise WbcError(f"{outputs[0]} holds the output of an earlier wbc predict or evaluate "
                                "(predictions.csv and figures), not cells: give the folders of the images")
-            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in data.IMAGE_EXTENSIONS
+            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in datasets.IMAGE_EXTENSIONS
                             and not p.name.startswith("."))
         elif item.is_file():
             files.append(item)
         else:
             problems.add(item, "not found")
     for f in files:
-        why = data.check_image(f)
+        why = datasets.check_image(f)
         if why:
             problems.add(f, why)
     problems.settle(skip_bad=False)
@@ -181,16 +184,16 @@ def predict_images(checkpoint, inputs, out=None, progress: bool = False) -> str:
     predicted mask). Returns the CSV text."""
     import matplotlib.pyplot as plt
 
-    from . import plots
+    from wbclib.results import plots
 
     if out:  # never inside a folder it reads, whose next recursive predict would take the PNGs for cells
-        runs.refuse_inside(out, [p if Path(p).is_dir() else Path(p).parent for p in inputs], "--out")
+        storage.refuse_inside(out, [p if Path(p).is_dir() else Path(p).parent for p in inputs], "--out")
     model, config, classes, rt = _model(checkpoint)
     if config.num_classes < 2:
         raise WbcError(f"{checkpoint} is a {config.dataset} model (reconstruction only, no classifier); "
                        "predict with a model trained on labelled cells")
     files = image_files(inputs)
-    ds = _dataset([data.Record(f) for f in files], classes, config)
+    ds = _dataset([datasets.Record(f) for f in files], classes, config)
     loader = _loader(ds, config, rt)
     logits, out_dir = [], Path(out) if out else None
     if out_dir:
@@ -216,5 +219,5 @@ def predict_images(checkpoint, inputs, out=None, progress: bool = False) -> str:
             bar.update(len(images))
     text = _csv([str(f) for f in files], torch.cat(logits).numpy(), classes)
     if out_dir:
-        runs.write_atomic(out_dir / "predictions.csv", text)
+        storage.write_atomic(out_dir / "predictions.csv", text)
     return text

@@ -1,6 +1,6 @@
 """The study's grid on a Slurm cluster, through submitit: one Slurm job per configuration.
 
-:class:`SlurmExecutor` is the executor :func:`wbclib.study.run_grid` drives with ``wbc study --executor slurm``;
+:class:`SlurmExecutor` is the executor :func:`wbclib.study.runner.run_grid` drives with ``wbc study --executor slurm``;
 each job runs the same training notebook with the same resolved config as a local study, in a fresh kernel on
 the node Slurm picks, and writes its run directory on the shared filesystem exactly as a local run does.
 
@@ -25,7 +25,9 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from . import WbcError, runs
+from wbclib import WbcError
+from wbclib.core import storage
+from wbclib.training import runs
 
 try:
     from submitit.helpers import Checkpointable
@@ -180,7 +182,7 @@ class SlurmExecutor:
                   "slurm_mem": settings.mem, "slurm_setup": list(settings.setup) or None,
                   "timeout_min": settings.timeout_min()}
         self.executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
-        self.records = runs.read_json(self.folder / RECORDS) or {}
+        self.records = storage.read_json(self.folder / RECORDS) or {}
         self.running: dict[str, tuple] = {}  # run id -> (job, submitit job, submitted at)
         self.ended: list = []
         self.ids: dict[str, str] = {}  # run id -> Slurm job id, of what this study submitted or attached to
@@ -191,7 +193,7 @@ class SlurmExecutor:
     def submit(self, job, params: dict) -> None:
         import submitit
 
-        from .book import KERNEL, NOTEBOOKS
+        from wbclib.study.book import KERNEL, NOTEBOOKS
 
         digest = runs.config_digest(params["run_config"])
         earlier = self._earlier(job, digest) if job.attempts == 1 else None
@@ -212,7 +214,7 @@ class SlurmExecutor:
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
                 raise WbcError(f"sbatch refused the job {job.id}: {first}") from None
             self.records[job.id] = {"job": sj.job_id, "config": digest, "submitted": time.time()}
-            runs.write_json(self.folder / RECORDS, self.records)
+            storage.write_json(self.folder / RECORDS, self.records)
             self.log(f"  {job.id:32s} submitted Slurm job {sj.job_id}" + (f" (after {dep})" if dep else "")
                      + f", log {self.folder / sj.job_id}")
         self.ids[job.id] = sj.job_id
@@ -282,7 +284,7 @@ class SlurmExecutor:
         """Drop the record of a job whose outcome this study collected (a died job is submitted again)."""
         if status != "died" and rid in self.records:
             del self.records[rid]
-            runs.write_json(self.folder / RECORDS, self.records)
+            storage.write_json(self.folder / RECORDS, self.records)
 
     # -- the end -----------------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -301,13 +303,13 @@ class SlurmExecutor:
 def train_distributed(run_config: dict, run_dir: str) -> dict:
     """Train one configuration with every task of a Slurm job (one task per GPU) as one DDP job: submitit's
     ``TorchDistributedEnvironment`` exports ``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE`` and
-    ``LOCAL_RANK``, the variables :mod:`wbclib.distributed` reads (as under torchrun). Every task sees all the
+    ``LOCAL_RANK``, the variables :mod:`wbclib.training.distributed` reads (as under torchrun). Every task sees all the
     node's GPUs and takes ``cuda:LOCAL_RANK``. Submit it with ``tasks_per_node`` = ``gpus_per_node`` = N (see the
     book's "Running on a cluster"); it resumes from the run's checkpoint when the job is started again."""
     from submitit.helpers import TorchDistributedEnvironment
 
-    from . import config as cfg
-    from . import train
+    from wbclib.core import config as cfg
+    from wbclib.training import train
 
     TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     return train.fit(cfg.from_dict(run_config), run_dir, resume=True, progress=False)

@@ -26,7 +26,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from . import metrics
+from wbclib.training import metrics
 
 #: Perturbation -> (what it stands for, its levels). Level None of kind "none" is the unchanged image.
 PERTURBATIONS: dict[str, tuple[str, tuple[float, ...]]] = {
@@ -52,7 +52,7 @@ class Rescale(v2.Transform):
 
 def perturbation(kind: str, level: float | None) -> v2.Transform:
     """The transform of one perturbation at one level (``kind`` 'none': the identity)."""
-    from .transforms import Recompress, ShrinkEnlarge
+    from wbclib.data.transforms import Recompress, ShrinkEnlarge
 
     if kind == "none":
         return v2.Identity()
@@ -79,16 +79,16 @@ def perturbed_metrics(checkpoint, folder, kinds=None, skip_bad: bool = False) ->
     """Accuracy and balanced accuracy of a trained model on a labelled class-folder set under each perturbation
     (one row per kind and level; kind 'none' is the set as it is). The images reach the model through the
     run's own loader (its resize rule) and evaluation crop, with the perturbation in between."""
-    from . import data, transforms
-    from .evaluate import _loader, _model
-    from .inference import predict
+    from wbclib.data import datasets, transforms
+    from wbclib.results.evaluate import _loader, _model
+    from wbclib.training.inference import predict
 
     model, config, classes, rt = _model(checkpoint)
-    records, root = data.folder_records(folder, classes, skip_bad=skip_bad)
+    records, root = datasets.folder_records(folder, classes, skip_bad=skip_bad)
     crop = transforms.eval_transform(config.input_size)
     rows = []
     for kind, level in levels(kinds):
-        ds = data.CellDataset(records, classes, v2.Compose([perturbation(kind, level), crop]),
+        ds = datasets.CellDataset(records, classes, v2.Compose([perturbation(kind, level), crop]),
                               config.mask_threshold, config.resize, root, config.resize_quality)
         pred = predict(model, _loader(ds, config, rt), rt)
         m = metrics.classification_metrics(pred["label"], pred["logits"].argmax(1), list(classes))
@@ -99,7 +99,7 @@ def perturbed_metrics(checkpoint, folder, kinds=None, skip_bad: bool = False) ->
 
 def _cached(csv: Path, run: Path, folder) -> pd.DataFrame | None:
     """The kept result of a run, if it is newer than the checkpoint and was made on ``folder``."""
-    from .runs import resolve_checkpoint
+    from wbclib.training.runs import resolve_checkpoint
 
     if not csv.is_file() or csv.stat().st_mtime < resolve_checkpoint(run).stat().st_mtime:
         return None
@@ -109,9 +109,9 @@ def _cached(csv: Path, run: Path, folder) -> pd.DataFrame | None:
 
 def evaluate_runs(runs: pd.DataFrame, folder, name: str = "pbc", progress=None) -> pd.DataFrame:
     """:func:`perturbed_metrics` of every run of ``runs`` (columns ``run``, ``setting``, ``seed``, ``path``, as
-    :func:`wbclib.shift.shift_runs` gives) on ``folder``. Each result is kept in its run directory
+    :func:`wbclib.results.shift.shift_runs` gives) on ``folder``. Each result is kept in its run directory
     (``robustness-<name>.csv``) and reused while it is newer than the run's checkpoint."""
-    from .runs import write_atomic
+    from wbclib.core.storage import write_atomic
 
     frames = []
     for _, r in runs.iterrows():

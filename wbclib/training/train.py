@@ -5,7 +5,7 @@ restores) the model, Adam, the schedule and the loaders; :func:`run_epoch` train
 validation cadence, validates, checkpoints atomically, appends the history and logs a line (images/s, model
 FLOP/s, data waits); :func:`finish` evaluates the reported split and writes ``metrics.json`` last, so its
 presence means "finished", after the embeddings and the manifest. The forward pass, the device runtime and the
-metrics of a split live in :mod:`wbclib.inference`; where the data lives, in :mod:`wbclib.data`.
+metrics of a split live in :mod:`wbclib.training.inference`; where the data lives, in :mod:`wbclib.data.datasets`.
 
 Randomness is re-seeded at the start of every epoch from ``(seed, epoch)``: shuffling, augmentation and
 loader workers depend only on the epoch, so a run killed after epoch k and resumed ends exactly where an
@@ -30,9 +30,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import WbcError, __version__, data, distributed, faults, runs
-from . import config as cfg
-from .inference import (
+from wbclib import WbcError, __version__
+from wbclib.core import config as cfg
+from wbclib.core import faults, storage
+from wbclib.data import datasets
+from wbclib.model.losses import MultiTaskLoss
+from wbclib.model.network import load_matching
+from wbclib.training import distributed, runs
+from wbclib.training.inference import (
     Averages,
     Runtime,
     build_model,
@@ -47,8 +52,6 @@ from .inference import (
     summarise,
     to_device,
 )
-from .losses import MultiTaskLoss
-from .model import load_matching
 
 HISTORY_COLUMNS = ["epoch", "lr", "train_total", "train_mse", "train_ce", "train_dice", "val_total", "val_mse",
                    "val_ce", "val_dice", "val_accuracy", "seconds"]
@@ -150,7 +153,7 @@ class Run:
     ctx: distributed.Context
     log: object
     progress: bool
-    splits: data.Splits
+    splits: datasets.Splits
     model: torch.nn.Module
     step_model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -177,7 +180,7 @@ def fit(config: cfg.RunConfig, run_dir: str | Path, resume: bool = False, progre
 
     With ``resume``, continue from ``run_dir/checkpoint.pt`` (whose config must match). ``progress`` shows
     tqdm bars (default: when stderr is a terminal). ``log`` receives one line per validated epoch. Under
-    torchrun the processes train one model together (see :mod:`wbclib.distributed`); rank 0 alone writes.
+    torchrun the processes train one model together (see :mod:`wbclib.training.distributed`); rank 0 alone writes.
 
     The run directory is locked while the run trains (a second process on it is refused, naming the holder),
     and may not lie inside the data folder the run reads.
@@ -219,12 +222,12 @@ def start(config: cfg.RunConfig, run_dir: Path, resume: bool, progress: bool | N
     init_report = initialise(model, config, log) if config.init and state is None else None
     local = config.replace(batch_size=distributed.local_batch_size(config.batch_size, ctx))  # refuses an odd split
     if ctx.is_main:  # every input is checked: from here on the run directory is written
-        lock = held.enter_context(runs.FolderLock(run_dir, "run directory"))
+        lock = held.enter_context(storage.FolderLock(run_dir, "run directory"))
         if lock.note:
             log(lock.note)
-        for tmp in runs.remove_stale_temps(run_dir):
+        for tmp in storage.remove_stale_temps(run_dir):
             log(f"note: removed {tmp.name}, left by an interrupted write")
-        runs.write_atomic(run_dir / "config.json", config.to_json())
+        storage.write_atomic(run_dir / "config.json", config.to_json())
         for stale in ("metrics.json", "embeddings.npz"):
             (run_dir / stale).unlink(missing_ok=True)
     model.to(rt.device)
@@ -252,16 +255,16 @@ def start(config: cfg.RunConfig, run_dir: Path, resume: bool, progress: bool | N
     return run
 
 
-def open_data(config: cfg.RunConfig, run_dir: Path, log, progress: bool) -> data.Splits:
+def open_data(config: cfg.RunConfig, run_dir: Path, log, progress: bool) -> datasets.Splits:
     """The run's data folder (never the folder the run writes into) and its checked splits."""
-    root = data.data_root(config, progress)
-    runs.refuse_inside(run_dir, [root], "--run-dir")
-    source = data.data_source(config)
+    root = datasets.data_root(config, progress)
+    storage.refuse_inside(run_dir, [root], "--run-dir")
+    source = datasets.data_source(config)
     if source == "synthetic":
         log(f"data: synthetic stand-in at {root} (scale {config.synthetic_scale:g}); not real cells")
     elif source == "embedded":
         log("data: the embedded real cells (embedded/, see its README); pass --data-root for the course data")
-    splits = data.build_splits(config, root)
+    splits = datasets.build_splits(config, root)
     log(f"data: {len(splits.train)} training images ({splits.train.num_masks} with masks), "
         f"{len(splits.val)} validation, reported split '{splits.report_name}' ({len(splits.report)})")
     return splits
@@ -393,12 +396,12 @@ def finish(run: Run) -> dict:
             np.savez_compressed(buf, embedding=report_pred["embedding"].astype(np.float32),
                                 label=report_pred["label"], prediction=report_pred["logits"].argmax(1),
                                 path=report_pred["path"], classes=np.array(splits.classes))
-            runs.write_atomic(run.run_dir / "embeddings.npz", buf.getvalue())
+            storage.write_atomic(run.run_dir / "embeddings.npz", buf.getvalue())
         wall = time.time() - run.t_start
-        runs.write_json(run.run_dir / "manifest.json", manifest(config, run.rt, splits, wall, run.init_report))
+        storage.write_json(run.run_dir / "manifest.json", manifest(config, run.rt, splits, wall, run.init_report))
         final["wall_time_s"] = wall
         final["timing_s"] = {**run.timing, "final_evaluation": time.time() - t_final}  # where the time went
-        runs.write_json(run.run_dir / "metrics.json", final)
+        storage.write_json(run.run_dir / "metrics.json", final)
         faults.point("finished")
     run.ctx.barrier()
     run.ctx.close()
@@ -411,7 +414,7 @@ def write_history(path: Path, history: list[dict]) -> None:
     writer.writeheader()
     for row in history:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    runs.write_atomic(path, buf.getvalue())
+    storage.write_atomic(path, buf.getvalue())
 
 
 def git_commit() -> str | None:
@@ -423,7 +426,7 @@ def git_commit() -> str | None:
         return None
 
 
-def manifest(config, rt: Runtime, splits: data.Splits, wall: float, init_report) -> dict:
+def manifest(config, rt: Runtime, splits: datasets.Splits, wall: float, init_report) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {}
@@ -438,9 +441,9 @@ def manifest(config, rt: Runtime, splits: data.Splits, wall: float, init_report)
         else platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
         "precision": "bf16" if rt.amp_dtype else "fp32", "channels_last": rt.channels_last,
         "num_workers": rt.num_workers, "data_root": str(splits.root),
-        "synthetic": data.data_source(config) == "synthetic",
-        "data_source": data.data_source(config),
-        "data_fingerprint": data.fingerprint(splits.records, splits.root), "wall_time_s": wall,
+        "synthetic": datasets.data_source(config) == "synthetic",
+        "data_source": datasets.data_source(config),
+        "data_fingerprint": datasets.fingerprint(splits.records, splits.root), "wall_time_s": wall,
         "init": init_report and {"source": init_report["source"], "loaded": len(init_report["loaded"]),
                                  "skipped": init_report["skipped"]},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

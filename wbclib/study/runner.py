@@ -1,5 +1,5 @@
 """The report's grid of runs, executed as papermill notebooks in kept-alive kernels (:class:`Slot`), then the
-analysis and the book (:mod:`wbclib.book`).
+analysis and the book (:mod:`wbclib.study.book`).
 
 Run ids name the configuration: ``prcc``, ``cam16-ce``, ``cam16-ce-prcc``, ``cam16-ce-dice``,
 ``cam16-ce-prcc-dice`` and ``wbc<N>-<scratch|pretrained>-<nomask|mask>`` (N in ``wbclib.WBC_SUBSETS``), each followed
@@ -18,9 +18,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import WBC_SUBSETS, WbcError, runs
-from . import config as cfg
-from .book import (
+from wbclib import WBC_SUBSETS, WbcError
+from wbclib.core import config as cfg
+from wbclib.core import storage
+from wbclib.study.book import (
     KERNEL,
     NOTEBOOKS,
     TIME_PARTS,
@@ -39,6 +40,7 @@ from .book import (
     write_shift_page,
     write_walkthrough_page,
 )
+from wbclib.training import runs
 
 #: The pretrained WBC runs start from this CAM16 configuration.
 WBC_PRETRAINED_FROM = "cam16-ce-prcc-dice"
@@ -146,7 +148,7 @@ def _decide(job: Job, status: dict, config: cfg.RunConfig, run_dir: Path) -> boo
     if runs.is_finished(run_dir, wanted) and notebook_complete(job.notebook):
         job.status = "reused"
         return False
-    old = runs.read_json(run_dir / "config.json")
+    old = storage.read_json(run_dir / "config.json")
     if old is not None and old != wanted:
         (run_dir / runs.CHECKPOINT).unlink(missing_ok=True)  # another config: start over, don't resume
     return True
@@ -234,7 +236,7 @@ class SlotExecutor:
     """Where the runs of a study execute by default: ``parallel`` :class:`Slot` s on this machine, each pinned to
     one GPU (``CUDA_VISIBLE_DEVICES``) when there are several, or else to its share of the CPU threads.
 
-    The executor interface that :func:`run_grid` drives (the Slurm one is :class:`wbclib.cluster.SlurmExecutor`):
+    The executor interface that :func:`run_grid` drives (the Slurm one is :class:`wbclib.study.cluster.SlurmExecutor`):
     ``capacity`` jobs at once; ``submit(job, params)`` starts one; ``wait()`` blocks until at least one has ended
     and returns those, each with ``status`` ``finished``, ``failed`` (its notebook raised: not retried), ``died``
     (its process or machine died: started again up to ``retries`` times) or ``submitted`` (left to the cluster);
@@ -296,7 +298,7 @@ def run_grid(jobs: list[Job], configs: dict[str, cfg.RunConfig], runs_dir: Path,
 
     def report(job: Job) -> None:
         status[job.id] = job.status
-        acc = (runs.read_json(runs_dir / job.id / "metrics.json") or {}).get("accuracy") \
+        acc = (storage.read_json(runs_dir / job.id / "metrics.json") or {}).get("accuracy") \
             if job.status in ("finished", "reused") else None
         bar.update(1)
         log(f"  {job.id:32s} {job.status:9s} {job.seconds:6.1f}s" + (f"  accuracy {acc:.4f}" if acc is not None
@@ -346,7 +348,7 @@ def time_breakdown(jobs: list[Job], runs_dir: Path, book_seconds: float, wall: f
     parts are shares of the work done, which can exceed the wall time."""
     parts = dict.fromkeys(TIME_PARTS, 0.0)
     for j in jobs:
-        m = runs.read_json(runs_dir / j.id / "metrics.json") if j.status == "finished" else None
+        m = storage.read_json(runs_dir / j.id / "metrics.json") if j.status == "finished" else None
         if not m or "timing_s" not in m:
             continue
         for key in TIME_PARTS:  # data_wait is a part of train_steps, not a part of its own
@@ -383,8 +385,8 @@ def summary(jobs: list[Job]) -> str:
 def data_sources(probe: cfg.RunConfig, data_root: str | None, data: str) -> tuple[dict, dict]:
     """The folder each dataset of the study is read from, and where its images come from in words
     (generating the synthetic stand-in where it is needed)."""
-    from .data import data_root as root_of
-    from .data import data_source, describe_source
+    from wbclib.data.datasets import data_root as root_of
+    from wbclib.data.datasets import data_source, describe_source
 
     roots, words = {}, {}
     for dataset in ("wbc", "cam16", "prcc"):
@@ -420,8 +422,8 @@ class Options:
     dry_run: bool = False
     walkthrough_steps: int | None = None  # training steps of the walkthrough page (0: a stub page)
     smear_chain: bool = False  # also the chain pretrained on blood-smear tiles (WBC_1, WBC_10)
-    executor: str = "local"  # local: kernel slots on this machine; slurm: one Slurm job per run (wbclib.cluster)
-    slurm: dict = field(default_factory=dict)  # wbclib.cluster.load_settings arguments (config file and flags)
+    executor: str = "local"  # local: kernel slots on this machine; slurm: one Slurm job per run (wbclib.study.cluster)
+    slurm: dict = field(default_factory=dict)  # wbclib.study.cluster.load_settings arguments (config file and flags)
     retries: int | None = None  # times a run whose process died is started again (None: 2 on Slurm, 0 locally)
     detach: bool = False  # with slurm: submit the grid with afterok dependencies and exit
 
@@ -435,7 +437,7 @@ def run(args: Options, log=print) -> int:
     overrides = args.overrides
     runs_dir = Path(args.runs_dir).resolve()
     # The domain-shift runs (shift-*) are opt-in: only a pattern given with --only can select them.
-    from . import shift
+    from wbclib.results import shift
 
     shift_jobs = [make_job(c, s, p, setting=name, chapter="shift") for c, s, p, name in
                   shift.grid(list(range(args.seeds or shift.SEEDS)))] if args.only else []
@@ -449,16 +451,16 @@ def run(args: Options, log=print) -> int:
             log(f"  {j.id}" + (f"  (starts from {j.depends})" if j.depends else ""))
         return 0
     external = [str(Path(e).resolve()) for e in args.external] if args.external else None
-    from .data import EMBEDDED, cache_dir
+    from wbclib.data.datasets import EMBEDDED, cache_dir
 
     read = [data_root, *(external or []), *([] if data_root else [EMBEDDED, cache_dir()])]  # the data it reads
-    runs.refuse_inside(runs_dir, read, "--runs-dir")
+    storage.refuse_inside(runs_dir, read, "--runs-dir")
     if args.book_root and not args.no_book:
-        runs.refuse_inside(args.book_root, read, "--book-root")
-    with runs.FolderLock(runs_dir, "runs folder") as lock:
+        storage.refuse_inside(args.book_root, read, "--book-root")
+    with storage.FolderLock(runs_dir, "runs folder") as lock:
         if lock.note:
             log(lock.note)
-        runs.remove_stale_temps(runs_dir)
+        storage.remove_stale_temps(runs_dir)
         return _study(args, t0, configs, runs_dir, jobs, data_root, external, log)
 
 
@@ -470,8 +472,8 @@ def _study(args: Options, t0, configs, runs_dir, jobs, data_root, external, log)
         log(f"data: {name}: {sources[key].replace('**', '').replace('`', '')} ({roots[key]})")
     log(f"data: ready in {time.time() - t:.1f}s" + ("; numbers are not real results" if args.data == "synthetic"
                                                      and not data_root else ""))
-    from . import CAM16_CLASSES
-    from .data import external_sets, holds_classes
+    from wbclib import CAM16_CLASSES
+    from wbclib.data.datasets import external_sets, holds_classes
 
     if external is None and not data_root and args.data == "embedded":
         external = [str(p) for p in external_sets()] + [str(p) for p in external_sets(CAM16_CLASSES)]
@@ -480,7 +482,7 @@ def _study(args: Options, t0, configs, runs_dir, jobs, data_root, external, log)
     external = [e for e in external or [] if Path(e).name not in cam16_external] or None
     executor, parallel = None, args.jobs or default_jobs()
     if args.executor == "slurm":
-        from . import cluster
+        from wbclib.study import cluster
 
         executor = cluster.SlurmExecutor(runs_dir, cluster.load_settings(**args.slurm), args.detach, log)
     elif parallel > 1:
@@ -497,7 +499,7 @@ def _study(args: Options, t0, configs, runs_dir, jobs, data_root, external, log)
         gen = generated(book_root)
         named = {data_root: "<data-root>"}
         if os.environ.get("WBC_CACHE"):
-            from .data import cache_dir
+            from wbclib.data.datasets import cache_dir
 
             named[cache_dir()] = "$WBC_CACHE"
         shown = path_replacements(book_root, runs_dir.parent, named=named)
@@ -528,7 +530,7 @@ def _study(args: Options, t0, configs, runs_dir, jobs, data_root, external, log)
         log(f"analysis and book: {book_seconds:.1f}s")
         log(f"book: {index}")
     breakdown = time_breakdown(jobs, runs_dir, book_seconds, time.time() - t0)
-    runs.write_json(runs_dir / "study-time.json", breakdown)
+    storage.write_json(runs_dir / "study-time.json", breakdown)
     log(describe_time(breakdown))
     log(f"study: done in {time.time() - t0:.0f}s")
     return 1 if failed else 0

@@ -9,7 +9,7 @@ Sources (the first argument of ``wbc prepare``):
 * ``segwbc``: the segwbc crops with expert nucleus/cytoplasm masks, as released (``Dataset <n>/NNN.bmp`` +
   ``NNN.png`` labelled by ``Class Labels of Dataset <n>.csv``) or arranged in class folders
   (``dataset<n>/{data,mask}/<Class>/``). The cell mask is nucleus plus cytoplasm: pixel > 64.
-* ``folders``: any class-folder set, scanned exactly as :func:`wbclib.data.folder_records` scans it.
+* ``folders``: any class-folder set, scanned exactly as :func:`wbclib.data.datasets.folder_records` scans it.
 * ``ebhi``: EBHI-Seg's colon biopsy tiles with gland/lesion masks (``EBHI-SEG/<Class>/{image,label}/``): two
   groups of its classes become the CAM16 stage's ``normal`` / ``tumor`` (``--grouping``), a third the
   unlabelled tiles of the reconstruction stage.
@@ -56,8 +56,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import CAM16_CLASSES, WBC_CLASSES, WbcError, __version__
-from .data import (
+from wbclib import CAM16_CLASSES, WBC_CLASSES, WbcError, __version__
+from wbclib.core.storage import write_json
+from wbclib.data.datasets import (
     IMAGE_EXTENSIONS,
     WBC_SUBSETS,
     DatasetError,
@@ -72,9 +73,8 @@ from .data import (
     scan_class_folders,
     visible,
 )
-from .runs import write_json
-from .sources import CAM16_SPLIT, EBHI_GROUPING, LAYOUT_FOLDERS, PBC_FOLDER, SOURCES, named_by, reader_of
-from .transforms import jpeg_bytes
+from wbclib.data.sources import CAM16_SPLIT, EBHI_GROUPING, LAYOUT_FOLDERS, PBC_FOLDER, SOURCES, named_by, reader_of
+from wbclib.data.transforms import jpeg_bytes
 
 RAABIN_TESTS = ("TestA", "TestB")
 #: segwbc label CSVs: 1=neutrophil 2=lymphocyte 3=monocyte 4=eosinophil 5=basophil
@@ -129,7 +129,7 @@ class Source:
     """One source folder and what was read from it."""
 
     role: str  # main (a WBC pool), masked, external, tiles, cam16
-    kind: str  # its row of wbclib.sources.SOURCES
+    kind: str  # its row of wbclib.data.sources.SOURCES
     option: str  # the command-line option that named it
     given: str  # its path as given
     name: str = ""  # the external set's name
@@ -184,7 +184,7 @@ def prepare(source: str, from_dir: str | Path, out: str | Path, *, seed: int = 0
     """Write the course layout under ``out`` from the ``source`` dataset in ``from_dir``.
 
     Args:
-        source: a row of :data:`wbclib.sources.SOURCES` that the command may name: a WBC pool (``pbc``,
+        source: a row of :data:`wbclib.data.sources.SOURCES` that the command may name: a WBC pool (``pbc``,
             ``raabin``, ``segwbc``, ``folders``), a histology set (``ebhi``: the CAM16 stage and the
             reconstruction stage's tiles) or a CAM16-class test set (``camelyon16``: written as ``data/`` and
             ``mask/`` at the top of ``out``).
@@ -487,7 +487,7 @@ def _segwbc_labels(table: Path, problems: Problems) -> dict[int, str]:
 
 
 def _read_folders(s: Source, opts: Options) -> None:
-    """The scan of :func:`wbclib.data.folder_records`: ``<dir>/<Class>/*`` or ``<dir>/data`` + ``<dir>/mask``."""
+    """The scan of :func:`wbclib.data.datasets.folder_records`: ``<dir>/<Class>/*`` or ``<dir>/data`` + ``<dir>/mask``."""
     data_dir, mask_dir = s.root, None
     if (data_dir / "data").is_dir():
         data_dir, mask_dir = data_dir / "data", data_dir / "mask"
@@ -642,7 +642,7 @@ def _guess_dataset(root: Path, fallback: str) -> str:
     return next((w for w in words if w in SOURCES), fallback)
 
 
-#: The reader of each row of :data:`wbclib.sources.SOURCES` (``sources.reader_of``).
+#: The reader of each row of :data:`wbclib.data.sources.SOURCES` (``sources.reader_of``).
 READERS = {"pbc": _read_pbc, "raabin": _read_raabin, "segwbc": _read_segwbc, "folders": _read_folders,
            "tiles": _read_tiles, "ebhi": _read_ebhi, "camelyon16": _read_camelyon16}
 

@@ -4,7 +4,7 @@ The pieces of the book's domain-shift chapter, kept out of the notebook:
 
 - :data:`SETTINGS` and :func:`grid`: the training runs ``shift-<setting>-s<seed>`` that ``wbc study --only
   'shift-*'`` trains (WBC_100 from scratch with masks, on the default data, each with one remedy switched on);
-- AdaBN (Li et al., 2016; :func:`wbclib.inference.adapt_batchnorm`), the BatchNorm statistics re-estimated
+- AdaBN (Li et al., 2016; :func:`wbclib.training.inference.adapt_batchnorm`), the BatchNorm statistics re-estimated
   on the target images at test time, without their labels (``wbc evaluate --adabn``);
 - :func:`image_statistics`: colour and scale of each image of a set, to show what differs between sets;
 - :func:`evaluate_runs`, :func:`remedy_table`, :func:`paired_table` and :func:`choose`: the chapter's tables,
@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import rgb_to_hsv
 
-from . import metrics
-from .inference import adapt_batchnorm, batchnorm_layers
+from wbclib.training import metrics
+from wbclib.training.inference import adapt_batchnorm, batchnorm_layers
 
 #: Run-id prefix of the domain-shift runs.
 PREFIX = "shift-"
@@ -74,15 +74,16 @@ def image_statistics(folder: str | Path, name: str | None = None, limit: int | N
                      seed: int = 0) -> pd.DataFrame:
     """One row per image of a class-folder set: its set name, class, size, mean RGB, mean hue, saturation
     and brightness, and :func:`stained_fraction`. ``limit`` draws that many images at random (seeded)."""
-    from . import WBC_CLASSES, data
+    from wbclib import WBC_CLASSES
+    from wbclib.data import datasets
 
-    records, _ = data.folder_records(Path(folder), WBC_CLASSES, check=False)
+    records, _ = datasets.folder_records(Path(folder), WBC_CLASSES, check=False)
     if limit and len(records) > limit:
         idx = np.random.default_rng(seed).choice(len(records), limit, replace=False)
         records = [records[i] for i in sorted(idx)]
     rows = []
     for r in records:
-        img = data.open_image(r.path)
+        img = datasets.open_image(r.path)
         rgb = np.asarray(img, dtype=np.float32) / 255
         h, s, v = np.moveaxis(rgb_to_hsv(rgb), -1, 0)
         # Hue is circular: averaged as an angle, reported in -0.5..0.5 (0 red, positive towards yellow, negative
@@ -117,17 +118,18 @@ def examples_figure(folders: dict[str, str | Path], n: int = 6, size: int = 96, 
     as the sets come, before the model's own transform."""
     import matplotlib.pyplot as plt
 
-    from . import WBC_CLASSES, data
+    from wbclib import WBC_CLASSES
+    from wbclib.data import datasets
 
     fig, axes = plt.subplots(len(folders), n, figsize=(1.4 * n, 1.5 * len(folders)), layout="constrained",
                              squeeze=False)
     for row, (name, folder) in zip(axes, folders.items()):
-        records, _ = data.folder_records(Path(folder), WBC_CLASSES, check=False)
+        records, _ = datasets.folder_records(Path(folder), WBC_CLASSES, check=False)
         pick = np.random.default_rng(seed).choice(len(records), min(n, len(records)), replace=False)
         for ax in row:
             ax.axis("off")
         for ax, i in zip(row, pick):
-            img = data.open_image(records[i].path)
+            img = datasets.open_image(records[i].path)
             w, h = img.size
             k = size / min(w, h)
             img = img.resize((max(size, round(w * k)), max(size, round(h * k))))
@@ -144,7 +146,7 @@ def confusion_figure(results: pd.DataFrame, set_name: str, remedies: list[tuple[
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    from . import WBC_CLASSES
+    from wbclib import WBC_CLASSES
 
     mats = [(variant(s, m), mean_confusion(results, set_name, s, m)) for s, m in remedies]
     mats = [(name, cm) for name, cm in mats if cm is not None]
@@ -164,7 +166,8 @@ def confusion_figure(results: pd.DataFrame, set_name: str, remedies: list[tuple[
 def shift_runs(runs_dir: str | Path) -> pd.DataFrame:
     """The finished domain-shift runs of ``runs_dir``: run, setting, seed, norm, path and held-out PBC
     (the embedded validation split) accuracy and balanced accuracy."""
-    from . import runs
+    from wbclib.core import storage
+    from wbclib.training import runs
 
     rows = []
     for p in sorted(Path(runs_dir).glob("*/metrics.json")):
@@ -172,8 +175,8 @@ def shift_runs(runs_dir: str | Path) -> pd.DataFrame:
         if structure.get("chapter") != "shift":
             continue
         parsed = (structure["setting"], structure["seed"])
-        m = runs.read_json(p) or {}
-        config = runs.read_json(p.parent / "config.json") or {}
+        m = storage.read_json(p) or {}
+        config = storage.read_json(p.parent / "config.json") or {}
         val = m.get(m.get("reported_split", "val"), {})
         rows.append({"run": p.parent.name, "setting": parsed[0], "seed": parsed[1],
                      "norm": config.get("norm", "batch"), "path": str(p.parent),
@@ -189,7 +192,7 @@ def evaluate_runs(runs: pd.DataFrame, sets: dict[str, str | Path], progress=None
     checkpoint (so a later study re-executes the chapter in seconds)."""
     import matplotlib.pyplot as plt
 
-    from .evaluate import evaluate_into_run, external_dir
+    from wbclib.results.evaluate import evaluate_into_run, external_dir
 
     rows = []
     for _, r in runs.iterrows():
@@ -260,7 +263,7 @@ def balanced_bootstrap(correct_a, correct_b, labels, n_boot: int = 2000, seed: i
     """Difference in balanced accuracy (A - B) on the same images, with a percentile interval from resampling
     images with replacement. Each image carries the weight 1 / (classes x images of its class), so the weighted
     mean of per-image correctness is the balanced accuracy; the bootstrap resamples the weighted differences.
-    Two-sided p as in :func:`wbclib.metrics.paired_bootstrap`."""
+    Two-sided p as in :func:`wbclib.training.metrics.paired_bootstrap`."""
     a, b = np.asarray(correct_a, dtype=np.float64), np.asarray(correct_b, dtype=np.float64)
     labels = np.asarray(labels)
     classes, counts = np.unique(labels, return_counts=True)

@@ -3,9 +3,9 @@
 Each row gives the source's on-disk layout (quoted in every error about it), its license and citation (copied
 into the prepared folder's ``LICENSE.md``, ``PROVENANCE.md`` and manifest), what it becomes in the course layout
 (``stage``) and which options of ``wbc prepare`` may name it (``options``; ``"SOURCE"`` is the command's first
-argument). The command's choices, the licenses and the readers of :mod:`wbclib.prepare` all come from here.
+argument). The command's choices, the licenses and the readers of :mod:`wbclib.data.prepare` all come from here.
 
-To add a source: add its row here and its reader ``_read_<name>`` to :mod:`wbclib.prepare` (a test checks that
+To add a source: add its row here and its reader ``_read_<name>`` to :mod:`wbclib.data.prepare` (a test checks that
 every row has one), then copy the tests of a source of the same stage in ``tests/test_prepare.py``.
 
 This module imports nothing heavy, so that ``wbc --help`` stays fast.
@@ -38,7 +38,7 @@ class SourceKind:
     license: str
     citation: str
     options: tuple[str, ...] = ()  # the options that may name it; () = recognised by its folder's name only
-    reader: str = ""  # the reader in wbclib.prepare (_read_<reader>); "" = the row's own name
+    reader: str = ""  # the reader in wbclib.data.prepare (_read_<reader>); "" = the row's own name
 
 
 _ROWS = (

@@ -13,9 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-from . import WBC_SUBSETS, WbcError, runs
+from wbclib import WBC_SUBSETS, WbcError
+from wbclib.core import storage
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 NOTEBOOKS = ROOT / "notebooks"
@@ -89,7 +90,7 @@ def prepare_book_root(book_root: str | Path | None) -> Path:
 
 def describe(structure: dict) -> str:
     """A run's place in the study in words, e.g. 'WBC_10, pretrained on pRCC + CAM16, with masks, seed 0'."""
-    from . import shift
+    from wbclib.results import shift
 
     if structure.get("chapter") == "shift":
         return shift.describe(structure["setting"], structure["seed"])
@@ -242,8 +243,8 @@ def write_data_summary(book_root: Path, roots: dict[str, Path], sources: dict[st
 
     ``roots`` maps wbc / cam16 / prcc to the folder each was read from, ``sources`` to a sentence on its origin.
     """
-    from . import CAM16_CLASSES, WBC_CLASSES
-    from . import data as d
+    from wbclib import CAM16_CLASSES, WBC_CLASSES
+    from wbclib.data import datasets as d
 
     lines = [f"- **{name}**: {sources[key]}" for key, name in (("wbc", "WBC"), ("prcc", "pRCC stage"),
                                                               ("cam16", "CAM16 stage"))]
@@ -268,7 +269,7 @@ def write_data_summary(book_root: Path, roots: dict[str, Path], sources: dict[st
         except WbcError:
             rows.append(f"| {split} | missing | | |")
     text = "This build used:\n\n" + "\n".join(lines) + "\n\n" + "\n".join(rows) + "\n"
-    runs.write_atomic(generated(book_root) / "data_summary.md", text)
+    storage.write_atomic(generated(book_root) / "data_summary.md", text)
 
 
 def write_performance_page(book_root: Path) -> None:
@@ -278,7 +279,7 @@ def write_performance_page(book_root: Path) -> None:
     feed = ["| device | profile | matmul GFLOP/s (bf16) | GFLOP per image | loader images/s | loader ÷ step |",
             "|---|---|---|---|---|---|"]
     for p in sorted((ROOT / "benchmarks" / "results").glob("*.json")):
-        r = runs.read_json(p) or {}
+        r = storage.read_json(p) or {}
         try:
             for v in r["variants"]:
                 mark = "**" if v["name"] == r["default_variant"] else ""
@@ -304,7 +305,7 @@ def write_performance_page(book_root: Path) -> None:
                 "\n\nThe yardstick and the data pipeline:\n\n" + "\n".join(feed))
     else:
         text = "No benchmark has been recorded in `benchmarks/results/` yet."
-    runs.write_atomic(generated(book_root) / "performance.md",
+    storage.write_atomic(generated(book_root) / "performance.md",
                       text + "\n\n" + gpu_check_tables() + "\n\n" + study_time_tables() + "\n")
 
 
@@ -312,7 +313,7 @@ def gpu_check_tables() -> str:
     """'The paper profile on a GPU', from the files ``benchmarks/gpu_check.sh`` wrote (``gpu-*.json``)."""
     blocks = []
     for p in sorted((ROOT / "benchmarks" / "results").glob("gpu-*.json")):
-        r = runs.read_json(p) or {}
+        r = storage.read_json(p) or {}
         parts, machine = r.get("parts", {}), r.get("parts", {}).get("machine", {})
         mm = parts.get("matmul", {})
         if "bf16_flops_per_s" not in mm:
@@ -350,7 +351,7 @@ def study_time_tables() -> str:
     """'Where the study's time goes', from the breakdowns recorded in benchmarks/results/study-*.json."""
     blocks = []
     for p in sorted((ROOT / "benchmarks" / "results").glob("study-*.json")):
-        r = runs.read_json(p) or {}
+        r = storage.read_json(p) or {}
         if "parts_s" not in r:
             continue
         rows = [f"| {name} | {r['parts_s'].get(key, 0.0):.0f} s | {100 * r['shares'].get(key, 0.0):.0f} % |"
@@ -377,7 +378,7 @@ def write_evaluation_page(book_root: Path, runs_dir: Path, external: list[str] |
     text.append("No external set was given to this build. Run `wbc study --external DIR` with a class-folder set "
                 "(for example Raabin-WBC Test-A or the BCCD crops) to evaluate the trained models on it, or "
                 "`wbc evaluate --checkpoint runs/<id> --data DIR --out OUT` for one model.")
-    runs.write_atomic(page, "\n".join(text) + "\n")
+    storage.write_atomic(page, "\n".join(text) + "\n")
 
 
 def launch_links(notebook: str = "notebooks/walkthrough.ipynb", config_file: Path | None = None) -> str:
@@ -420,7 +421,7 @@ def write_walkthrough_page(book_root: Path, steps: int | None = WALKTHROUGH_STEP
         (gen / stale).unlink(missing_ok=True)
     t = time.time()
     if steps == 0:
-        runs.write_atomic(gen / "walkthrough.md", "# Walkthrough\n\nThis build skipped the walkthrough "
+        storage.write_atomic(gen / "walkthrough.md", "# Walkthrough\n\nThis build skipped the walkthrough "
                           "(`wbc study --walkthrough-steps 0`). Open `notebooks/walkthrough.ipynb` in JupyterLab "
                           "(`make lab`) and run it top to bottom.\n")
         return 0.0
@@ -442,14 +443,14 @@ def write_shift_page(book_root: Path, runs_dir: Path, external: list[str] | None
                      replacements: list[tuple[str, str]] | None = None) -> Path:
     """The chapter: ``notebooks/domain-shift.ipynb`` executed on the finished ``shift-*`` runs of ``runs_dir``
     (``book/generated/domain-shift.ipynb``), or a page that says how to train them where there are none."""
-    from . import shift
+    from wbclib.results import shift
 
     gen = generated(book_root)
     for stale in ("domain-shift.md", "domain-shift.ipynb"):
         (gen / stale).unlink(missing_ok=True)
     if not len(shift.shift_runs(runs_dir)):
         page = gen / "domain-shift.md"
-        runs.write_atomic(page, shift.stub_text())
+        storage.write_atomic(page, shift.stub_text())
         return page
     page = gen / "domain-shift.ipynb"
     sets = [str(Path(e).resolve()) for e in external] if external else None
@@ -461,11 +462,11 @@ def write_shift_page(book_root: Path, runs_dir: Path, external: list[str] | None
 
 def ensure_shift_page(book_root: Path) -> None:
     """Write the stub page where the chapter is missing (a book built from a study that predates it)."""
-    from . import shift
+    from wbclib.results import shift
 
     gen = generated(book_root)
     if not list(gen.glob("domain-shift.*")):
-        runs.write_atomic(gen / "domain-shift.md", shift.stub_text())
+        storage.write_atomic(gen / "domain-shift.md", shift.stub_text())
 
 
 def notebook_errors(path: Path) -> list[str]:

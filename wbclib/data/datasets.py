@@ -27,9 +27,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from . import CAM16_CLASSES, NO_LABEL, WBC_CLASSES, WBC_SUBSETS, WbcError, transforms
-from . import config as cfg
-from .sources import LAYOUT_FOLDERS
+from wbclib import CAM16_CLASSES, NO_LABEL, WBC_CLASSES, WBC_SUBSETS, WbcError
+from wbclib.core import config as cfg
+from wbclib.data import transforms
+from wbclib.data.sources import LAYOUT_FOLDERS
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
@@ -441,7 +442,7 @@ def cache_dir() -> Path:
 
 def synthetic_root(config: cfg.RunConfig, progress: bool = False) -> Path:
     """Generate (once) and return the synthetic stand-in of the course data that ``config`` asks for."""
-    from . import synth
+    from wbclib.data import synth
 
     scale, seed = config.synthetic_scale, config.synthetic_seed
     cam = config.synthetic_cam16_scale or scale
@@ -451,7 +452,7 @@ def synthetic_root(config: cfg.RunConfig, progress: bool = False) -> Path:
 
 
 #: The real cells that ship with the project (made by `wbc prepare`; see embedded/README.md).
-EMBEDDED = Path(__file__).resolve().parents[1] / "embedded"
+EMBEDDED = Path(__file__).resolve().parents[2] / "embedded"
 
 
 def embedded_root() -> Path:

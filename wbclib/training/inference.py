@@ -16,9 +16,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import WbcError, data, distributed, faults, metrics, runs
-from . import config as cfg
-from .model import MultiTaskUNet
+from wbclib import WbcError
+from wbclib.core import config as cfg
+from wbclib.core import faults
+from wbclib.data import datasets
+from wbclib.model.network import MultiTaskUNet
+from wbclib.training import distributed, metrics, runs
 
 LOSS_PARTS = ("total", "mse", "ce", "dice")
 
@@ -95,13 +98,13 @@ class Runtime:
 DECODE_BOUND_RATIO = 4
 
 
-def cpu_loader_workers(config: cfg.RunConfig, dataset: data.CellDataset) -> int:
+def cpu_loader_workers(config: cfg.RunConfig, dataset: datasets.CellDataset) -> int:
     """Loader processes for a CPU run whose config leaves ``num_workers`` open: one per thread this process
     has beyond its first (at most 4) when decoding is the bottleneck (see :data:`DECODE_BOUND_RATIO`; judged
     from up to 16 images spread over the set), else none. The choice depends only on the data, the config and
     the thread count, so a resumed run makes the same one."""
     records = dataset.records[::max(1, len(dataset.records) // 16)][:16]
-    sizes = [s for s in (data.image_size(r.path) for r in records) if s]
+    sizes = [s for s in (datasets.image_size(r.path) for r in records) if s]
     if not sizes:
         return 0
     stored = float(np.median([w * h for w, h in sizes]))
@@ -284,7 +287,7 @@ def examples(run_dir: str | Path, n: int = 8, device: str = "cpu") -> dict:
     model, config = load_model(run_dir, device)
     config = config.replace(device=str(device), num_workers=0, precision="fp32", channels_last=False)
     rt = Runtime.from_config(config)
-    splits = data.build_splits(config, data.data_root(config), check=False)  # validated when the run trained
+    splits = datasets.build_splits(config, datasets.data_root(config), check=False)  # validated when the run trained
     sets = {splits.report_name: splits.report.with_records(splits.report.records[:n])}
     masked = [r for r in splits.train.records if r.mask_path is not None][:n]
     if masked:

@@ -55,8 +55,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from . import CAM16_CLASSES, WBC_CLASSES, WbcError
-from . import WBC_SUBSETS as SUBSETS
+from wbclib import CAM16_CLASSES, WBC_CLASSES, WbcError
+from wbclib import WBC_SUBSETS as SUBSETS
 
 __all__ = [
     "MARKER",

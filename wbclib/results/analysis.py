@@ -14,7 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import WBC_SUBSETS, data, metrics, runs
+from wbclib import WBC_SUBSETS
+from wbclib.core import storage
+from wbclib.data import datasets
+from wbclib.training import metrics, runs
 
 TABLE1_SETTINGS = [(runs.cam16_configuration(prcc, dice), name) for prcc, dice, name in (
     (False, False, "CE"), (True, False, "CE + pRCC"), (False, True, "CE + Dice"), (True, True, "CE + pRCC + Dice"))]
@@ -27,7 +30,7 @@ COLUMN_NAMES = {("scratch", "nomask"): "w/o pretrain, w/o mask", ("scratch", "ma
 
 def reference() -> dict:
     """The reference report's published numbers (data shipped with the package)."""
-    return json.loads(resources.files("wbclib").joinpath("reference_results.json").read_text())
+    return json.loads(resources.files("wbclib.results").joinpath("reference_results.json").read_text())
 
 
 def load_runs(runs_dir: str | Path) -> pd.DataFrame:
@@ -37,10 +40,10 @@ def load_runs(runs_dir: str | Path) -> pd.DataFrame:
         run_dir = d.parent
         structure = runs.read_structure(run_dir)
         if structure.get("chapter", "report") != "report":
-            continue  # the domain-shift chapter's runs (wbclib.shift) are not part of the report's tables
-        m = runs.read_json(d) or {}
+            continue  # the domain-shift chapter's runs (wbclib.results.shift) are not part of the report's tables
+        m = storage.read_json(d) or {}
         split = m.get(m.get("reported_split", ""), {})
-        manifest = runs.read_json(run_dir / "manifest.json") or {}
+        manifest = storage.read_json(run_dir / "manifest.json") or {}
         rows.append({
             "run": run_dir.name, "config": structure["configuration"], "seed": int(structure["seed"]),
             "dataset": m.get("dataset"),
@@ -84,7 +87,7 @@ def banner(df: pd.DataFrame) -> str:
             continue
         n = df.loc[df["dataset"] == dataset, "n"].dropna()
         size = f", {int(n.iloc[0])} images" if len(n) and dataset != "prcc" else ""
-        words = [data.describe_source(s, dataset) for s in sources]
+        words = [datasets.describe_source(s, dataset) for s in sources]
         lines.append(f"- **{table}** ({what}{size}): " + "; ".join(words) + ".")
     return ":::{note} Where these numbers come from\n" + "\n".join(lines) + "\n:::" if lines else ""
 
@@ -99,10 +102,10 @@ def _ci_cell(values: pd.Series, digits: int = 4) -> str:
 def cam16_external(df: pd.DataFrame, sets: dict[str, str | Path] | None) -> pd.DataFrame:
     """Every finished CAM16 run on each CAM16-class test set (the real CAMELYON16 patches of the embedded data):
     one row per run and set with accuracy, balanced accuracy and mask Dice. The evaluations are written into
-    the run directories and reused (:func:`wbclib.evaluate.evaluate_into_run`)."""
+    the run directories and reused (:func:`wbclib.results.evaluate.evaluate_into_run`)."""
     import matplotlib.pyplot as plt
 
-    from .evaluate import evaluate_into_run
+    from wbclib.results.evaluate import evaluate_into_run
 
     rows = []
     for _, r in df[df["dataset"] == "cam16"].iterrows() if len(df) else ():
@@ -318,7 +321,7 @@ def per_class_recall(df: pd.DataFrame, subset: int = 100) -> pd.DataFrame:
     for init, mask in TABLE2_COLUMNS:
         recalls = []
         for _, r in df[df["config"] == runs.wbc_configuration(subset, init == "pretrained", mask == "mask")].iterrows():
-            split = (runs.read_json(Path(r["path"]) / "metrics.json") or {}).get(r["split"] or "", {})
+            split = (storage.read_json(Path(r["path"]) / "metrics.json") or {}).get(r["split"] or "", {})
             if "per_class" in split:
                 recalls.append({c: v["recall"] for c, v in split["per_class"].items()})
         if recalls:
@@ -330,7 +333,7 @@ def confusion(df: pd.DataFrame, config: str) -> tuple[np.ndarray, list[str]] | N
     """The confusion matrix of a configuration on its reported split, summed over its seeds, and the classes."""
     total, classes = None, None
     for _, r in df[df["config"] == config].iterrows():
-        split = (runs.read_json(Path(r["path"]) / "metrics.json") or {}).get(r["split"] or "", {})
+        split = (storage.read_json(Path(r["path"]) / "metrics.json") or {}).get(r["split"] or "", {})
         if "confusion_matrix" not in split:
             continue
         cm = np.asarray(split["confusion_matrix"], dtype=np.int64)

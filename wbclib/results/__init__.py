@@ -1,0 +1,1 @@
+"""Stage 4, results: what the run directories hold, turned into evaluations, tables and figures."""

@@ -1,0 +1,1 @@
+"""Stage 3, training: the loop, the forward pass, run directories and the metrics a run records."""
