@@ -29,6 +29,8 @@ DATA_SOURCES = ("embedded", "synthetic")
 PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("step", "cosine")
 NORMS = ("batch", "group")
+RESIDENT = ("auto", "on", "off")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 #: The report decays the learning rate after 12 of its 32 epochs; scaled profiles keep that fraction.
 PAPER_DECAY_FRACTION = 12 / 32
 
@@ -82,6 +84,9 @@ class RunConfig:
     precision: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16, else fp32) | fp32 | bf16
     channels_last: bool | None = None  # None = on (measured faster on CPU and GPU); False = NCHW
     compile: bool = False  # torch.compile the model
+    compile_mode: str | None = None  # with compile: None (torch's default) | reduce-overhead | max-autotune | ...
+    resident: str = "auto"  # decoded data kept and augmented on the device: auto (CUDA, when it fits) | on | off
+    val_batch_size: int | None = None  # validation batch; None = the training batch (on CUDA at least 64)
     num_workers: int | None = None  # loader processes; None = min(8, cores - 1) on CUDA; on a CPU, one per spare
     #   thread (at most 4) when the stored images are large enough that decoding holds up training, else 0
     skip_bad: bool = False  # leave unreadable files out instead of stopping
@@ -176,6 +181,11 @@ class RunConfig:
         need(r is None or (isinstance(r, (list, tuple)) and len(r) == 2
                            and all(isinstance(v, (int, float)) and 0 < v <= 1 for v in r) and r[0] <= r[1]),
              f"resample must be None or [low, high] with 0 < low <= high <= 1, got {r!r}")
+        need(self.resident in RESIDENT, f"resident must be one of {RESIDENT}, got {self.resident!r}")
+        need(self.compile_mode is None or self.compile_mode in COMPILE_MODES,
+             f"compile_mode must be None or one of {COMPILE_MODES}, got {self.compile_mode!r}")
+        need(self.val_batch_size is None or (isinstance(self.val_batch_size, int) and self.val_batch_size >= 1),
+             f"val_batch_size must be a positive integer or None, got {self.val_batch_size!r}")
         need(self.num_workers is None or (isinstance(self.num_workers, int) and self.num_workers >= 0),
              f"num_workers must be >= 0 or None, got {self.num_workers!r}")
         cam = self.synthetic_cam16_scale

@@ -202,7 +202,9 @@ class Averages:
 
 
 def check_finite(parts, epoch: int | None, step: int, phase: str = "training") -> dict[str, float]:
-    values = {k: float(getattr(parts, k).detach()) for k in LOSS_PARTS}
+    """The loss parts as floats (``parts``: the loss's tuple of tensors, or a dict of floats); a NaN or infinite
+    one raises :class:`TrainingDiverged`."""
+    values = dict(parts) if isinstance(parts, dict) else {k: float(getattr(parts, k).detach()) for k in LOSS_PARTS}
     bad = [k for k in ("mse", "ce", "dice", "total") if not math.isfinite(values[k])]
     if bad:
         where = (f"epoch {epoch}, " if epoch is not None else "") + ("step" if phase == "training" else
@@ -226,12 +228,15 @@ def predicted_mask(mask_logits: torch.Tensor, classes: torch.Tensor) -> torch.Te
 @torch.no_grad()
 def predict(model, loader, rt: Runtime, loss_fn=None, epoch: int | None = None) -> dict:
     """Run ``model`` over ``loader``: logits, embeddings, labels, paths, loss means, PSNR, mask Dice/IoU.
-    With ``loss_fn``, a NaN or infinite loss stops the run (``epoch`` names where)."""
+    With ``loss_fn``, a NaN or infinite loss stops the run (``epoch`` names where, and the batch).
+
+    Everything is accumulated where the model runs and reaches the host in one transfer at the end (on a GPU no
+    batch waits for a copy); the loss means are then summed on the host in batch order, as before."""
     model.eval()
     avg = Averages()
-    out_lists = {k: [] for k in ("logits", "embedding", "label", "path")}
-    seg_pred, seg_true, seg_label, psnrs = [], [], [], []
-    for step, batch in enumerate(loader, start=1):
+    kept = {k: [] for k in ("logits", "embedding", "label", "losses", "n_masked", "seg")}
+    paths, psnrs = [], []
+    for batch in loader:
         images, labels, masks, has_mask = to_device(batch, rt)
         with rt.autocast():
             out = model(images)
@@ -240,28 +245,36 @@ def predict(model, loader, rt: Runtime, loss_fn=None, epoch: int | None = None) 
             bad = faults.poison("val-loss")
             if bad is not None:
                 parts = parts._replace(mse=parts.mse + bad, total=parts.total + bad)
-            values = check_finite(parts, epoch, step, "validation")
-            avg.add(values, len(images), int(loss_fn.dice_samples(labels, has_mask).sum()))
+            kept["losses"].append(torch.stack([getattr(parts, k).detach().float() for k in LOSS_PARTS]))
+            kept["n_masked"].append(loss_fn.dice_samples(labels, has_mask).sum())
         psnrs.append(metrics.psnr(out.reconstruction, images) * len(images))  # reduced on the device
-        out_lists["logits"].append(out.class_logits.float().cpu())
-        out_lists["embedding"].append(out.embedding.float().cpu())
-        out_lists["label"].append(labels.cpu())
-        out_lists["path"] += list(batch["path"])
+        kept["logits"].append(out.class_logits.float())
+        kept["embedding"].append(out.embedding.float())
+        kept["label"].append(labels)
+        paths += list(batch["path"])
         sel = has_mask.bool() & (labels >= 0)
-        if sel.any():
-            seg_pred.append(predicted_mask(out.mask_logits[sel], labels[sel]).squeeze(1).cpu().numpy())
-            seg_true.append(masks[sel].squeeze(1).bool().cpu().numpy())
-            seg_label.append(labels[sel].cpu().numpy())
-    result = {k: torch.cat(v).numpy() for k, v in out_lists.items() if k != "path"}
-    result["path"] = np.array(out_lists["path"])
+        pred = predicted_mask(out.mask_logits, labels).squeeze(1).flatten(1)
+        true = masks.squeeze(1).bool().flatten(1)  # per image: intersection, union, mask sizes, whether it counts
+        kept["seg"].append(torch.stack([(pred & true).sum(1), (pred | true).sum(1), pred.sum(1) + true.sum(1),
+                                        sel.long()], 1))
+    host = {k: torch.cat(v).cpu() for k, v in kept.items() if v and k not in ("losses", "n_masked")}
+    result = {k: host[k].numpy() for k in ("logits", "embedding", "label")}
+    result["path"] = np.array(paths)
+    if loss_fn is not None:
+        losses = torch.stack(kept["losses"]).cpu().tolist()
+        n_masked = torch.stack(kept["n_masked"]).cpu().tolist()
+        sizes = [len(v) for v in kept["label"]]
+        for step, (row, n, k) in enumerate(zip(losses, sizes, n_masked), start=1):
+            avg.add(check_finite(dict(zip(LOSS_PARTS, row)), epoch, step, "validation"), n, int(k))
     result["losses"] = avg.means() if loss_fn is not None else None
     result["psnr"] = float(sum(psnrs) / max(len(result["label"]), 1))
     result["segmentation"] = result["segmentation_by_class"] = None
-    if seg_pred:
-        pred_masks, true_masks, mask_labels = map(np.concatenate, (seg_pred, seg_true, seg_label))
-        result["segmentation"] = metrics.segmentation_metrics(pred_masks, true_masks)
-        result["segmentation_by_class"] = {int(c): metrics.segmentation_metrics(pred_masks[mask_labels == c],
-                                                                                true_masks[mask_labels == c])
+    seg = host["seg"].numpy() if "seg" in host else np.zeros((0, 4), dtype=np.int64)
+    chosen = seg[:, 3] > 0
+    if chosen.any():
+        counts, mask_labels = seg[chosen, :3], result["label"][chosen]
+        result["segmentation"] = metrics.segmentation_from_counts(*counts.T)
+        result["segmentation_by_class"] = {int(c): metrics.segmentation_from_counts(*counts[mask_labels == c].T)
                                            for c in np.unique(mask_labels)}
     return result
 

@@ -91,13 +91,18 @@ def segmentation_metrics(pred_masks, true_masks) -> dict:
     if pred.ndim < 3 or pred.shape[0] == 0:
         raise ValueError(f"need masks of shape (N, H, W) with N >= 1, got {pred.shape}")
     pred, true = pred.reshape(len(pred), -1), true.reshape(len(true), -1)
-    inter = np.sum(pred & true, axis=1)
-    union = np.sum(pred | true, axis=1)
-    total = pred.sum(axis=1) + true.sum(axis=1)
+    return segmentation_from_counts(np.sum(pred & true, axis=1), np.sum(pred | true, axis=1),
+                                    pred.sum(axis=1) + true.sum(axis=1))
+
+
+def segmentation_from_counts(inter, union, total) -> dict:
+    """:func:`segmentation_metrics` from each image's pixel counts: intersection, union and the two masks' sizes
+    added (what a device reduces to before the host sees it)."""
+    inter, union, total = (np.asarray(v, dtype=np.int64) for v in (inter, union, total))
     empty = union == 0
     dice = np.where(empty, 1.0, 2.0 * inter / np.maximum(total, 1))
     iou = np.where(empty, 1.0, inter / np.maximum(union, 1))
-    return {"dice": float(dice.mean()), "iou": float(iou.mean()), "n": len(pred)}
+    return {"dice": float(dice.mean()), "iou": float(iou.mean()), "n": len(inter)}
 
 
 def _to_numpy(x) -> np.ndarray:

@@ -36,7 +36,7 @@ from wbclib.core import faults, storage
 from wbclib.data import datasets
 from wbclib.model.losses import MultiTaskLoss
 from wbclib.model.network import load_matching
-from wbclib.training import distributed, runs
+from wbclib.training import distributed, resident, runs
 from wbclib.training.inference import (
     Averages,
     Runtime,
@@ -234,15 +234,19 @@ def start(config: cfg.RunConfig, run_dir: Path, resume: bool, progress: bool | N
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
     step_model = torch.nn.parallel.DistributedDataParallel(model) if ctx.active else model
-    step_model = torch.compile(step_model) if config.compile else step_model
+    step_model = torch.compile(step_model, mode=config.compile_mode) if config.compile else step_model
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=rt.device.type == "cuda" or None)
     generator = torch.Generator()
-    train_loader = make_loader(splits.train, config, rt, shuffle=True, generator=generator, ctx=ctx)
+    val_batch = config.val_batch_size or (max(64, local.batch_size) if rt.device.type == "cuda" else local.batch_size)
+    train_loader, val_loader = resident.loaders(splits, config, val_batch, rt.device, generator, ctx, rt.num_workers,
+                                                log) or (  # decoded data on the device, else the CPU loader
+        make_loader(splits.train, config, rt, shuffle=True, generator=generator, ctx=ctx),
+        make_loader(splits.val, local.replace(batch_size=val_batch), rt))
     epochs = total_epochs(config, len(train_loader))
     run = Run(config, run_dir, rt, ctx, log, progress, splits, model, step_model, optimizer,
               make_scheduler(optimizer, config, len(train_loader), epochs),
               MultiTaskLoss(config.lambda_ce, config.lambda_dice if config.uses_dice else 0.0), generator,
-              train_loader, make_loader(splits.val, local, rt), local, epochs,
+              train_loader, val_loader, local, epochs,
               val_every=math.ceil(epochs / config.epochs),  # about config.epochs validations, always the last
               flops_per_image=flops_per_image(config), init_report=init_report, t_start=t_start)
     if epochs > config.epochs:
