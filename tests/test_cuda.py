@@ -75,3 +75,71 @@ def test_bf16_step_matches_fp32_on_the_gpu():
         with torch.autocast("cuda", dtype=torch.bfloat16):
             low = loss_fn(model(x), x, labels, masks, has).total
     assert float(low) == pytest.approx(float(ref), rel=0.05)
+
+
+# -- decoded data resident on the GPU ------------------------------------------------------------------------
+
+def test_auto_puts_the_decoded_data_on_the_gpu_and_says_how_much(tmp_path):
+    root = make_wbc_tree(tmp_path / "root", per_class=4)
+    lines = []
+    m = train.fit(tiny(root, epochs=1, color_jitter=0.1, hue_jitter=0.02), tmp_path / "run", progress=False,
+                  log=lines.append)
+    assert any(s.startswith("resident: 20 training images at ") and "decoded onto cuda" in s and "GiB" in s
+               for s in lines), lines
+    assert math.isfinite(m["val"]["loss"]["total"])
+
+
+def test_resident_batches_replay_exactly_on_the_gpu(tmp_path):
+    from wbclib.data import datasets
+    from wbclib.training import resident
+
+    root = make_wbc_tree(tmp_path / "root", per_class=4)
+    config = tiny(root, color_jitter=0.2, hue_jitter=0.05, resident="on")
+    splits = datasets.build_splits(config, root)
+    gen = torch.Generator()
+    batches, _ = resident.loaders(splits, config, 8, torch.device("cuda"), gen, None, 0, lambda line: None)
+
+    def epoch(e):
+        gen.manual_seed(train.epoch_seed(0, e))
+        return [(b["image"].clone(), b["mask"].clone(), b["path"]) for b in batches]
+
+    first, again, other = epoch(2), epoch(2), epoch(3)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2] for a, b in zip(first, again))
+    assert any(not torch.equal(a[0], b[0]) for a, b in zip(first, other))
+
+
+def test_a_resumed_resident_run_trains_on_exactly_the_batches_of_an_uninterrupted_one(tmp_path, monkeypatch):
+    """On the GPU the kernels themselves are not deterministic (atomic adds in the backward passes), so the
+    weights of two runs differ in the last bits; what resume must keep exact is everything else: the checkpoint
+    it continues from and every batch it trains on afterwards."""
+    from wbclib.training import resident
+
+    root = make_wbc_tree(tmp_path / "root", per_class=4)
+    config = tiny(root, epochs=3, color_jitter=0.1, resident="on")
+    seen: dict[str, list] = {}
+    real_iter = resident.TrainBatches.__iter__
+
+    def recording(self):
+        for b in real_iter(self):
+            seen.setdefault(current, []).append((b["image"].double().sum().item(), int(b["mask"].sum()),
+                                                 tuple(b["path"])))
+            yield b
+
+    monkeypatch.setattr(resident.TrainBatches, "__iter__", recording)
+    current = "full"
+    train.fit(config, tmp_path / "full", progress=False, log=lambda line: None)
+
+    def stop_after_two(line):
+        if line.startswith("epoch 2/"):
+            raise KeyboardInterrupt
+
+    current = "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(config, tmp_path / "cut", progress=False, log=stop_after_two)
+    current = "resumed"
+    train.fit(config, tmp_path / "cut", resume=True, progress=False, log=lambda line: None)
+    per_epoch = len(seen["resumed"])
+    assert per_epoch and seen["full"][-per_epoch:] == seen["resumed"]  # epoch 3 drew the very same batches
+    assert seen["full"][:2 * per_epoch] == seen["cut"][:2 * per_epoch]
+    history = runs.load_checkpoint(tmp_path / "cut")["history"]
+    assert [r["epoch"] for r in history] == [1, 2, 3]
