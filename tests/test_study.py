@@ -218,3 +218,37 @@ def test_study_outside_a_checkout_says_it_needs_one(tmp_path, monkeypatch):
         book.require_checkout()
     monkeypatch.undo()
     book.require_checkout()  # this checkout has them
+
+
+def test_slots_spread_over_the_gpus_k_per_gpu_and_a_cpu_keeps_its_thread_shares(monkeypatch):
+    envs = runner.slot_envs(6, gpus=2)  # --slots-per-gpu 3 on two GPUs
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1", "0", "1", "0", "1"]
+    assert {e["WBC_RUNS_PER_DEVICE"] for e in envs} == {"3"}
+    assert [e["WBC_RUNS_PER_DEVICE"] for e in runner.slot_envs(3, gpus=2)] == ["2", "1", "2"]
+    assert runner.slot_envs(2, gpus=1) == [{"CUDA_VISIBLE_DEVICES": "0", "WBC_RUNS_PER_DEVICE": "2"}] * 2
+    assert runner.slot_envs(1, gpus=4) == [{}]  # one slot: the environment as it is
+    assert runner.slot_envs(2, gpus=0, cpus=2) == [{"OMP_NUM_THREADS": "1"}] * 2  # a CPU: as before
+    executor = runner.SlotExecutor(4, gpus=2)
+    try:
+        assert executor.capacity == 4 and [s.env["CUDA_VISIBLE_DEVICES"] for s in executor.slots] == ["0", "1"] * 2
+    finally:
+        executor.close()
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert runner.default_jobs(3) == 6 and runner.default_jobs() == 2
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runner.default_jobs(3) == runner.default_jobs(1)  # no GPU: --slots-per-gpu changes nothing
+
+
+def test_slots_per_gpu_reaches_the_options_and_refuses_zero(capsys, monkeypatch):
+    from wbclib import cli
+
+    seen = {}
+    monkeypatch.setattr(runner, "run", lambda options, log=print: seen.setdefault("options", options) and 0)
+    assert cli.main(["study", "--slots-per-gpu", "3", "--dry-run"]) == 0
+    assert seen["options"].slots_per_gpu == 3
+    with pytest.raises(SystemExit):
+        cli.main(["study", "--slots-per-gpu", "0"])
+    assert "expected a positive integer" in capsys.readouterr().err

@@ -165,7 +165,8 @@ def cmd_study(a) -> int:
                             runs_dir=a.runs_dir, jobs=a.jobs, external=a.external,
                             overrides=dict(cfg.parse_assignment(s) for s in a.set), no_book=a.no_book,
                             book_root=a.book_root, dry_run=a.dry_run, walkthrough_steps=a.walkthrough_steps,
-                            smear_chain=a.smear_chain, executor=a.executor, retries=a.retries, detach=a.detach)
+                            smear_chain=a.smear_chain, executor=a.executor, retries=a.retries, detach=a.detach,
+                            slots_per_gpu=a.slots_per_gpu)
     if a.executor == "slurm":
         from wbclib.study import cluster
 
@@ -227,6 +228,16 @@ def cmd_book(a) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="wbc", description="White-blood-cell classification with a multi-task UNet.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -261,6 +272,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--jobs", type=int, default=None,
                    help="configurations run side by side (default: one per GPU; two on a CPU with two or more cores)")
+    p.add_argument("--slots-per-gpu", type=positive_int, default=1, metavar="K",
+                   help="independent runs side by side on each GPU (default 1; --jobs defaults to GPUs x K; each "
+                        "slot is pinned to one GPU; no effect on a CPU)")
     p.add_argument("--external", action="append", default=None, metavar="DIR",
                    help="class-folder set to evaluate the models on (repeatable; default with the embedded data: "
                         "its BCCD crops and held-out segwbc cells, and the CAMELYON16 patches for the CAM16 models)")

@@ -487,7 +487,8 @@ def _segwbc_labels(table: Path, problems: Problems) -> dict[int, str]:
 
 
 def _read_folders(s: Source, opts: Options) -> None:
-    """The scan of :func:`wbclib.data.datasets.folder_records`: ``<dir>/<Class>/*`` or ``<dir>/data`` + ``<dir>/mask``."""
+    """The scan of :func:`wbclib.data.datasets.folder_records`: ``<dir>/<Class>/*``, or ``<dir>/data`` with
+    ``<dir>/mask``."""
     data_dir, mask_dir = s.root, None
     if (data_dir / "data").is_dir():
         data_dir, mask_dir = data_dir / "data", data_dir / "mask"

@@ -221,20 +221,36 @@ class Slot:
             self.km = None
 
 
-def default_jobs() -> int:
-    """One configuration per GPU; on a CPU, two side by side (each with half the cores) when there are at least
-    two cores: on two cores, two one-thread runs get through the grid about 1.35x faster than one two-thread run
-    (measured with the quick profile: 38 s for a WBC_10 run on one thread, 26 s on two)."""
+def default_jobs(slots_per_gpu: int = 1) -> int:
+    """``slots_per_gpu`` configurations per GPU (default one); on a CPU, two side by side (each with half the
+    cores) when there are at least two cores: on two cores, two one-thread runs get through the grid about 1.35x
+    faster than one two-thread run (measured with the quick profile: 38 s for a WBC_10 run on one thread, 26 s
+    on two)."""
     import torch
 
     if torch.cuda.is_available():
-        return max(1, torch.cuda.device_count())
+        return max(1, torch.cuda.device_count()) * max(1, slots_per_gpu)
     return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
+def slot_envs(parallel: int, gpus: int, cpus: int | None = None) -> list[dict[str, str]]:
+    """The environment of each of ``parallel`` slots: with GPUs (and more than one slot), slot i runs on GPU
+    ``i mod gpus`` (``CUDA_VISIBLE_DEVICES``), and ``WBC_RUNS_PER_DEVICE`` tells its runs how many runs share
+    that GPU (what :mod:`wbclib.training.resident` divides its memory by); on a CPU, each slot gets its share of
+    the threads (``OMP_NUM_THREADS``). One slot keeps the environment as it is."""
+    if parallel == 1:
+        return [{}]
+    if gpus:
+        return [{"CUDA_VISIBLE_DEVICES": str(i % gpus),
+                 "WBC_RUNS_PER_DEVICE": str(len(range(i % gpus, parallel, gpus)))} for i in range(parallel)]
+    threads = max(1, (cpus or os.cpu_count() or 1) // parallel)
+    return [{"OMP_NUM_THREADS": str(threads)} for _ in range(parallel)]
+
+
 class SlotExecutor:
-    """Where the runs of a study execute by default: ``parallel`` :class:`Slot` s on this machine, each pinned to
-    one GPU (``CUDA_VISIBLE_DEVICES``) when there are several, or else to its share of the CPU threads.
+    """Where the runs of a study execute by default: ``parallel`` :class:`Slot` s on this machine, spread over its
+    GPUs (several runs on one GPU where there are more slots than GPUs, see :func:`slot_envs`), or else each
+    with its share of the CPU threads.
 
     The executor interface that :func:`run_grid` drives (the Slurm one is :class:`wbclib.study.cluster.SlurmExecutor`):
     ``capacity`` jobs at once; ``submit(job, params)`` starts one; ``wait()`` blocks until at least one has ended
@@ -243,15 +259,14 @@ class SlotExecutor:
     ``close()`` ends what this process owns.
     """
 
-    def __init__(self, parallel: int = 1):
+    def __init__(self, parallel: int = 1, gpus: int | None = None):
         from concurrent.futures import ThreadPoolExecutor
 
         import torch
 
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        threads = max(1, (os.cpu_count() or 1) // parallel)
-        self.slots = [Slot({} if parallel == 1 else {"CUDA_VISIBLE_DEVICES": str(i)} if gpus > 1
-                           else {"OMP_NUM_THREADS": str(threads)}) for i in range(parallel)]
+        if gpus is None:
+            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        self.slots = [Slot(env) for env in slot_envs(parallel, gpus)]
         self.capacity, self.free, self.running = parallel, list(self.slots), {}
         self.pool = ThreadPoolExecutor(parallel)
 
@@ -426,6 +441,7 @@ class Options:
     slurm: dict = field(default_factory=dict)  # wbclib.study.cluster.load_settings arguments (config file and flags)
     retries: int | None = None  # times a run whose process died is started again (None: 2 on Slurm, 0 locally)
     detach: bool = False  # with slurm: submit the grid with afterok dependencies and exit
+    slots_per_gpu: int = 1  # local: runs side by side on each GPU (the default --jobs is GPUs x this)
 
 
 def run(args: Options, log=print) -> int:
@@ -480,7 +496,7 @@ def _study(args: Options, t0, configs, runs_dir, jobs, data_root, external, log)
     # CAM16-class sets (the CAMELYON16 patches) test the CAM16 models (Table 1); the others the WBC models.
     cam16_external = {Path(e).name: e for e in external or [] if holds_classes(Path(e), CAM16_CLASSES)}
     external = [e for e in external or [] if Path(e).name not in cam16_external] or None
-    executor, parallel = None, args.jobs or default_jobs()
+    executor, parallel = None, args.jobs or default_jobs(args.slots_per_gpu)
     if args.executor == "slurm":
         from wbclib.study import cluster
 
