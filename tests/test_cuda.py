@@ -143,3 +143,19 @@ def test_a_resumed_resident_run_trains_on_exactly_the_batches_of_an_uninterrupte
     assert seen["full"][:2 * per_epoch] == seen["cut"][:2 * per_epoch]
     history = runs.load_checkpoint(tmp_path / "cut")["history"]
     assert [r["epoch"] for r in history] == [1, 2, 3]
+
+
+def test_upsample_bf16_runs_the_decoders_upsampling_in_bf16_with_the_same_losses():
+    """Autocast runs bilinear upsampling in fp32 on CUDA; ``upsample_bf16`` keeps it in bf16 (a speed lever)."""
+    config = cfg.from_profile("paper").replace(input_size=128, base_width=16, device="cuda")
+    x = torch.rand(4, 3, 128, 128, device="cuda").contiguous(memory_format=torch.channels_last)
+    outs = {}
+    for on in (False, True):
+        torch.manual_seed(0)
+        model = inference.build_model(config.replace(upsample_bf16=on)).cuda().eval()
+        dtypes = []
+        model.ups[0].up.register_forward_hook(lambda mod, i, o: dtypes.append(o.dtype))
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            outs[on] = model(x).reconstruction.float()
+        assert dtypes == [torch.bfloat16 if on else torch.float32]
+    assert torch.allclose(outs[True], outs[False], atol=0.02)

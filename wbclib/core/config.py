@@ -85,6 +85,7 @@ class RunConfig:
     channels_last: bool | None = None  # None = on (measured faster on CPU and GPU); False = NCHW
     compile: bool = False  # torch.compile the model
     compile_mode: str | None = None  # with compile: None (torch's default) | reduce-overhead | max-autotune | ...
+    upsample_bf16: bool = False  # under bf16 autocast, upsample in bf16 rather than autocast's fp32 (GPU speed lever)
     resident: str = "auto"  # decoded data kept and augmented on the device: auto (CUDA, when it fits) | on | off
     val_batch_size: int | None = None  # validation batch; None = the training batch (on CUDA at least 64)
     num_workers: int | None = None  # loader processes; None = min(8, cores - 1) on CUDA; on a CPU, one per spare

@@ -67,8 +67,18 @@ class Up(nn.Module):
         self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
         self.conv = DoubleConv(in_channels, out_channels, mid_channels=in_channels // 2, norm=norm)
 
+    #: Under autocast, upsample in the dtype the map arrives in (bf16) instead of the fp32 autocast runs bilinear
+    #: upsampling in (and the fp32 concatenation that follows): a GPU speed lever, off unless set
+    #: (:attr:`MultiTaskUNet.upsample_in_autocast_dtype`).
+    native_dtype = False
+
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.conv(torch.cat([skip, self.up(x)], dim=1))
+        if self.native_dtype and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                up = self.up(x.to(skip.dtype))
+        else:
+            up = self.up(x)
+        return self.conv(torch.cat([skip, up], dim=1))
 
 
 class ClassifierBranch(nn.Module):
@@ -136,6 +146,16 @@ class MultiTaskUNet(nn.Module):
         self.classifier = ClassifierBranch(bottleneck, num_classes, norm)
         self.reconstruction_head = nn.Conv2d(widths[0], in_channels, kernel_size=1)
         self.mask_head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
+
+    @property
+    def upsample_in_autocast_dtype(self) -> bool:
+        """Whether the decoder upsamples in bf16 under bf16 autocast (config ``upsample_bf16``; weights unchanged)."""
+        return all(up.native_dtype for up in self.ups)
+
+    @upsample_in_autocast_dtype.setter
+    def upsample_in_autocast_dtype(self, on: bool) -> None:
+        for up in self.ups:
+            up.native_dtype = bool(on)
 
     @property
     def divisor(self) -> int:

@@ -150,7 +150,9 @@ def make_loader(dataset, config: cfg.RunConfig, rt: Runtime, shuffle: bool = Fal
 # -- the model -----------------------------------------------------------------------------------------------
 
 def build_model(config: cfg.RunConfig) -> MultiTaskUNet:
-    return MultiTaskUNet(config.num_classes, config.base_width, config.depth, norm=config.norm)
+    model = MultiTaskUNet(config.num_classes, config.base_width, config.depth, norm=config.norm)
+    model.upsample_in_autocast_dtype = config.upsample_bf16
+    return model
 
 
 def load_model(run_or_file: str | Path, device: str | torch.device = "cpu") -> tuple[MultiTaskUNet, cfg.RunConfig]:
