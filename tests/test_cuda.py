@@ -154,7 +154,7 @@ def test_upsample_bf16_runs_the_decoders_upsampling_in_bf16_with_the_same_losses
         torch.manual_seed(0)
         model = inference.build_model(config.replace(upsample_bf16=on)).cuda().eval()
         dtypes = []
-        model.ups[0].up.register_forward_hook(lambda mod, i, o: dtypes.append(o.dtype))
+        model.ups[0].up.register_forward_hook(lambda mod, i, o, seen=dtypes: seen.append(o.dtype))
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
             outs[on] = model(x).reconstruction.float()
         assert dtypes == [torch.bfloat16 if on else torch.float32]
