@@ -80,17 +80,22 @@ def step_throughput(config: cfg.RunConfig, variant: dict, device: torch.device, 
     loss with the run's weights, backward, the run's clipping, Adam with the run's learning rate) on batches
     of random tensors, so no data loading is timed."""
     c = config.replace(device=str(device), channels_last=variant["channels_last"],
-                       precision=variant["precision"], compile=variant["compile"])
+                       precision=variant["precision"], compile=variant["compile"],
+                       compile_mode=variant.get("compile_mode"), upsample_bf16=variant.get("upsample_bf16", False))
     rt = inference.Runtime.from_config(c)
     torch.manual_seed(0)
     model = inference.build_model(c).to(device)
     model = model.to(memory_format=torch.channels_last if rt.channels_last else torch.contiguous_format)
-    step_model = torch.compile(model) if c.compile else model
+    step_model = torch.compile(model, mode=c.compile_mode) if c.compile else model
     opt = torch.optim.Adam(model.parameters(), lr=c.lr, fused=device.type == "cuda" or None)
     loss_fn = MultiTaskLoss(c.lambda_ce, c.lambda_dice)
     b, s = c.batch_size, c.input_size
     batch = {"image": torch.rand(b, 3, s, s), "label": torch.randint(0, c.num_classes, (b,)),
              "mask": (torch.rand(b, 1, s, s) > 0.5).to(torch.uint8), "has_mask": torch.arange(b) % 4 == 0}
+    if variant.get("on_device"):  # the batch already where the model runs (resident data): no copy per step
+        batch = {k: v.to(device) for k, v in batch.items()}
+        if rt.channels_last:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
     train.train_epoch(step_model, [batch] * warmup, loss_fn, opt, c, rt, epoch=0)
     sync(device)
     t = time.perf_counter()

@@ -44,21 +44,37 @@ def test_gpu_check_refuses_without_cuda_in_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_gpu_check_cpu_dry_run_writes_every_part(tmp_path):
-    """--tiny runs the check's CPU side at toy sizes: the JSON a GPU run would write, with the same keys."""
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), str(tmp_path), "--tiny"],
-                          capture_output=True, text=True, timeout=900)
+    """--cpu-dry-run runs the check's code paths on the CPU at toy sizes: the JSON a GPU run would write, with
+    the same keys, the real reduced grid included (three runs, one at a time and two side by side)."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), str(tmp_path), "--cpu-dry-run",
+                           "--budget-s", "3000"], capture_output=True, text=True, timeout=3000)
     assert done.returncode == 0, done.stderr[-2000:]
     r = json.loads((tmp_path / "gpu-check.json").read_text())
     parts = r["parts"]
+    assert not [name for name, part in parts.items() if "error" in part], parts
     assert parts["matmul"]["bf16_flops_per_s"] > 0 and parts["matmul"]["tf32_flops_per_s"] > 0
     eager = [v for v in parts["steps"]["variants"] if v["batch_size"] == 2]
     assert [v["name"] for v in eager] == ["fp32", "bf16", "bf16 + channels_last",
-                                          "bf16 + channels_last + cudnn.benchmark"]
+                                          "bf16 + channels_last + cudnn.benchmark",
+                                          "bf16 + channels_last, batch on the GPU",
+                                          "bf16 + channels_last + upsample_bf16, batch on the GPU"]
     assert all(v["images_per_s"] > 0 and v["share_of_bf16_peak"] == pytest.approx(
         v["model_flops_per_s"] / parts["matmul"]["bf16_flops_per_s"]) for v in eager)
-    (row,) = parts["epoch"]["rows"]
-    assert row["num_workers"] == 0 and 0 <= row["data_wait_share"] <= 1 and row["train_images"] > 0
+    loaders = parts["loaders"]
+    assert loaders["cpu_loader_images_per_s"] > 0 and loaders["resident_images_per_s"] > 0
+    rows = parts["epoch"]["rows"]
+    assert [row["name"] for row in rows] == ["CPU loader", "resident", "resident + levers"]
+    assert all(0 <= row["data_wait_share"] <= 1 and row["train_images"] > 0 for row in rows)
+    assert not any(line.startswith("resident:") for line in rows[0]["log"])
+    assert all(any(line.startswith("resident:") for line in row["log"]) for row in rows[1:])
+    grid = parts["grid"]["rows"]
+    assert [g["slots_per_gpu"] for g in grid] == [1, 2] and all(g["returncode"] == 0 for g in grid)
+    assert all(sorted(run["status"] for run in g["runs"]) == ["finished"] * 3 for g in grid)
+    assert parts["shared"]["gain"]["1"] == 1 and parts["shared"]["gain"]["2"] > 0
     assert len(parts["estimate"]["runs"]) == 21 and parts["estimate"]["total_gpu_hours"] > 0
+    proj = parts["projection"]
+    assert len(proj["runs"]) == 21 and set(proj["gpu_hours_by_slots_per_gpu"]) == {"1", "2"}
+    assert proj["total_gpu_hours"] == min(proj["gpu_hours_by_slots_per_gpu"].values()) > 0
     assert parts["cuda_tests"] == {"skipped": "--tiny: no CUDA", "seconds": pytest.approx(0, abs=1)}
     assert len(r["verdicts"]) == 3 and (tmp_path / "gpu-check.log").read_text().count("goal:") == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu-check.json", "gpu-check.log"]
