@@ -173,7 +173,7 @@ def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
 
 def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     h, s, v = x.unbind(1)
-    k = torch.tensor((5.0, 3.0, 1.0), device=x.device, dtype=x.dtype)[None, :, None, None]
+    k = (5 - 2 * torch.arange(3, device=x.device, dtype=x.dtype))[None, :, None, None]  # 5, 3, 1: no host copy
     t = (k + 6 * h.unsqueeze(1)) % 6
     return v.unsqueeze(1) - (v * s).unsqueeze(1) * (torch.minimum(t, 4 - t).clamp(0, 1))
 
