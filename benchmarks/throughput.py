@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wbclib.core import config as cfg
-from wbclib.data import datasets
+from wbclib.data import datasets, images
 from wbclib.model.losses import MultiTaskLoss
 from wbclib.training import inference, train
 
@@ -113,9 +113,9 @@ def decode_rates(paths: list[Path], resize: int | None) -> dict[str, float]:
     out = {"pil_full": rate(lambda p: Image.open(p).convert("RGB").load()),
            "torchvision_decode_jpeg": rate(lambda p: decode_jpeg(read_file(str(p))))}
     if resize:
-        out["pil_draft"] = rate(lambda p: datasets.open_image(p, draft_size=resize))
+        out["pil_draft"] = rate(lambda p: images.open_image(p, draft_size=resize))
         # what a run's loader does: draft decode, Lanczos resize and the JPEG round trip of `wbc prepare --size`
-        out["prepare_rule"] = rate(lambda p: datasets.load_image(p, resize))
+        out["prepare_rule"] = rate(lambda p: images.load_image(p, resize))
     return out
 
 

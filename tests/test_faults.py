@@ -500,14 +500,14 @@ def test_missing_root_missing_split_and_empty_split_for_each_layout(tmp_path, ca
 
 
 def test_odd_image_modes_are_read_as_rgb_cells(tmp_path):
-    from wbclib.data import datasets
+    from wbclib.data import images
 
     gray, transparent, cmyk, sixteen = odd_but_valid_images(tmp_path)
     for path in (gray, transparent, cmyk, sixteen):
-        img = datasets.open_image(path)
+        img = images.open_image(path)
         assert img.mode == "RGB" and img.size == (48, 48), path
-    assert np.all(np.asarray(datasets.open_image(transparent))[:, :24] == 255)  # transparent: white, not black
-    assert np.asarray(datasets.open_image(sixteen)).max() > 0
+    assert np.all(np.asarray(images.open_image(transparent))[:, :24] == 255)  # transparent: white, not black
+    assert np.asarray(images.open_image(sixteen)).max() > 0
 
 
 def test_skip_bad_drops_bad_files_keeps_the_image_of_a_bad_mask_and_trains(tmp_path, capsys):

@@ -1,7 +1,7 @@
 """Apply a trained model: ``wbc evaluate`` on a labelled class-folder set, ``wbc predict`` on any images.
 
 Images are loaded as the checkpoint's own config says (the shorter side resized by the rule of ``wbc prepare
---size``, :func:`wbclib.data.datasets.load_image`), then centre-cropped, whatever their size: a full-size image and its
+--size``, :func:`wbclib.data.images.load_image`), then centre-cropped, whatever their size: a full-size image and its
 prepared copy give the model the same pixels. Checkpoints are loaded with ``weights_only=True``.
 """
 
@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from wbclib import WbcError
 from wbclib.core import storage
-from wbclib.data import datasets, transforms
+from wbclib.data import datasets, images, layout, readers, transforms
 from wbclib.training import metrics, runs
 from wbclib.training.inference import Runtime, adapt_batchnorm, load_model, make_loader, predict, predicted_mask
 
@@ -61,7 +61,7 @@ def _run(model, ds, config, rt, progress: bool) -> dict:
 def embed_folder(checkpoint, folder, mask_threshold=None, skip_bad: bool = False, progress: bool = False) -> dict:
     """Embeddings, labels and predictions of a class-folder set under a trained model (for t-SNE)."""
     model, config, classes, rt = _model(checkpoint)
-    records, root = datasets.folder_records(folder, classes, skip_bad=skip_bad)
+    records, root = readers.folder_records(folder, classes, skip_bad=skip_bad)
     pred = _run(model, _dataset(records, classes, config, root, mask_threshold), config, rt, progress)
     pred["prediction"] = pred["logits"].argmax(1)
     return pred
@@ -79,7 +79,7 @@ def evaluate(checkpoint, folder, out, mask_threshold=None, skip_bad: bool = Fals
     model, config, classes, rt = _model(checkpoint)
     storage.refuse_inside(out, [folder], "--out")
     _same_task(checkpoint, config, folder)
-    records, root = datasets.folder_records(folder, classes, skip_bad=skip_bad)
+    records, root = readers.folder_records(folder, classes, skip_bad=skip_bad)
     ds = _dataset(records, classes, config, root, mask_threshold)
     adapted = _adapt(model, ds, config, rt) if adabn else None
     pred = _run(model, ds, config, rt, progress)
@@ -123,8 +123,8 @@ def _same_task(checkpoint, config, folder) -> None:
     if config.num_classes < 2:
         raise WbcError(f"{checkpoint} is a {config.dataset} model (reconstruction only, no classifier); "
                        "evaluate a model trained on labelled cells")
-    names = datasets.class_folder_names(folder)
-    if names and not any(datasets.canonical_class(n, config.classes) is not None for n in names):
+    names = layout.class_folder_names(folder)
+    if names and not any(readers.canonical_class(n, config.classes) is not None for n in names):
         raise WbcError(f"{checkpoint} is a {config.dataset} model (classes {', '.join(config.classes)}), but the "
                        f"class folders of {folder} are {', '.join(names[:8])}: give a model of the same task")
 
@@ -156,21 +156,21 @@ def image_files(inputs) -> list[Path]:
 
     Folders that hold the output of ``wbc predict`` or ``wbc evaluate`` (their PNGs are figures, not cells)
     are refused."""
-    files, problems = [], datasets.Problems(Path("."), "image files (.jpg/.png/.bmp/.tif) or folders holding them")
+    files, problems = [], readers.Problems(Path("."), "image files (.jpg/.png/.bmp/.tif) or folders holding them")
     for item in map(Path, inputs):
         if item.is_dir():
             outputs = [d for d in [item, *item.rglob("*")] if d.is_dir() and _is_wbc_output(d)]
             if outputs:
                 raise WbcError(f"{outputs[0]} holds the output of an earlier wbc predict or evaluate "
                                "(predictions.csv and figures), not cells: give the folders of the images")
-            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in datasets.IMAGE_EXTENSIONS
+            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in layout.IMAGE_EXTENSIONS
                             and not p.name.startswith("."))
         elif item.is_file():
             files.append(item)
         else:
             problems.add(item, "not found")
     for f in files:
-        why = datasets.check_image(f)
+        why = images.check_image(f)
         if why:
             problems.add(f, why)
     problems.settle(skip_bad=False)
@@ -193,7 +193,7 @@ def predict_images(checkpoint, inputs, out=None, progress: bool = False) -> str:
         raise WbcError(f"{checkpoint} is a {config.dataset} model (reconstruction only, no classifier); "
                        "predict with a model trained on labelled cells")
     files = image_files(inputs)
-    ds = _dataset([datasets.Record(f) for f in files], classes, config)
+    ds = _dataset([readers.Record(f) for f in files], classes, config)
     loader = _loader(ds, config, rt)
     logits, out_dir = [], Path(out) if out else None
     if out_dir:

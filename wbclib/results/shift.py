@@ -75,15 +75,15 @@ def image_statistics(folder: str | Path, name: str | None = None, limit: int | N
     """One row per image of a class-folder set: its set name, class, size, mean RGB, mean hue, saturation
     and brightness, and :func:`stained_fraction`. ``limit`` draws that many images at random (seeded)."""
     from wbclib import WBC_CLASSES
-    from wbclib.data import datasets
+    from wbclib.data import images, readers
 
-    records, _ = datasets.folder_records(Path(folder), WBC_CLASSES, check=False)
+    records, _ = readers.folder_records(Path(folder), WBC_CLASSES, check=False)
     if limit and len(records) > limit:
         idx = np.random.default_rng(seed).choice(len(records), limit, replace=False)
         records = [records[i] for i in sorted(idx)]
     rows = []
     for r in records:
-        img = datasets.open_image(r.path)
+        img = images.open_image(r.path)
         rgb = np.asarray(img, dtype=np.float32) / 255
         h, s, v = np.moveaxis(rgb_to_hsv(rgb), -1, 0)
         # Hue is circular: averaged as an angle, reported in -0.5..0.5 (0 red, positive towards yellow, negative
@@ -119,17 +119,17 @@ def examples_figure(folders: dict[str, str | Path], n: int = 6, size: int = 96, 
     import matplotlib.pyplot as plt
 
     from wbclib import WBC_CLASSES
-    from wbclib.data import datasets
+    from wbclib.data import images, readers
 
     fig, axes = plt.subplots(len(folders), n, figsize=(1.4 * n, 1.5 * len(folders)), layout="constrained",
                              squeeze=False)
     for row, (name, folder) in zip(axes, folders.items()):
-        records, _ = datasets.folder_records(Path(folder), WBC_CLASSES, check=False)
+        records, _ = readers.folder_records(Path(folder), WBC_CLASSES, check=False)
         pick = np.random.default_rng(seed).choice(len(records), min(n, len(records)), replace=False)
         for ax in row:
             ax.axis("off")
         for ax, i in zip(row, pick):
-            img = datasets.open_image(records[i].path)
+            img = images.open_image(records[i].path)
             w, h = img.size
             k = size / min(w, h)
             img = img.resize((max(size, round(w * k)), max(size, round(h * k))))

@@ -473,7 +473,8 @@ def _study(args: Options, t0, configs, runs_dir, jobs, data_root, external, log)
     log(f"data: ready in {time.time() - t:.1f}s" + ("; numbers are not real results" if args.data == "synthetic"
                                                      and not data_root else ""))
     from wbclib import CAM16_CLASSES
-    from wbclib.data.datasets import external_sets, holds_classes
+    from wbclib.data.datasets import external_sets
+    from wbclib.data.readers import holds_classes
 
     if external is None and not data_root and args.data == "embedded":
         external = [str(p) for p in external_sets()] + [str(p) for p in external_sets(CAM16_CLASSES)]

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from wbclib import WbcError
 from wbclib.core import config as cfg
 from wbclib.core import faults
-from wbclib.data import datasets
+from wbclib.data import datasets, images
 from wbclib.model.network import MultiTaskUNet
 from wbclib.training import distributed, metrics, runs
 
@@ -104,7 +104,7 @@ def cpu_loader_workers(config: cfg.RunConfig, dataset: datasets.CellDataset) -> 
     from up to 16 images spread over the set), else none. The choice depends only on the data, the config and
     the thread count, so a resumed run makes the same one."""
     records = dataset.records[::max(1, len(dataset.records) // 16)][:16]
-    sizes = [s for s in (datasets.image_size(r.path) for r in records) if s]
+    sizes = [s for s in (images.image_size(r.path) for r in records) if s]
     if not sizes:
         return 0
     stored = float(np.median([w * h for w, h in sizes]))

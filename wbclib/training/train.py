@@ -33,7 +33,7 @@ from tqdm import tqdm
 from wbclib import WbcError, __version__
 from wbclib.core import config as cfg
 from wbclib.core import faults, storage
-from wbclib.data import datasets
+from wbclib.data import datasets, readers
 from wbclib.model.losses import MultiTaskLoss
 from wbclib.model.network import load_matching
 from wbclib.training import distributed, runs
@@ -443,7 +443,7 @@ def manifest(config, rt: Runtime, splits: datasets.Splits, wall: float, init_rep
         "num_workers": rt.num_workers, "data_root": str(splits.root),
         "synthetic": datasets.data_source(config) == "synthetic",
         "data_source": datasets.data_source(config),
-        "data_fingerprint": datasets.fingerprint(splits.records, splits.root), "wall_time_s": wall,
+        "data_fingerprint": readers.fingerprint(splits.records, splits.root), "wall_time_s": wall,
         "init": init_report and {"source": init_report["source"], "loaded": len(init_report["loaded"]),
                                  "skipped": init_report["skipped"]},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
