@@ -69,6 +69,8 @@ RAABIN_TESTS = ("TestA", "TestB")
 #: segwbc label CSVs: 1=neutrophil 2=lymphocyte 3=monocyte 4=eosinophil 5=basophil
 SEGWBC_LABELS = {1: "Neutrophil", 2: "Lymphocyte", 3: "Monocyte", 4: "Eosinophil", 5: "Basophil"}
 #: Where each tile option's tiles go: the reconstruction stage's folder, or the blood-smear tiles beside it.
+#: The training subsets nested inside WBC_100/train, as the plan's keys write them.
+_NESTED = {layout.wbc_split(Path(), p, "train").as_posix() for p in WBC_SUBSETS if p != 100}
 TILE_FOLDERS = {"--tiles": layout.PRCC_FOLDER, "--smear-tiles": layout.SMEAR_FOLDER}
 
 
@@ -155,7 +157,7 @@ class Plan:
         count = self.counts.setdefault(key, {}).setdefault(item.cls or "unlabelled", {"images": 0, "masks": 0})
         count["images"] += 1
         count["masks"] += mask_dir is not None
-        if not key.startswith("WBC_") or key.startswith("WBC_100/"):
+        if key not in _NESTED:  # an image of WBC_1, 10 or 50 is counted once, under WBC_100
             source.taken[key] = source.taken.get(key, 0) + 1
 
 
