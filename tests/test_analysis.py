@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from wbclib import WBC_CLASSES
+from wbclib.core import grid
 from wbclib.results import analysis
 from wbclib.training import metrics
 
@@ -256,7 +257,7 @@ def test_chain_comparison_pairs_each_chain_with_scratch_by_seed(tmp_path):
             fake_run(tmp_path, f"{cid}-s{seed}", "wbc", "embedded", acc)
     t = analysis.chain_comparison(analysis.load_runs(tmp_path))
     assert list(t.index) == ["WBC_1", "WBC_10"]
-    scratch, he, smears = (name for name, _ in analysis.CHAINS)
+    scratch, he, smears = grid.columns("chains")
     half = T_975_DF2 * np.std([-0.20, -0.05, -0.20], ddof=1) / np.sqrt(3)
     assert t.loc["WBC_1", (he, "− scratch (paired by seed)")] == f"-0.150 ± {half:.3f}"
     half = T_975_DF2 * np.std([0.05, 0.0, 0.05], ddof=1) / np.sqrt(3)

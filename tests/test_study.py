@@ -146,12 +146,11 @@ def test_the_notebook_trains_exactly_the_config_the_runner_resolved(tmp_path):
     parameters cell, papermill's injected values and its config cell must give back that very config."""
     import nbformat
 
-    from wbclib.results import shift
 
     nb = nbformat.read(book.NOTEBOOKS / "train.ipynb", as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", [])).source
     setup = next(c for c in nb.cells if "cfg.from_dict(run_config)" in c.source).source
-    jobs = runner.grid([0]) + [runner.make_job(c, s, p, setting=n, chapter="shift") for c, s, p, n in shift.grid([0])]
+    jobs = runner.grid([0]) + runner.jobs_of(("shift",), [0])
     for job in jobs:
         config = runner.job_config(job, "quick", None, tmp_path, {"lr": 0.01, "resize": None})
         ns: dict = {}
