@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, wbc
+from wbclib.core import grid
 from wbclib.study import book, runner
 
 
@@ -99,7 +100,7 @@ def test_the_whole_chain_at_a_tiny_size_builds_tables_and_the_site(tiny_book):
                      "report (single run)", "(course notes)", "no evidence of a difference", "Learning curve"):
         assert fragment in results, fragment
     pages = sorted(p.name for p in (book / "_build" / "html" / "book" / "generated" / "runs").glob("*.html"))
-    assert len(pages) == 21 and "wbc100-pretrained-mask-s0.html" in pages
+    assert len(pages) == grid.size() and "wbc100-pretrained-mask-s0.html" in pages
     nb = json.loads((book / "book" / "generated" / "results.ipynb").read_text())
     assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     summary = (book / "book/generated/data_summary.md").read_text()
