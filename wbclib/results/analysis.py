@@ -397,3 +397,96 @@ def chain_comparison(df: pd.DataFrame, metric: str = "balanced_accuracy") -> pd.
     out = pd.DataFrame(rows).set_index("training set")
     out.columns = pd.MultiIndex.from_tuples(out.columns)
     return corner_label(out)
+
+
+# -- what the results notebook says around its tables ---------------------------------------------------------
+
+def overview(df: pd.DataFrame, runs_dir: str | Path) -> str:
+    """The line under the results page's title: how many runs of the grid finished (a partial study says how
+    many of the :func:`expected_runs` are missing), or how to make them when there are none."""
+    name = Path(runs_dir).name
+    if not len(df):
+        return (f"**No finished runs in `{name}/`**: run `make study` or `wbc study` first; the sections below "
+                "stay empty until then.")
+    expected = expected_runs(df)
+    partial = (f" **Partial:** {len(df)} of the {expected} runs of the grid have finished; missing cells show –."
+               if len(df) < expected else "")
+    return f"{len(df)} finished runs in `{name}/`, {df['seed'].nunique()} seed(s) per configuration.{partial}"
+
+
+def synthetic_start_note(df: pd.DataFrame) -> str:
+    """A caveat for Table 2 when the CAM16 models that its pretrained columns start from learned synthetic
+    patches while the WBC cells are real (empty otherwise)."""
+    cam = set(df.loc[df["dataset"] == "cam16", "data_source"].dropna()) if len(df) else set()
+    cells = set(df.loc[df["dataset"] == "wbc", "data_source"].dropna()) if len(df) else set()
+    if cam != {"synthetic"} or not cells - {"synthetic"}:
+        return ""
+    return (f"In this build the CAM16 model that the *with pretrain* columns start from (`{grid.CAM16_FULL}`) "
+            "learned drawn patches of the synthetic stand-in, while the WBC cells are real: those columns measure a "
+            "pretraining chain that ends on synthetic images, not pretraining on real lymph-node tissue as in the "
+            "report.")
+
+
+def mask_counts(df: pd.DataFrame) -> pd.DataFrame:
+    """Training images and masked training images of each WBC run (what the mask ablation can compare)."""
+    wbc = df[df["dataset"] == "wbc"] if len(df) else df
+    return corner_label(wbc.set_index("run")[["train_images", "train_masks"]].rename(
+        columns={"train_images": "training images", "train_masks": "of which with a mask"}))
+
+
+# -- the external-evaluation page ----------------------------------------------------------------------------
+
+EXTERNAL_COLUMNS = ["set", "run", "images", "accuracy", "balanced accuracy", "macro-F1", "majority class",
+                    "PSNR (dB)", "mask Dice", "masks", "recall", "confusion", "classes", "missing classes"]
+
+
+def external_models(df: pd.DataFrame, subset: int = 100) -> pd.DataFrame:
+    """The finished runs of the Table 2 cells of one WBC subset (the models the external page evaluates)."""
+    if not len(df):
+        return df
+    return df[df["config"].isin([c.id for _, c in table2_cells(subset)])].sort_values("run")
+
+
+def evaluate_external(df: pd.DataFrame, sets: list[str | Path], subset: int = 100) -> pd.DataFrame:
+    """Every model of :func:`external_models` on every class-folder set, unchanged: one row per set and run with
+    its metrics, per-class recall and confusion matrix. Each evaluation is written into the run directory and
+    reused while the run is unchanged (:func:`wbclib.results.evaluate.evaluate_into_run`)."""
+    import matplotlib.pyplot as plt
+
+    from wbclib.results.evaluate import evaluate_into_run
+
+    rows = []
+    for folder in sets:
+        name = Path(folder).name
+        for _, run in external_models(df, subset).iterrows():
+            res = evaluate_into_run(run["path"], name, folder)
+            plt.close("all")  # the evaluation draws its own confusion figure into the run directory
+            masks = res.get("masks") or {}
+            rows.append({"set": name, "run": run["run"], "images": res["n"], "accuracy": res["accuracy"],
+                         "balanced accuracy": res["balanced_accuracy"], "macro-F1": res["macro_f1"],
+                         "majority class": res["majority_baseline"], "PSNR (dB)": res["psnr"],
+                         "mask Dice": masks.get("dice"), "masks": masks.get("n"),
+                         "recall": {c: v["recall"] for c, v in res["per_class"].items()},
+                         "confusion": res["confusion_matrix"], "classes": list(res["per_class"]),
+                         "missing classes": list(res["missing_classes"])})
+    return pd.DataFrame(rows, columns=EXTERNAL_COLUMNS)
+
+
+def external_table(results: pd.DataFrame, set_name: str) -> pd.DataFrame:
+    """The metrics of every model on one set, one row per run (the mask columns only where the set has masks)."""
+    sub = results[results["set"] == set_name].set_index("run")
+    shown = sub[EXTERNAL_COLUMNS[2:10]].dropna(axis=1, how="all")
+    return corner_label(shown.astype({c: float for c in shown.columns if c not in ("images", "masks")}).round(4))
+
+
+def external_recall(results: pd.DataFrame, set_name: str) -> pd.DataFrame:
+    """Recall of each class for every model on one set (rows: runs)."""
+    sub = results[results["set"] == set_name]
+    return pd.DataFrame(list(sub["recall"]), index=list(sub["run"])).round(3)
+
+
+def external_folders(external: str | Path | list | None) -> list[str]:
+    """The sets the external page evaluates: the one given, the list given, or else the embedded data's
+    external sets of white blood cells."""
+    sets = [external] if isinstance(external, (str, Path)) else list(external or [])
+    return [str(s) for s in sets] or [str(p) for p in datasets.embedded_external_sets()]
