@@ -55,8 +55,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from wbclib import CAM16_CLASSES, WBC_CLASSES, WbcError
-from wbclib import WBC_SUBSETS as SUBSETS
+from wbclib import CAM16_CLASSES, WBC_CLASSES, WBC_SUBSETS, WbcError
 
 __all__ = [
     "MARKER",
@@ -77,8 +76,8 @@ SENTINEL = ".synth-incomplete"
 #: Course-table counts (WBC_100 train and the shared validation set), per class in WBC_CLASSES order.
 WBC_TRAIN_COUNTS = dict(zip(WBC_CLASSES, (176, 618, 2015, 466, 5172)))
 WBC_VAL_COUNTS = dict(zip(WBC_CLASSES, (36, 126, 412, 95, 1059)))
-#: The nested WBC subsets and the percentage of WBC_100 each holds (smallest first).
-WBC_SUBSETS = tuple((f"WBC_{n}", n) for n in SUBSETS)
+#: The nested WBC subsets as (folder name, percentage of WBC_100 it holds), smallest first.
+WBC_FOLDERS = tuple((f"WBC_{n}", n) for n in WBC_SUBSETS)
 CAM16_DIR = "CAM16_100cls_10mask"
 CAM16_COUNTS = {"train": (379, 378), "val": (54, 54), "test": (108, 108)}
 PRCC_DIR = "pRCC_nolabel"
@@ -91,7 +90,7 @@ PRCC_SIDE = 2000
 PRCC_MIN_SIDE = 576
 JPEG_QUALITY = 90
 
-_KNOWN_ENTRIES = {name for name, _ in WBC_SUBSETS} | {CAM16_DIR, PRCC_DIR, MARKER, MARKER + ".tmp", SENTINEL}
+_KNOWN_ENTRIES = {name for name, _ in WBC_FOLDERS} | {CAM16_DIR, PRCC_DIR, MARKER, MARKER + ".tmp", SENTINEL}
 # Dataset codes used in the per-image seeds.
 _DS_WBC_TRAIN, _DS_WBC_VAL, _DS_CAM16, _DS_PRCC = 1, 2, 10, 20
 _TWO_PI = 2.0 * math.pi
@@ -109,7 +108,7 @@ def planned_counts(scale: float = 1.0, cam16_scale: float | None = None) -> dict
     cam_scale = scale if cam16_scale is None else _check_scale(cam16_scale)
     counts: dict = {}
     n100 = {c: max(1, round(n * scale)) for c, n in WBC_TRAIN_COUNTS.items()}
-    for name, pct in WBC_SUBSETS:
+    for name, pct in WBC_FOLDERS:
         train = {}
         for c in WBC_CLASSES:
             n = n100[c] if pct == 100 else max(1, n100[c] * pct // 100)
@@ -663,7 +662,7 @@ def _plan(out: Path, counts: dict, seed: int) -> tuple[list, list]:
     nval = {c: counts["WBC_100"]["val"][c]["data"] for c in WBC_CLASSES}
     names = iter(_raabin_names(seed, sum(n100.values()) + sum(nval.values())))
     for ci, c in enumerate(WBC_CLASSES):
-        for name, _ in WBC_SUBSETS:
+        for name, _ in WBC_FOLDERS:
             dirs += [out / name / "train" / "data" / c, out / name / "train" / "mask" / c]
         # nested subsets: the first n_k of a seeded permutation; nested masks chosen level by level
         sel = np.random.default_rng([seed, 100, ci])
@@ -671,7 +670,7 @@ def _plan(out: Path, counts: dict, seed: int) -> tuple[list, list]:
         members: dict[str, set] = {}
         masked_at: dict[str, set] = {}
         masked: list[int] = []
-        for name, _ in WBC_SUBSETS:
+        for name, _ in WBC_FOLDERS:
             nk, mk = counts[name]["train"][c]["data"], counts[name]["train"][c]["mask"]
             members[name] = set(perm[:nk].tolist())
             taken = set(masked)
@@ -681,8 +680,8 @@ def _plan(out: Path, counts: dict, seed: int) -> tuple[list, list]:
             masked_at[name] = set(masked)
         for i in range(n100[c]):
             fn = next(names)
-            imgs = [str(out / k / "train" / "data" / c / fn) for k, _ in WBC_SUBSETS if i in members[k]]
-            masks = [str(out / k / "train" / "mask" / c / fn) for k, _ in WBC_SUBSETS if i in masked_at[k]]
+            imgs = [str(out / k / "train" / "data" / c / fn) for k, _ in WBC_FOLDERS if i in members[k]]
+            masks = [str(out / k / "train" / "mask" / c / fn) for k, _ in WBC_FOLDERS if i in masked_at[k]]
             items.append(("wbc", (ci, _DS_WBC_TRAIN, i), imgs, masks))
     for ci, c in enumerate(WBC_CLASSES):
         dirs.append(out / "WBC_100" / "val" / "data" / c)
