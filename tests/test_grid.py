@@ -96,3 +96,21 @@ def test_a_row_added_to_the_grid_trains_and_appears_in_table_2(one_more_row, tmp
     got = table.loc["WBC_1", ("w/o pretrain, with mask, GroupNorm", "ours")]
     assert got == f"{df['accuracy'].iloc[0]:.4f}" and table.loc["WBC_1", (grid.NM, "ours")] == "–"
     assert table.loc["WBC_1", ("w/o pretrain, with mask, GroupNorm", analysis.REPORT_COLUMN)] == "–"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["analysis.ipynb", "evaluation.ipynb"])
+def test_the_results_notebooks_read_the_grid_instead_of_restating_it(name):
+    """No run count and no configuration name assembled from its parts in the notebooks: both come from the
+    grid, so that a row added there reaches the pages."""
+    import re
+
+    import nbformat
+
+    code = "\n".join(c.source for c in nbformat.read(ROOT / "notebooks" / name, as_version=4).cells
+                     if c.cell_type == "code")
+    assert not re.search(r"\b21\b", code)
+    assert not re.search(r"f\"wbc\{|startswith\(\"wbc", code)
+    assert "WBC_SUBSETS" not in code and "TABLE2_COLUMNS" not in code
