@@ -345,7 +345,7 @@ def cuda_tests(check: Check) -> dict:
 # -- 6. the paper study's GPU time --------------------------------------------------------------------------
 
 def estimate(check: Check, rates: dict) -> dict:
-    """GPU time of each of the 21 runs of ``wbc study --profile paper --seeds 1`` on the course data.
+    """GPU time of each run of ``wbc study --profile paper --seeds 1`` (the grid's report chapter) on the course data.
 
     ``rates``: ``train_images_per_s`` (the step with the real loader, data waits included),
     ``eval_images_per_s``, ``setup_s_per_image`` (the pre-training decode check) and ``load_s_per_image``
@@ -380,7 +380,7 @@ def estimate(check: Check, rates: dict) -> dict:
         rows.append({"run": job.id, "train_images": n_train, "eval_images": n_eval + extra_eval,
                      "epochs": epochs, "gpu_seconds": seconds})
     total = sum(r["gpu_seconds"] for r in rows)
-    check.log(f"estimate: the 21-run paper study (one seed) takes about {total / 3600:.2f} GPU-hours "
+    check.log(f"estimate: the {len(rows)}-run paper study (one seed) takes about {total / 3600:.2f} GPU-hours "
               f"({total / 60:.0f} min) on this device (goal ≤ {GOALS['paper_study_gpu_hours']:g})")
     return {"runs": rows, "total_gpu_hours": total / 3600, "rates": rates,
             "note": "estimate from the measured rates and the course counts (synthetic counts at scale 1)"}

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from wbclib import WBC_SUBSETS, WbcError
-from wbclib.core import storage
+from wbclib.core import grid, storage
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -337,7 +337,7 @@ def gpu_check_tables() -> str:
                 feed.append(f"| {row['num_workers']} | {row['train_images_per_s']:.0f} | "
                             f"{100 * row['data_wait_share']:.1f} % |")
         est = r.get("estimate_current_trainer") or parts.get("estimate", {})
-        total = (f"Estimated GPU time of the 21-run paper study (one seed, course counts): "
+        total = (f"Estimated GPU time of the {grid.size()}-run paper study (one seed, course counts): "
                  f"**{est['total_gpu_hours']:.2f} GPU-hours** ({est.get('note', 'from this run')})."
                  if "total_gpu_hours" in est else "")
         goals = "\n".join(f"- {line}" for line in r.get("verdicts", []))

@@ -21,29 +21,14 @@ from wbclib.core.storage import read_json, replace_atomically, write_json
 
 CHECKPOINT = "checkpoint.pt"
 #: Where the study records a run's place in its grid (configuration, seed, dataset, subset, pretrained, masks,
-#: chapter): the analysis and the book group on this file, so a run id is made once and never parsed back.
+#: chapter; see :func:`wbclib.core.grid.structure`): the analysis and the book group on this file, so a run id is
+#: made once and never parsed back. The configurations themselves are the rows of :mod:`wbclib.core.grid`.
 STRUCTURE = "run.json"
 
 
 def run_id(configuration: str, seed: int) -> str:
     """The one run-id format: ``<configuration>-s<seed>``."""
     return f"{configuration}-s{seed}"
-
-
-def wbc_configuration(subset: int, pretrained: bool, masks: bool) -> str:
-    """The name of a Table 2 configuration, e.g. ``wbc10-pretrained-mask``."""
-    return f"wbc{subset}-{'pretrained' if pretrained else 'scratch'}-{'mask' if masks else 'nomask'}"
-
-
-def cam16_configuration(prcc: bool, dice: bool) -> str:
-    """The name of a Table 1 configuration, e.g. ``cam16-ce-prcc-dice``."""
-    return "cam16-ce" + ("-prcc" if prcc else "") + ("-dice" if dice else "")
-
-
-def smear_configuration(dataset: str, subset: int | None = None) -> str:
-    """The name of a stage of the blood-smear chain (reconstruction on smear tiles instead of H&E, then CAM16
-    with cross-entropy and Dice, then WBC with masks): ``smears``, ``cam16-ce-smears-dice``, ``wbc1-smears-mask``."""
-    return {"prcc": "smears", "cam16": "cam16-ce-smears-dice"}.get(dataset) or f"wbc{subset}-smears-mask"
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
