@@ -19,10 +19,10 @@ from conftest import make_wbc_tree, write_image
 from wbclib import cli
 from wbclib.core import config as cfg
 from wbclib.data import datasets, transforms
-from wbclib.model.network import MultiTaskUNet
+from wbclib.model.network import MultiTaskUNet, build_model
 from wbclib.results import evaluate, shift
 from wbclib.study import book, runner
-from wbclib.training import inference, runs, train
+from wbclib.training import runs, train
 
 TINY = dict(input_size=32, resize=None, base_width=4, depth=2, batch_size=4, epochs=1, min_steps=0)
 
@@ -30,8 +30,8 @@ TINY = dict(input_size=32, resize=None, base_width=4, depth=2, batch_size=4, epo
 # -- norm=group -------------------------------------------------------------------------------------------
 
 def test_group_norm_model_has_group_norm_layers_only_and_the_same_outputs():
-    bn = inference.build_model(cfg.from_profile("quick"))
-    gn = inference.build_model(cfg.from_profile("quick", norm="group"))
+    bn = build_model(cfg.from_profile("quick"))
+    gn = build_model(cfg.from_profile("quick", norm="group"))
     assert not any(isinstance(m, nn.GroupNorm) for m in bn.modules())
     norms = [m for m in gn.modules() if isinstance(m, nn.GroupNorm)]
     assert len(norms) == len(shift.batchnorm_layers(bn)) == 20 and not shift.batchnorm_layers(gn)

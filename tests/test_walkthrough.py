@@ -8,9 +8,8 @@ import math
 import pytest
 import torch
 
-from wbclib.model.network import count_parameters
+from wbclib.model.network import build_model, count_parameters
 from wbclib.study import walkthrough
-from wbclib.training import inference
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +29,7 @@ def test_sample_batch_puts_the_masked_cells_first_and_covers_every_class(small):
 
 def test_parts_table_accounts_for_every_parameter_and_shape(small):
     config, data = small
-    model = inference.build_model(config)
+    model = build_model(config)
     batch = walkthrough.sample_batch(data, per_class=1)
     parts = walkthrough.model_parts(model, batch["image"])
     assert parts["parameters"].sum() == count_parameters(model)
@@ -42,9 +41,9 @@ def test_parts_table_accounts_for_every_parameter_and_shape(small):
 def test_loss_terms_add_up_to_the_total(small):
     config, data = small
     torch.manual_seed(0)
-    model = inference.build_model(config)
+    model = build_model(config)
     batch = walkthrough.sample_batch(data, per_class=1)
-    terms = walkthrough.loss_terms(model, batch, lambda_ce=2.0, lambda_dice=0.5)
+    terms = walkthrough.loss_terms(model, batch, config.replace(lambda_ce=2.0, lambda_dice=0.5))
     parts = terms.drop(index="total")
     assert parts["weighted"].sum() == pytest.approx(terms.loc["total", "value"], rel=1e-5)
     assert list(parts["weight"]) == [1.0, 2.0, 0.5] and terms.loc["Generalized Dice", "samples"] == "2 with a mask"

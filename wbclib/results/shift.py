@@ -4,7 +4,7 @@ The pieces of the book's domain-shift chapter, kept out of the notebook:
 
 - :data:`SETTINGS` and :func:`grid`: the training runs ``shift-<setting>-s<seed>`` that ``wbc study --only
   'shift-*'`` trains (WBC_100 from scratch with masks, on the default data, each with one remedy switched on);
-- AdaBN (Li et al., 2016; :func:`wbclib.training.inference.adapt_batchnorm`), the BatchNorm statistics re-estimated
+- AdaBN (Li et al., 2016; :func:`wbclib.results.adabn.adapt_batchnorm`), the BatchNorm statistics re-estimated
   on the target images at test time, without their labels (``wbc evaluate --adabn``);
 - :func:`image_statistics`: colour and scale of each image of a set, to show what differs between sets;
 - :func:`evaluate_runs`, :func:`remedy_table`, :func:`paired_table` and :func:`choose`: the chapter's tables,
@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import rgb_to_hsv
 
+from wbclib.results.adabn import adapt_batchnorm, batchnorm_layers
 from wbclib.training import metrics
-from wbclib.training.inference import adapt_batchnorm, batchnorm_layers
 
 #: Run-id prefix of the domain-shift runs.
 PREFIX = "shift-"
