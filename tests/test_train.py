@@ -15,6 +15,7 @@ from conftest import make_wbc_tree
 from wbclib import WbcError
 from wbclib.core import config as cfg
 from wbclib.data import datasets
+from wbclib.model.losses import LOSS_PARTS
 from wbclib.model.network import MultiTaskUNet
 from wbclib.training import inference, runs, runtime, train
 
@@ -243,3 +244,19 @@ def test_a_cpu_run_loads_in_worker_processes_only_when_decoding_large_images_hol
         assert runtime.cpu_loader_workers(config, datasets.build_splits(config, large).train) == 0
     finally:
         torch.set_num_threads(threads)
+
+
+def test_history_csv_refuses_a_column_it_does_not_have(tmp_path):
+    row = {"epoch": 1, "lr": 1e-3, **{f"train_{k}": 0.5 for k in LOSS_PARTS}, "seconds": 2.0}
+    train.write_history(tmp_path / "history.csv", [row])
+    assert list(pd.read_csv(tmp_path / "history.csv").columns) == train.HISTORY_COLUMNS
+    with pytest.raises(ValueError, match=r"history\.csv has no column for train_new_term"):
+        train.write_history(tmp_path / "history.csv", [{**row, "train_new_term": 0.1}])  # never dropped silently
+    assert "new_term" not in (tmp_path / "history.csv").read_text()
+
+
+def test_every_loss_part_has_its_history_columns():
+    assert [c for c in train.HISTORY_COLUMNS if c.startswith("train_")] == [f"train_{k}" for k in LOSS_PARTS]
+    assert [c for c in train.HISTORY_COLUMNS if c.startswith("val_") and c != "val_accuracy"] == \
+        [f"val_{k}" for k in LOSS_PARTS]
+

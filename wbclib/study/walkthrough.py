@@ -102,7 +102,7 @@ def loss_terms(model: MultiTaskUNet, batch: dict, config: cfg.RunConfig) -> pd.D
     total = float(parts.total)
     df = pd.DataFrame([{"term": t, "value": v, "weight": w, "weighted": w * v,
                         "share of total": (w * v / total if total else 0.0), "samples": s} for t, v, w, s in rows])
-    return pd.concat([df, pd.DataFrame([{"term": "total", "value": total, "weight": None, "weighted": total,
+    return pd.concat([df, pd.DataFrame([{"term": LOSS_PARTS[0], "value": total, "weight": None, "weighted": total,
                                          "share of total": 1.0, "samples": f"{n}"}])]).set_index("term")
 
 

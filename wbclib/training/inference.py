@@ -39,16 +39,15 @@ def load_model(run_or_file: str | Path, device: str | torch.device = "auto", pre
     and the runtime to apply it with: ``device``, ``precision`` and ``channels_last`` as a config takes them
     ('auto' and None: what is fastest here), batches loaded in this process."""
     state = runs.load_checkpoint(run_or_file, map_location="cpu")
-    config = cfg.from_dict(state["config"]) if "config" in state else cfg.from_profile("quick")
+    config = cfg.from_dict(state["config"])
     rt = Runtime.from_config(config.replace(device=str(device), precision=precision, channels_last=channels_last,
                                             num_workers=0))
     model = build_model(config)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError:
-        assumed = "" if "config" in state else ", assumed: the checkpoint has no config"
         raise WbcError(f"{run_or_file}: its weights do not fit the network its config describes "
-                       f"({describe_network(config)}{assumed}); it was made by another program or config") from None
+                       f"({describe_network(config)}); it was made by another program or config") from None
     return model.to(rt.device).eval(), config, rt
 
 

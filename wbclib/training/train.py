@@ -307,8 +307,8 @@ def initialise(model: torch.nn.Module, config: cfg.RunConfig, log) -> dict:
     loaded = load_matching(model, init_state["model"])
     if not any(n.startswith(("inc.", "downs.")) and not n.endswith("num_batches_tracked")
                for n in loaded.loaded):  # no encoder weight fits
-        was = f" ({describe_network(cfg.from_dict(init_state['config']))})" if "config" in init_state else ""
-        raise WbcError(f"--init {config.init}{was}: none of its encoder weights fit this run's network "
+        was = describe_network(cfg.from_dict(init_state["config"]))
+        raise WbcError(f"--init {config.init} ({was}): none of its encoder weights fit this run's network "
                        f"({describe_network(config)}); start from a run of the same base width and depth")
     log(f"init: {len(loaded.loaded)} tensors loaded from {config.init}, {len(loaded.skipped)} skipped "
         f"(re-initialised: {', '.join(sorted({s.split('.')[0] for s in loaded.skipped})) or 'none'})")
