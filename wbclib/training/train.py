@@ -44,6 +44,7 @@ from wbclib.training.runtime import (
     Runtime,
     cpu_has_native_bf16,
     cpu_loader_workers,
+    device_name,
     gpu_peak_flops,
     make_loader,
     to_device,
@@ -462,8 +463,7 @@ def manifest(config, rt: Runtime, splits: datasets.Splits, wall: float, init_rep
             versions[pkg] = None
     return {
         "wbclib": __version__, "git_commit": git_commit(), "python": platform.python_version(), "packages": versions,
-        "device": str(rt.device), "device_name": torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda"
-        else platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "device": str(rt.device), "device_name": device_name(rt.device), "threads": torch.get_num_threads(),
         "precision": "bf16" if rt.amp_dtype else "fp32", "channels_last": rt.channels_last,
         "num_workers": rt.num_workers, "data_root": str(splits.root),
         "synthetic": datasets.data_source(config) == "synthetic",
