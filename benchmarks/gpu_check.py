@@ -7,7 +7,7 @@ Writes ``OUTDIR/gpu-check.json`` (after every part, so a cut-off run keeps what 
 
 1. ``machine``: ``nvidia-smi``, the torch / CUDA / cuDNN versions, the CPU cores;
 2. ``matmul``: dense bf16 and tf32 matmul FLOP/s (8192³, median of bursts): the peak the step is judged by;
-3. ``steps``: the paper profile's training step (384 px, width 64, the library's ``train.train_epoch`` on
+3. ``steps``: the paper profile's training step (384 px, width 64, the library's ``train.train_step`` on
    random tensors) at batch 16 and at the largest batch that fits, in fp32, bf16, bf16 + channels_last and
    bf16 + channels_last + ``torch.compile``: images/s, model FLOP/s as a share of the bf16 peak, peak memory;
 4. ``epoch``: ``wbc train --profile paper`` for one epoch on the synthetic stand-in (WBC_100 layout, 575 px
@@ -44,8 +44,8 @@ import torch  # noqa: E402
 
 from wbclib.core import config as cfg  # noqa: E402
 from wbclib.data import synth  # noqa: E402
+from wbclib.model.network import flops_per_image  # noqa: E402
 from wbclib.study import runner  # noqa: E402
-from wbclib.training import inference  # noqa: E402
 
 #: The goals the issue sets for the GPU numbers.
 GOALS = {"step_share_of_bf16_peak": 0.40, "data_wait_share": 0.05, "paper_study_gpu_hours": 1.0}
@@ -198,7 +198,7 @@ def steps(check: Check, device: torch.device, peak_bf16: float | None, compiled:
     runs last, when the rest is safe)."""
     config = paper_config(check, device)
     before = check.results["parts"].get("steps", {})
-    fpi = before.get("flops_per_image") or inference.flops_per_image(config)
+    fpi = before.get("flops_per_image") or flops_per_image(config)
     n_steps = 2 if check.tiny else 30
     rows = list(before.get("variants", []))
     if not compiled:

@@ -17,15 +17,10 @@ from tqdm import tqdm
 from wbclib import WbcError
 from wbclib.core import storage
 from wbclib.data import datasets, images, layout, readers, transforms
+from wbclib.results.adabn import adapt_batchnorm
 from wbclib.training import metrics, runs
-from wbclib.training.inference import Runtime, adapt_batchnorm, load_model, make_loader, predict, predicted_mask
-
-
-def _model(checkpoint):
-    model, config = load_model(checkpoint)
-    config = config.replace(device="auto", num_workers=0, channels_last=None, precision="auto")
-    rt = Runtime.from_config(config)
-    return model.to(rt.device), config, config.classes, rt
+from wbclib.training.inference import forward, load_model, predict
+from wbclib.training.runtime import make_loader
 
 
 def _dataset(records, classes, config, root=None, mask_threshold=None):
@@ -40,13 +35,12 @@ def _loader(ds, config, rt):
 
 
 def _adapt(model, ds, config, rt) -> dict:
-    """AdaBN on the images of ``ds`` (see :func:`wbclib.training.inference.adapt_batchnorm`); what was done, for
+    """AdaBN on the images of ``ds`` (see :func:`wbclib.results.adabn.adapt_batchnorm`); what was done, for
     metrics.json."""
-
-    layers = adapt_batchnorm(model, _loader(ds, config, rt), rt.device, rt.autocast)
+    layers = adapt_batchnorm(model, _loader(ds, config, rt), rt)
     if not layers:
         return {"layers": 0, "images": len(ds), "note": "the model has no BatchNorm layer (norm="
-                f"{getattr(config, 'norm', 'batch')}); AdaBN changes nothing"}
+                f"{config.norm}); AdaBN changes nothing"}
     return {"layers": layers, "images": len(ds), "note": "BatchNorm statistics re-estimated on this set's images "
             "(labels not used)"}
 
@@ -60,7 +54,8 @@ def _run(model, ds, config, rt, progress: bool) -> dict:
 
 def embed_folder(checkpoint, folder, mask_threshold=None, skip_bad: bool = False, progress: bool = False) -> dict:
     """Embeddings, labels and predictions of a class-folder set under a trained model (for t-SNE)."""
-    model, config, classes, rt = _model(checkpoint)
+    model, config, rt = load_model(checkpoint)
+    classes = config.classes
     records, root = readers.folder_records(folder, classes, skip_bad=skip_bad)
     pred = _run(model, _dataset(records, classes, config, root, mask_threshold), config, rt, progress)
     pred["prediction"] = pred["logits"].argmax(1)
@@ -76,7 +71,8 @@ def evaluate(checkpoint, folder, out, mask_threshold=None, skip_bad: bool = Fals
     from wbclib.results import plots
 
     out = Path(out)
-    model, config, classes, rt = _model(checkpoint)
+    model, config, rt = load_model(checkpoint)
+    classes = config.classes
     storage.refuse_inside(out, [folder], "--out")
     _same_task(checkpoint, config, folder)
     records, root = readers.folder_records(folder, classes, skip_bad=skip_bad)
@@ -188,35 +184,30 @@ def predict_images(checkpoint, inputs, out=None, progress: bool = False) -> str:
 
     if out:  # never inside a folder it reads, whose next recursive predict would take the PNGs for cells
         storage.refuse_inside(out, [p if Path(p).is_dir() else Path(p).parent for p in inputs], "--out")
-    model, config, classes, rt = _model(checkpoint)
+    model, config, rt = load_model(checkpoint)
+    classes = config.classes
     if config.num_classes < 2:
         raise WbcError(f"{checkpoint} is a {config.dataset} model (reconstruction only, no classifier); "
                        "predict with a model trained on labelled cells")
     files = image_files(inputs)
     ds = _dataset([readers.Record(f) for f in files], classes, config)
-    loader = _loader(ds, config, rt)
     logits, out_dir = [], Path(out) if out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
     done = 0
-    with torch.no_grad(), tqdm(total=len(files), desc="images", unit="img", disable=not progress) as bar:
-        for batch in loader:
-            images = batch["image"].to(rt.device)
-            with rt.autocast():
-                o = model(images)
-            logits.append(o.class_logits.float().cpu())
+    with tqdm(total=len(files), desc="images", unit="img", disable=not progress) as bar:
+        for f in forward(model, _loader(ds, config, rt), rt):
+            logits.append(f.logits)
             if out_dir:
-                pred = o.class_logits.argmax(1)
-                masks = predicted_mask(o.mask_logits, pred).float().cpu()
+                pred, masks, recon, images = f.predictions, f.pred_masks, f.reconstructions, f.batch["image"]
                 for j in range(len(images)):
-                    name = f"{done + j:05d}_{Path(batch['path'][j]).stem}.png"
-                    fig = plots.reconstruction_grid(images[j:j + 1].cpu(), o.reconstruction[j:j + 1].float().cpu(),
-                                                    pred_masks=masks[j:j + 1],
+                    name = f"{done + j:05d}_{Path(f.batch['path'][j]).stem}.png"
+                    fig = plots.reconstruction_grid(images[j:j + 1], recon[j:j + 1], pred_masks=masks[j:j + 1],
                                                     titles=[classes[int(pred[j])]], n=1)
                     fig.savefig(out_dir / name, dpi=100)
                     plt.close(fig)
-            done += len(images)
-            bar.update(len(images))
+            done += len(f.images)
+            bar.update(len(f.images))
     text = _csv([str(f) for f in files], torch.cat(logits).numpy(), classes)
     if out_dir:
         storage.write_atomic(out_dir / "predictions.csv", text)

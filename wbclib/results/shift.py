@@ -5,7 +5,7 @@ The pieces of the book's domain-shift chapter, kept out of the notebook:
 - :data:`SETTINGS`: the training runs ``shift-<setting>-s<seed>`` that ``wbc study --only 'shift-*'`` trains
   (WBC_100 from scratch with masks, on the default data, each with one remedy switched on): the ``shift`` rows
   of the study's grid (:mod:`wbclib.core.grid`);
-- AdaBN (Li et al., 2016; :func:`wbclib.training.inference.adapt_batchnorm`), the BatchNorm statistics re-estimated
+- AdaBN (Li et al., 2016; :func:`wbclib.results.adabn.adapt_batchnorm`), the BatchNorm statistics re-estimated
   on the target images at test time, without their labels (``wbc evaluate --adabn``);
 - :func:`image_statistics`: colour and scale of each image of a set, to show what differs between sets;
 - :func:`evaluate_runs`, :func:`remedy_table`, :func:`paired_table` and :func:`choose`: the chapter's tables,

@@ -68,14 +68,11 @@ def load_checkpoint(run_or_file: str | Path, map_location: str | torch.device = 
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise WbcError(f"cannot read checkpoint {path}: truncated, damaged or not a PyTorch checkpoint "
                        f"({type(exc).__name__}: {first}); expected {what}") from None
-    if isinstance(state, dict) and "model" not in state and state and \
-            all(isinstance(v, torch.Tensor) for v in state.values()):
-        state = {"model": state}  # a bare state_dict
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or not state["model"] or \
             not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
         raise WbcError(f"{path} is not a wbc checkpoint (no 'model' weights); expected {what}")
-    if "config" in state and not isinstance(state["config"], dict):
-        raise WbcError(f"{path} is not a wbc checkpoint (its 'config' is not a dict); expected {what}")
+    if not isinstance(state.get("config"), dict):
+        raise WbcError(f"{path} is not a wbc checkpoint (no 'config' of the run that trained it); expected {what}")
     return state
 
 
