@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from wbclib.data import datasets
+from wbclib.data import datasets, layout
 from wbclib.results import evaluate
 
 
@@ -28,8 +28,8 @@ def originals(pbc: Path, out: Path) -> Path:
     """The full-size PBC originals of the embedded validation cells, as ``out/<Class>/<name>.jpg``."""
     index = {p.name: p for p in pbc.rglob("*.jpg")}
     val = datasets.EMBEDDED / "WBC_100" / "val" / "data"
-    for folder in datasets.visible(val):
-        for f in datasets.visible(folder):
+    for folder in layout.visible(val):
+        for f in layout.visible(folder):
             if f.name not in index:
                 sys.exit(f"{f.name}: no original of this embedded cell under {pbc}")
             (out / folder.name).mkdir(parents=True, exist_ok=True)

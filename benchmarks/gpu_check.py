@@ -8,7 +8,7 @@ the order they run (each skipped, and said so, when the budget left is too short
 
 1. ``machine``: ``nvidia-smi``, the torch / CUDA / cuDNN versions, the CPU cores;
 2. ``matmul``: dense bf16 and tf32 matmul FLOP/s (8192³, median of bursts): the peak the step is judged by;
-3. ``steps``: the paper profile's training step (384 px, width 64, the library's ``train.train_epoch`` on
+3. ``steps``: the paper profile's training step (384 px, width 64, the library's ``train.train_step`` on
    random tensors) with each lever on and off: fp32, bf16, channels_last, cuDNN autotuning, the batch already
    on the GPU (as the resident data gives it) and ``upsample_bf16``, at batch 16, and the best of them at
    batches 32, 64 and 128: images/s, model FLOP/s as a share of the bf16 peak, peak memory;
@@ -59,8 +59,9 @@ import torch  # noqa: E402
 
 from wbclib.core import config as cfg  # noqa: E402
 from wbclib.data import datasets, synth  # noqa: E402
+from wbclib.model.network import build_model, flops_per_image  # noqa: E402
 from wbclib.study import runner  # noqa: E402
-from wbclib.training import inference, resident  # noqa: E402
+from wbclib.training import resident, runtime  # noqa: E402
 
 #: The goals the issue sets for the GPU numbers.
 GOALS = {"step_share_of_bf16_peak": 0.40, "data_wait_share": 0.05, "paper_study_gpu_hours": 1.0}
@@ -196,7 +197,7 @@ def steps(check: Check, device: torch.device, peak_bf16: float | None, compiled:
     ``compiled``, the ``torch.compile`` modes of the best lever at the base batch, added to the eager rows."""
     config = paper_config(check, device)
     before = check.results["parts"].get("steps", {})
-    fpi = before.get("flops_per_image") or inference.flops_per_image(config)
+    fpi = before.get("flops_per_image") or flops_per_image(config)
     n_steps = 2 if check.tiny else 30
     rows = list(before.get("variants", []))
     if not compiled:
@@ -309,7 +310,7 @@ def loaders(check: Check, device: torch.device, scratch: Path) -> dict:
 
     root, _ = synthetic(check, scratch)
     config = paper_config(check, device).replace(data_root=str(root), subset=100, resident="on")
-    rt = inference.Runtime.from_config(config)
+    rt = runtime.Runtime.from_config(config)
     t = time.time()
     cpu_rate = loader_throughput(config, rt, root, seconds=2.0 if check.tiny else 8.0)
     cpu_s = time.time() - t
@@ -517,17 +518,18 @@ def step_worker(spec: dict) -> int:
     check.tiny = spec["tiny"]
     c = paper_config(check, device).replace(channels_last=True, precision=spec["precision"],
                                             upsample_bf16=spec["upsample_bf16"])
-    rt = inference.Runtime.from_config(c)
+    rt = runtime.Runtime.from_config(c)
     torch.manual_seed(0)
-    model = inference.build_model(c).to(device).to(memory_format=torch.channels_last)
+    model = build_model(c).to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=c.lr, fused=device.type == "cuda" or None)
-    loss_fn = MultiTaskLoss(c.lambda_ce, c.lambda_dice)
+    loss_fn = MultiTaskLoss.from_config(c)
     b, s = c.batch_size, c.input_size
     batch = {"image": torch.rand(b, 3, s, s, device=device).contiguous(memory_format=torch.channels_last),
              "label": torch.randint(0, c.num_classes, (b,), device=device),
              "mask": (torch.rand(b, 1, s, s, device=device) > 0.5).to(torch.uint8),
              "has_mask": torch.arange(b, device=device) % 4 == 0}
-    train.train_epoch(model, [batch] * 3, loss_fn, opt, c, rt, epoch=0)
+    for _ in range(3):
+        train.train_step(model, batch, loss_fn, opt, c, rt)
     sync(device)
     Path(spec["ready"]).touch()
     go = Path(spec["go"])
@@ -536,7 +538,8 @@ def step_worker(spec: dict) -> int:
     time.sleep(max(0.0, float(go.read_text()) - time.time()))
     t0, n = time.time(), 0
     while time.time() < t0 + spec["seconds"]:
-        train.train_epoch(model, [batch] * 4, loss_fn, opt, c, rt, epoch=1)
+        for _ in range(4):
+            train.train_step(model, batch, loss_fn, opt, c, rt)
         n += 4 * b
     sync(device)
     print(json.dumps({"images": n, "seconds": time.time() - t0}))
@@ -546,7 +549,7 @@ def step_worker(spec: dict) -> int:
 def shared(check: Check, device: torch.device, counts: tuple[int, ...], scratch: Path) -> dict:
     """The step in 1, 2, ... processes at once on the one GPU: summed images/s over a common time window."""
     lever = best_lever(check)
-    precision = "bf16" if device.type == "cuda" or inference.cpu_has_native_bf16() else "fp32"
+    precision = "bf16" if device.type == "cuda" or runtime.cpu_has_native_bf16() else "fp32"
     window = 4.0 if check.tiny else 8.0
     rows = []
     for k in counts:
@@ -624,7 +627,7 @@ def course_counts(job) -> tuple[int, int, int]:
 
 
 def estimate(check: Check, rates: dict) -> dict:
-    """GPU time of each of the 21 runs of ``wbc study --profile paper --seeds 1`` on the course data.
+    """GPU time of each run of ``wbc study --profile paper --seeds 1`` (the grid's report chapter) on the course data.
 
     ``rates``: ``train_images_per_s`` (the step with the real loader, data waits included),
     ``eval_images_per_s``, ``setup_s_per_image`` (the pre-training decode check) and ``load_s_per_image``
@@ -647,7 +650,7 @@ def estimate(check: Check, rates: dict) -> dict:
         rows.append({"run": job.id, "train_images": n_train, "eval_images": n_eval + extra_eval,
                      "epochs": epochs, "gpu_seconds": seconds})
     total = sum(r["gpu_seconds"] for r in rows)
-    check.log(f"estimate: the 21-run paper study (one seed) takes about {total / 3600:.2f} GPU-hours "
+    check.log(f"estimate: the {len(rows)}-run paper study (one seed) takes about {total / 3600:.2f} GPU-hours "
               f"({total / 60:.0f} min) one run at a time, from the epoch part's rates (goal ≤ "
               f"{GOALS['paper_study_gpu_hours']:g})")
     return {"runs": rows, "total_gpu_hours": total / 3600, "rates": rates,

@@ -32,15 +32,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wbclib.core import config as cfg
-from wbclib.data import datasets
+from wbclib.data import datasets, images
 from wbclib.model.losses import MultiTaskLoss
-from wbclib.training import inference, train
+from wbclib.model.network import build_model, flops_per_image
+from wbclib.training import runtime, train
 
 
 def cpu_model() -> str:
     """The CPU's model name, its thread count and whether it has native bf16."""
-    native = " with native bf16" if inference.cpu_has_native_bf16() else ""
-    return f"{inference.device_name()}, {torch.get_num_threads()} threads{native}"
+    native = " with native bf16" if runtime.cpu_has_native_bf16() else ""
+    return f"{runtime.device_name()}, {torch.get_num_threads()} threads{native}"
 
 
 def sync(device: torch.device) -> None:
@@ -70,25 +71,25 @@ def matmul_flops(device: torch.device, dtype: torch.dtype, bursts: int = 5, n: i
 
 def yardsticks(device: torch.device) -> dict[str, float | None]:
     """The matmul FLOP/s in fp32 and, where the hardware has it, bf16: measured again around every variant."""
-    bf16 = device.type == "cuda" or inference.cpu_has_native_bf16()
+    bf16 = device.type == "cuda" or runtime.cpu_has_native_bf16()
     return {"fp32": matmul_flops(device, torch.float32),
             "bf16": matmul_flops(device, torch.bfloat16) if bf16 else None}
 
 
 def step_throughput(config: cfg.RunConfig, variant: dict, device: torch.device, steps: int, warmup: int) -> float:
-    """Images per second of the library's own training step (``train.train_epoch``: forward, the multi-task
-    loss with the run's weights, backward, the run's clipping, Adam with the run's learning rate) on batches
-    of random tensors, so no data loading is timed."""
+    """Images per second of the library's own training step (:func:`wbclib.training.train.train_step`: forward,
+    the run's multi-task loss, backward, the run's clipping, Adam with the run's learning rate) on batches of
+    random tensors, so no data loading is timed."""
     c = config.replace(device=str(device), channels_last=variant["channels_last"],
                        precision=variant["precision"], compile=variant["compile"],
                        compile_mode=variant.get("compile_mode"), upsample_bf16=variant.get("upsample_bf16", False))
-    rt = inference.Runtime.from_config(c)
+    rt = runtime.Runtime.from_config(c)
     torch.manual_seed(0)
-    model = inference.build_model(c).to(device)
+    model = build_model(c).to(device)
     model = model.to(memory_format=torch.channels_last if rt.channels_last else torch.contiguous_format)
     step_model = torch.compile(model, mode=c.compile_mode) if c.compile else model
     opt = torch.optim.Adam(model.parameters(), lr=c.lr, fused=device.type == "cuda" or None)
-    loss_fn = MultiTaskLoss(c.lambda_ce, c.lambda_dice)
+    loss_fn = MultiTaskLoss.from_config(c)
     b, s = c.batch_size, c.input_size
     batch = {"image": torch.rand(b, 3, s, s), "label": torch.randint(0, c.num_classes, (b,)),
              "mask": (torch.rand(b, 1, s, s) > 0.5).to(torch.uint8), "has_mask": torch.arange(b) % 4 == 0}
@@ -96,10 +97,12 @@ def step_throughput(config: cfg.RunConfig, variant: dict, device: torch.device, 
         batch = {k: v.to(device) for k, v in batch.items()}
         if rt.channels_last:
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-    train.train_epoch(step_model, [batch] * warmup, loss_fn, opt, c, rt, epoch=0)
+    for _ in range(warmup):
+        train.train_step(step_model, batch, loss_fn, opt, c, rt)
     sync(device)
     t = time.perf_counter()
-    train.train_epoch(step_model, [batch] * steps, loss_fn, opt, c, rt, epoch=1)
+    for _ in range(steps):
+        train.train_step(step_model, batch, loss_fn, opt, c, rt)
     sync(device)
     return steps * b / (time.perf_counter() - t)
 
@@ -118,16 +121,16 @@ def decode_rates(paths: list[Path], resize: int | None) -> dict[str, float]:
     out = {"pil_full": rate(lambda p: Image.open(p).convert("RGB").load()),
            "torchvision_decode_jpeg": rate(lambda p: decode_jpeg(read_file(str(p))))}
     if resize:
-        out["pil_draft"] = rate(lambda p: datasets.open_image(p, draft_size=resize))
+        out["pil_draft"] = rate(lambda p: images.open_image(p, draft_size=resize))
         # what a run's loader does: draft decode, Lanczos resize and the JPEG round trip of `wbc prepare --size`
-        out["prepare_rule"] = rate(lambda p: datasets.load_image(p, resize))
+        out["prepare_rule"] = rate(lambda p: images.load_image(p, resize))
     return out
 
 
-def loader_throughput(config: cfg.RunConfig, rt: inference.Runtime, root: Path, seconds: float = 8.0) -> float:
+def loader_throughput(config: cfg.RunConfig, rt: runtime.Runtime, root: Path, seconds: float = 8.0) -> float:
     """Images per second that the training DataLoader delivers alone (decode + augmentation + collate)."""
     splits = datasets.build_splits(config, root, check=False)
-    loader = inference.make_loader(splits.train, config, rt, shuffle=True, generator=torch.Generator().manual_seed(0))
+    loader = runtime.make_loader(splits.train, config, rt, shuffle=True, generator=torch.Generator().manual_seed(0))
     n, t = 0, time.perf_counter()
     while time.perf_counter() - t < seconds:
         for batch in loader:
@@ -160,7 +163,7 @@ def measure_variant(config: cfg.RunConfig, v: dict, device: torch.device, steps:
 def variants_for(device: torch.device, with_compile: bool) -> list[dict]:
     base = {"name": "eager fp32 NCHW", "channels_last": False, "precision": "fp32", "compile": False}
     out = [base, {**base, "name": "channels_last", "channels_last": True}]
-    bf16_ok = device.type == "cuda" or inference.cpu_has_native_bf16()
+    bf16_ok = device.type == "cuda" or runtime.cpu_has_native_bf16()
     out.append({**base, "name": "bf16 autocast" + ("" if bf16_ok else " (no bf16 instructions)"),
                 "precision": "bf16"})
     out.append({**base, "name": "channels_last + bf16", "channels_last": True, "precision": "bf16"})
@@ -184,7 +187,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     config = cfg.from_profile(a.profile, device=a.device, data_root=a.data_root)
-    rt = inference.Runtime.from_config(config)
+    rt = runtime.Runtime.from_config(config)
     device = rt.device
     steps = a.steps or (20 if device.type == "cpu" and a.profile == "quick" else 2 if device.type == "cpu" else 50)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
@@ -193,7 +196,7 @@ def main(argv=None) -> int:
 
     # The yardstick: matmul FLOP/s in fp32 (the reference on a CPU) and bf16 (the reference on a GPU, and the
     # headroom on a CPU with native bf16), measured again before and after every variant.
-    fpi = inference.flops_per_image(config)
+    fpi = flops_per_image(config)
     print(f"model: {fpi / 1e9:.3f} GFLOP per training image (forward + backward, {config.input_size}px, "
           f"width {config.base_width}, batch {config.batch_size})")
     results, sticks = [], []

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from wbclib import WBC_CLASSES
+from wbclib.core import grid
 from wbclib.results import analysis
 from wbclib.training import metrics
 
@@ -220,6 +221,24 @@ def test_per_class_recall_and_confusion_of_the_table2_cells(tmp_path):
     total, classes = analysis.confusion(df, "wbc100-scratch-mask")
     assert classes == list(WBC_CLASSES) and total.sum() == 20 and total[2, 3] == 2 and total[0, 0] == 4
     assert analysis.confusion(df, "wbc10-scratch-mask") is None
+    # the results page's confusion figure: one matrix per finished cell of the subset, named by its column
+    assert [(name, cm.sum()) for name, cm in analysis.confusions(df, 100)] == [("w/o pretrain, with mask", 20),
+                                                                              ("with pretrain, with mask", 10)]
+    assert analysis.confusions(df, 1) == []
+
+
+def test_the_results_page_counts_the_grid_and_says_what_is_missing(tmp_path):
+    assert "No finished runs in" in analysis.overview(analysis.load_runs(tmp_path), tmp_path)
+    fake_run(tmp_path, "cam16-ce-s0", "cam16", "synthetic", 0.9, n=22, majority=0.5)
+    fake_run(tmp_path, "wbc1-scratch-mask-s0", accuracy=0.8, train_images=15)
+    fake_run(tmp_path, "wbc1-scratch-mask-s1", accuracy=0.8, train_images=15)
+    df = analysis.load_runs(tmp_path)
+    assert analysis.expected_runs(df) == 2 * grid.size() == 42  # two seeds of the report's 21 configurations
+    text = analysis.overview(df, tmp_path)
+    assert "3 finished runs" in text and "3 of the 42 runs" in text
+    assert "cam16-ce-prcc-dice" in analysis.synthetic_start_note(df)  # synthetic CAM16, real (embedded) WBC
+    assert analysis.mask_counts(df).columns.tolist() == ["training images", "of which with a mask"]
+    assert len(analysis.mask_counts(df)) == 2
 
 
 def test_table1_adds_mask_dice_and_a_table_for_each_second_test_set(tmp_path):
@@ -256,7 +275,7 @@ def test_chain_comparison_pairs_each_chain_with_scratch_by_seed(tmp_path):
             fake_run(tmp_path, f"{cid}-s{seed}", "wbc", "embedded", acc)
     t = analysis.chain_comparison(analysis.load_runs(tmp_path))
     assert list(t.index) == ["WBC_1", "WBC_10"]
-    scratch, he, smears = (name for name, _ in analysis.CHAINS)
+    scratch, he, smears = grid.columns("chains")
     half = T_975_DF2 * np.std([-0.20, -0.05, -0.20], ddof=1) / np.sqrt(3)
     assert t.loc["WBC_1", (he, "− scratch (paired by seed)")] == f"-0.150 ± {half:.3f}"
     half = T_975_DF2 * np.std([0.05, 0.0, 0.05], ddof=1) / np.sqrt(3)

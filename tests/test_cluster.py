@@ -214,8 +214,8 @@ def test_without_flock_the_lock_falls_back_to_a_record_lock_that_still_tells_a_s
 def test_flock_held_by_another_process_is_busy_not_unsupported(tmp_path):
     first = storage.FolderLock(tmp_path, "runs folder").acquire()
     try:
-        code = ("import sys\nfrom wbclib.core import storage\ntry:\n"
-                " storage.FolderLock(sys.argv[1], 'runs folder').acquire()\n"
+        code = ("import sys\nfrom wbclib.core import storage\n"
+                "try:\n storage.FolderLock(sys.argv[1], 'runs folder').acquire()\n"
                 "except storage.Busy as e:\n print(e); sys.exit(3)")
         p = subprocess.run([sys.executable, "-c", code, str(tmp_path)],
                            capture_output=True, text=True, timeout=60)

@@ -13,7 +13,8 @@ import torch
 from conftest import make_wbc_tree
 from wbclib.core import config as cfg
 from wbclib.model.losses import MultiTaskLoss
-from wbclib.training import inference, runs, train
+from wbclib.model.network import build_model
+from wbclib.training import inference, runs, runtime, train
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CUDA not available)")]
@@ -25,7 +26,7 @@ def tiny(root, **kw) -> cfg.RunConfig:
 
 
 def test_auto_runtime_on_cuda_is_bf16_channels_last_with_workers():
-    rt = inference.Runtime.from_config(cfg.from_profile("paper"))
+    rt = runtime.Runtime.from_config(cfg.from_profile("paper"))
     assert rt.device.type == "cuda" and rt.amp_dtype is torch.bfloat16 and rt.channels_last
     assert rt.num_workers == min(8, max(0, (os.cpu_count() or 1) - 1))
 
@@ -37,7 +38,7 @@ def test_fit_on_cuda_and_read_back_on_cpu(tmp_path, compile_model):
     m = train.fit(config, tmp_path / "run", progress=False, log=lambda line: None)
     assert m["epochs"] == 2 and math.isfinite(m["val"]["loss"]["total"])
     assert m["timing_s"]["data_wait"] <= m["timing_s"]["train_steps"]
-    model, back = inference.load_model(tmp_path / "run", "cpu")  # a GPU checkpoint opens on a CPU-only machine
+    model, back, _ = inference.load_model(tmp_path / "run", "cpu")  # a GPU checkpoint opens on a CPU-only machine
     assert back == config and next(model.parameters()).device.type == "cpu"
     out = model(torch.rand(2, 3, 64, 64))
     assert out.class_logits.shape == (2, 5) and torch.isfinite(out.class_logits).all()
@@ -64,7 +65,7 @@ def test_resume_on_cuda_after_an_interrupt(tmp_path):
 def test_bf16_step_matches_fp32_on_the_gpu():
     torch.manual_seed(0)
     config = cfg.from_profile("paper").replace(input_size=128, base_width=16, device="cuda")
-    model = inference.build_model(config).cuda().to(memory_format=torch.channels_last)
+    model = build_model(config).cuda().to(memory_format=torch.channels_last)
     x = torch.rand(4, 3, 128, 128, device="cuda").contiguous(memory_format=torch.channels_last)
     labels, masks = torch.tensor([0, 1, 2, 3], device="cuda"), torch.zeros(4, 1, 128, 128, device="cuda")
     masks[:, :, 32:96, 32:96] = 1
@@ -152,7 +153,7 @@ def test_upsample_bf16_runs_the_decoders_upsampling_in_bf16_with_the_same_losses
     outs = {}
     for on in (False, True):
         torch.manual_seed(0)
-        model = inference.build_model(config.replace(upsample_bf16=on)).cuda().eval()
+        model = build_model(config.replace(upsample_bf16=on)).cuda().eval()
         dtypes = []
         model.ups[0].up.register_forward_hook(lambda mod, i, o, seen=dtypes: seen.append(o.dtype))
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):

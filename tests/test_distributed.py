@@ -25,9 +25,9 @@ from PIL import Image
 
 from wbclib import WBC_CLASSES, WbcError
 from wbclib.core import config as cfg
+from wbclib.model.network import build_model
 from wbclib.training import runs
 from wbclib.training.distributed import Context, ShardedBatchSampler, local_batch_size
-from wbclib.training.inference import build_model
 from wbclib.training.train import seed_everything
 
 ARGS = ["--epochs", "2", "--no-progress", "--no-masks", "--set", "input_size=32", "--set", "resize=null",

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import shared_or_skip
-from wbclib import CAM16_CLASSES, WBC_CLASSES
-from wbclib.data import datasets
+from wbclib import CAM16_CLASSES, WBC_CLASSES, WBC_SUBSETS
+from wbclib.data import datasets, readers
 
 EMBEDDED = datasets.EMBEDDED
 #: The command of embedded/README.md, run from the project root (paths relative to it).
@@ -36,28 +36,28 @@ def test_every_file_matches_its_manifest_hash():
 
 
 def test_layout_counts_and_masks_as_documented():
-    counts = {n: datasets.wbc_records(EMBEDDED, n, "train", check=False) for n in datasets.WBC_SUBSETS}
-    assert [len(counts[n]) for n in datasets.WBC_SUBSETS] == [15, 165, 834, 1669]
-    for n in datasets.WBC_SUBSETS:  # every subset has at least one masked cell of every class
+    counts = {n: readers.wbc_records(EMBEDDED, n, "train", check=False) for n in WBC_SUBSETS}
+    assert [len(counts[n]) for n in WBC_SUBSETS] == [15, 165, 834, 1669]
+    for n in WBC_SUBSETS:  # every subset has at least one masked cell of every class
         masked = {r.label for r in counts[n] if r.mask_path is not None}
         assert masked == set(range(len(WBC_CLASSES))), n
-    names = [{r.path.name for r in counts[n]} for n in datasets.WBC_SUBSETS]
+    names = [{r.path.name for r in counts[n]} for n in WBC_SUBSETS]
     assert names[0] <= names[1] <= names[2] <= names[3]
-    val = datasets.wbc_records(EMBEDDED, 100, "val", check=False)
+    val = readers.wbc_records(EMBEDDED, 100, "val", check=False)
     assert len(val) == 400 and not {r.path.name for r in val} & names[3]
-    bccd, _ = datasets.folder_records(EMBEDDED / "external" / "bccd", check=False)
-    segwbc, _ = datasets.folder_records(EMBEDDED / "external" / "segwbc", check=False)
+    bccd, _ = readers.folder_records(EMBEDDED / "external" / "bccd", check=False)
+    segwbc, _ = readers.folder_records(EMBEDDED / "external" / "segwbc", check=False)
     assert len(bccd) == 351 and len(segwbc) == 31 and all(r.mask_path for r in segwbc)
-    tiles = {folder: len(datasets.prcc_records(EMBEDDED, "train", check=False, folder=folder))
-             + len(datasets.prcc_records(EMBEDDED, "val", check=False, folder=folder))
+    tiles = {folder: len(readers.prcc_records(EMBEDDED, "train", check=False, folder=folder))
+             + len(readers.prcc_records(EMBEDDED, "val", check=False, folder=folder))
              for folder in ("pRCC_nolabel", "smears_nolabel")}
     assert tiles == {"pRCC_nolabel": 150, "smears_nolabel": 728}  # EBHI low-grade IN (H&E); BCCD smear photographs
-    cam = {s: datasets.cam16_records(EMBEDDED, s, check=False) for s in ("train", "val", "test")}
+    cam = {s: readers.cam16_records(EMBEDDED, s, check=False) for s in ("train", "val", "test")}
     assert [len(cam[s]) for s in ("train", "val", "test")] == [382, 55, 109]
     assert [sum(r.mask_path is not None for r in cam[s]) for s in ("train", "val", "test")] == [38, 0, 109]
     assert datasets.external_sets(CAM16_CLASSES) == [EMBEDDED / "external" / "camelyon16"]
     assert [p.name for p in datasets.external_sets()] == ["bccd", "segwbc"]
-    camelyon, _ = datasets.folder_records(EMBEDDED / "external" / "camelyon16", CAM16_CLASSES, check=False)
+    camelyon, _ = readers.folder_records(EMBEDDED / "external" / "camelyon16", CAM16_CLASSES, check=False)
     assert len(camelyon) == 89 and all(r.mask_path for r in camelyon)
     licenses = {s["dataset"]: s["license"] for s in manifest()["sources"]}
     assert licenses == {"pbc": "CC BY 4.0", "segwbc": "GPL-3.0", "bccd": "MIT (BCCD_Dataset)",

@@ -335,7 +335,9 @@ def bad_checkpoints(model_dir, tmp_path_factory) -> dict[str, tuple[Path, str]]:
     torch.save({"model": MultiTaskUNet(1, 4, 2).state_dict(), "config": prcc.to_dict()}, d / "prcc.pt")
     paper = cfg.from_profile("paper", base_width=8)  # the paper profile's network, at a width the test can afford
     torch.save({"model": MultiTaskUNet(5, 8, 4).state_dict(), "config": paper.to_dict()}, d / "paper.pt")
-    torch.save(MultiTaskUNet(5, 8, 4).state_dict(), d / "bare-paper.pt")  # no config: read as quick
+    torch.save(MultiTaskUNet(5, 8, 4).state_dict(), d / "bare-paper.pt")  # weights alone: no wbc command writes it
+    torch.save({"model": MultiTaskUNet(5, 8, 4).state_dict(), "config": cfg.from_profile("quick").to_dict()},
+               d / "mismatched.pt")  # a config of another network than its weights
     return {
         "truncated": (d / "truncated.pt", "truncated, damaged or not a PyTorch checkpoint"),
         "zero-byte": (d / "zero.pt", "it is empty (0 bytes)"),
@@ -371,7 +373,9 @@ def test_a_model_of_another_task_or_network_is_refused(root, bad_checkpoints, tm
             "none of its encoder weights fit this run's network", "paper profile, wbc, 5 classes, base width 8, "
             "depth 4", "quick profile, wbc, 5 classes, base width 4, depth 2")
     refused(cli(capsys, "evaluate", "--checkpoint", d / "bare-paper.pt", "--data", val, "--out", tmp_path / "e"),
-            "its weights do not fit the network its config describes", "the checkpoint has no config")
+            "is not a wbc checkpoint (no 'model' weights)")
+    refused(cli(capsys, "evaluate", "--checkpoint", d / "mismatched.pt", "--data", val, "--out", tmp_path / "e"),
+            "its weights do not fit the network its config describes", "quick profile, wbc, 5 classes, base width 16")
     assert not (tmp_path / "e").exists() and not (tmp_path / "r").exists()
 
 
@@ -500,14 +504,14 @@ def test_missing_root_missing_split_and_empty_split_for_each_layout(tmp_path, ca
 
 
 def test_odd_image_modes_are_read_as_rgb_cells(tmp_path):
-    from wbclib.data import datasets
+    from wbclib.data import images
 
     gray, transparent, cmyk, sixteen = odd_but_valid_images(tmp_path)
     for path in (gray, transparent, cmyk, sixteen):
-        img = datasets.open_image(path)
+        img = images.open_image(path)
         assert img.mode == "RGB" and img.size == (48, 48), path
-    assert np.all(np.asarray(datasets.open_image(transparent))[:, :24] == 255)  # transparent: white, not black
-    assert np.asarray(datasets.open_image(sixteen)).max() > 0
+    assert np.all(np.asarray(images.open_image(transparent))[:, :24] == 255)  # transparent: white, not black
+    assert np.asarray(images.open_image(sixteen)).max() > 0
 
 
 def test_skip_bad_drops_bad_files_keeps_the_image_of_a_bad_mask_and_trains(tmp_path, capsys):

@@ -3,7 +3,16 @@
 import pytest
 import torch
 
-from wbclib.model.losses import MultiTaskLoss, generalized_dice_loss, mask_targets
+from wbclib.core import config as cfg
+from wbclib.model.losses import (
+    LOSS_PARTS,
+    MASKED_PART,
+    Averages,
+    LossParts,
+    MultiTaskLoss,
+    generalized_dice_loss,
+    mask_targets,
+)
 from wbclib.model.network import UNetOutput
 
 
@@ -156,3 +165,23 @@ def test_unlabelled_batch_has_zero_ce():
                            torch.zeros(4, dtype=bool))
     assert loss.ce.item() == 0.0 and loss.dice.item() == 0.0
     assert torch.allclose(loss.total, loss.mse)
+
+
+def test_the_loss_of_a_config_has_its_weights_and_no_dice_without_masks():
+    quick = cfg.from_profile("quick", lambda_ce=3.0, lambda_dice=0.5)
+    loss = MultiTaskLoss.from_config(quick)
+    assert (loss.lambda_ce, loss.lambda_dice) == (3.0, 0.5)
+    for off in (quick.replace(masks=False), quick.replace(dataset="prcc"), quick.replace(lambda_dice=0.0)):
+        assert MultiTaskLoss.from_config(off).lambda_dice == 0.0 and not off.uses_dice
+    default = MultiTaskLoss()  # the config's defaults, declared once
+    assert (default.lambda_ce, default.lambda_dice) == (cfg.RunConfig.lambda_ce, cfg.RunConfig.lambda_dice)
+
+
+def test_loss_parts_name_the_fields_of_the_loss_and_the_panels_of_the_loss_figure():
+    from wbclib.results import plots
+
+    assert LOSS_PARTS == LossParts._fields and list(plots.LOSS_COMPONENTS) == list(LOSS_PARTS)
+    avg = Averages()
+    avg.add(dict.fromkeys(LOSS_PARTS, 1.0) | {MASKED_PART: 0.5}, n=4, n_masked=1)
+    avg.add(dict.fromkeys(LOSS_PARTS, 3.0) | {MASKED_PART: 0.0}, n=4, n_masked=0)
+    assert avg.means() == {**dict.fromkeys(LOSS_PARTS, 2.0), MASKED_PART: 0.5}  # the Dice mean: masked samples only

@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 
 from conftest import shared_or_skip, write_image, write_mask
-from wbclib import WBC_CLASSES, WbcError
+from wbclib import WBC_CLASSES, WBC_SUBSETS, WbcError
 from wbclib.cli import main
-from wbclib.data import datasets, prepare
-from wbclib.data.datasets import WBC_SUBSETS, DatasetError
+from wbclib.data import prepare, readers
+from wbclib.data.readers import DatasetError
 
 PBC = "PBC_dataset_normal_DIB"
 
@@ -49,7 +49,7 @@ def pbc_tree(tmp_path: Path, per_class: int = 4, others: int = 0, size=(60, 50))
     PROVENANCE.md; ``per_class`` images in each of the five classes, ``others`` in each of the other three."""
     dst = tmp_path / "pbc"
     for k, (folder, prefix) in enumerate(PBC_PREFIXES.items()):
-        n = per_class if datasets.canonical_class(folder, WBC_CLASSES) is not None else others
+        n = per_class if readers.canonical_class(folder, WBC_CLASSES) is not None else others
         for i in range(n):
             write_image(dst / PBC / folder / f"{prefix}_{1000 + 37 * i}.jpg", size, seed=100 * k + i)
     (dst / "PROVENANCE.md").write_text("# PBC dataset (hand-made stand-in for the tests)\n")
@@ -104,8 +104,8 @@ def test_pbc_counts_and_left_out_classes(pbc_full):
     assert (out / "licenses" / "pbc-PROVENANCE.md").is_file()
     assert "NOT the course data" in (out / "PROVENANCE.md").read_text()
     for n in WBC_SUBSETS:  # the course readers take it as it is
-        assert len(datasets.wbc_records(out, n, "train")) == 5 * expected[f"WBC_{n}/train"]
-        assert len(datasets.wbc_records(out, n, "val")) == 400
+        assert len(readers.wbc_records(out, n, "train")) == 5 * expected[f"WBC_{n}/train"]
+        assert len(readers.wbc_records(out, n, "val")) == 400
     with Image.open(next((out / "WBC_100/val/data/Monocyte").iterdir())) as img:
         assert min(img.size) == 48
 
@@ -126,7 +126,7 @@ def test_pbc_counts_and_left_out_classes_on_a_hand_made_tree(pbc_small):
         assert {c: v["images"] for c, v in summary["counts"][key].items()} == dict.fromkeys(WBC_CLASSES, per_class)
     assert summary["left_out"] == {"erythroblast": 3, "ig": 3, "platelet": 3}
     for n in WBC_SUBSETS:  # the course readers take it as it is
-        assert len(datasets.wbc_records(out, n, "train")) == 5 * expected[f"WBC_{n}/train"]
+        assert len(readers.wbc_records(out, n, "train")) == 5 * expected[f"WBC_{n}/train"]
     with Image.open(next((out / "WBC_100/val/data/Monocyte").iterdir())) as img:
         assert img.size == (58, 48)  # 60 x 50, shorter side to 48, aspect kept
     assert (out / "licenses" / "pbc-PROVENANCE.md").read_text() == (src / "PROVENANCE.md").read_text()
@@ -259,7 +259,7 @@ def test_masked_segwbc_joins_training_and_is_held_out(tmp_path):
     summary = run("pbc", pbc_tree(tmp_path, per_class=6), out, size=32, masked=("segwbc", seg / "dataset2"))
     assert snapshot(seg) == before
     for n in WBC_SUBSETS:
-        records = datasets.wbc_records(out, n, "train")
+        records = readers.wbc_records(out, n, "train")
         masked = [r for r in records if r.mask_path is not None]
         assert {r.label for r in masked} == set(range(5))  # every class has a mask, WBC_1 included
         for r in masked:
@@ -269,9 +269,9 @@ def test_masked_segwbc_joins_training_and_is_held_out(tmp_path):
                 arr = np.asarray(m)
                 assert set(np.unique(arr).tolist()) == {0, 255}
                 assert arr[0, 0] == 0 and arr[m.size[1] // 2, m.size[0] // 2] == 255  # stray 50 is background
-    assert all(r.mask_path is not None for r in datasets.wbc_records(out, 1, "train"))
+    assert all(r.mask_path is not None for r in readers.wbc_records(out, 1, "train"))
     assert not any(n.split("/")[1].startswith("segwbc-") for n in names(out / "WBC_100/val"))
-    held, _ = datasets.folder_records(out / "external" / "segwbc")
+    held, _ = readers.folder_records(out / "external" / "segwbc")
     assert [sum(r.label == c for r in held) for c in range(5)] == [1, 1, 1, 2, 2]
     assert all(r.mask_path is not None for r in held)
     held_names = {f"{WBC_CLASSES[r.label]}/{r.path.stem}" for r in held}
@@ -287,7 +287,7 @@ def test_the_shared_segwbc_as_masked_set(tmp_path):
     seg = shared_or_skip("segwbc") / "dataset2"
     out = tmp_path / "out"
     summary = run("pbc", pbc_tree(tmp_path, per_class=3), out, size=32, masked=("segwbc", seg))
-    held, _ = datasets.folder_records(out / "external" / "segwbc")
+    held, _ = readers.folder_records(out / "external" / "segwbc")
     assert len(held) == 31 and all(r.mask_path is not None for r in held)
     assert sum(v["masks"] for v in summary["counts"]["WBC_100/train"].values()) == 69
     assert {"licenses/segwbc-LICENSE.source.txt", "licenses/segwbc-PROVENANCE.md"} <= set(manifest(out)["files"])
@@ -296,10 +296,10 @@ def test_the_shared_segwbc_as_masked_set(tmp_path):
 def test_segwbc_source_attaches_its_masks(tmp_path):
     out = tmp_path / "out"
     summary = run("segwbc", shared_or_skip("segwbc") / "dataset2", out, size=48)
-    train = datasets.wbc_records(out, 100, "train")
+    train = readers.wbc_records(out, 100, "train")
     assert len(train) == sum(v["images"] for v in summary["counts"]["WBC_100/train"].values()) == 80
     assert all(r.mask_path is not None and r.path.stem.startswith("segwbc-d2-") for r in train)
-    assert len(datasets.wbc_records(out, 100, "val")) == 20  # 1 + 2 + 7 + 3 + 7
+    assert len(readers.wbc_records(out, 100, "val")) == 20  # 1 + 2 + 7 + 3 + 7
 
 
 def _segwbc_upstream(root: Path) -> Path:
@@ -368,8 +368,8 @@ def test_raabin_release_with_test_sets(tmp_path):
     summary = run("raabin", root, out, size=32)
     assert {c: v["images"] for c, v in summary["counts"]["WBC_100/train"].items()} == dict.fromkeys(WBC_CLASSES, 4)
     assert {c: v["images"] for c, v in summary["counts"]["WBC_100/val"].items()} == dict.fromkeys(WBC_CLASSES, 1)
-    test_a, _ = datasets.folder_records(out / "external" / "TestA")
-    test_b, _ = datasets.folder_records(out / "external" / "TestB")
+    test_a, _ = readers.folder_records(out / "external" / "TestA")
+    test_b, _ = readers.folder_records(out / "external" / "TestB")
     assert len(test_a) == 10 and len(test_b) == 5
     assert sorted(p.name for p in (out / "external" / "TestA").iterdir()) == list(WBC_CLASSES)
     assert manifest(out)["sources"][0]["kind"] == "raabin"
@@ -380,8 +380,8 @@ def test_external_sets_keep_their_structure(tmp_path):
     src = folders_tree(tmp_path / "pool")
     run("folders", src, out, external={"lab": folders_tree(tmp_path / "lab"),
                                        "plain": folders_tree(tmp_path / "plain", masks=False)})
-    lab, lab_dir = datasets.folder_records(out / "external" / "lab")
-    plain, plain_dir = datasets.folder_records(out / "external" / "plain")
+    lab, lab_dir = readers.folder_records(out / "external" / "lab")
+    plain, plain_dir = readers.folder_records(out / "external" / "plain")
     assert lab_dir.name == "data" and sum(r.mask_path is not None for r in lab) == 5 and len(lab) == 15
     assert plain_dir == out / "external" / "plain" and len(plain) == 15
     assert [s["role"] for s in manifest(out)["sources"]] == ["main", "external", "external"]
@@ -405,7 +405,7 @@ def test_tiles_from_smear_photographs(tmp_path):
     photo = np.asarray(Image.open(photos[0]).convert("RGB"), dtype=float)  # 640 x 480: two centred squares
     tile = np.asarray(Image.open(tiles[1]), dtype=float)
     assert np.abs(tile - photo[80:400, 320:640]).mean() < 8
-    assert len(datasets.prcc_records(out, "train")) + len(datasets.prcc_records(out, "val")) == 6
+    assert len(readers.prcc_records(out, "train")) + len(readers.prcc_records(out, "val")) == 6
     small = tmp_path / "small"
     run("folders", pool, small, tiles=tmp_path / "smears", size=64, tiles_per_image=1)
     assert [Image.open(t).size for t in sorted((small / "pRCC_nolabel").iterdir())] == [(64, 64)] * 3

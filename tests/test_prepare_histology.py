@@ -14,8 +14,8 @@ from PIL import Image
 
 from conftest import shared_or_skip, write_image
 from wbclib import CAM16_CLASSES, WbcError
-from wbclib.data import datasets, prepare, sources
-from wbclib.data.datasets import DatasetError
+from wbclib.data import datasets, prepare, readers, sources
+from wbclib.data.readers import DatasetError
 
 EBHI = ("Normal", "Polyp", "Low-grade IN", "High-grade IN", "Adenocarcinoma")
 
@@ -106,12 +106,12 @@ def test_ebhi_split_masks_and_tiles(tmp_path):
     # the course reader takes it as it is; the splits are disjoint and cover every grouped image once
     seen = []
     for split in ("train", "val", "test"):
-        recs = datasets.cam16_records(out, split)
+        recs = readers.cam16_records(out, split)
         seen += [r.path.name for r in recs]
         assert sum(r.mask_path is not None for r in recs) == {"train": 4, "val": 0, "test": 6}[split]
     assert len(seen) == len(set(seen)) == 20
     assert all(n.split("-GT")[0] in ("normal", "polyp", "high-grade-in", "adenocarcinoma") for n in seen)
-    assert len(datasets.prcc_records(out, "train")) + len(datasets.prcc_records(out, "val")) == 3
+    assert len(readers.prcc_records(out, "train")) + len(readers.prcc_records(out, "val")) == 3
     # grey labels thresholded at 128: the box is cell, the anti-aliased 127 is not
     mask = next((out / "CAM16_100cls_10mask/test/mask/tumor").iterdir())
     arr = np.asarray(Image.open(mask))
@@ -191,8 +191,8 @@ def test_a_histology_set_beside_a_wbc_pool(tmp_path, wbc_tree):
     out = tmp_path / "out"
     summary = run("folders", pool, out, cam16=("ebhi", ebhi_tree(tmp_path / "ebhi")), smear_tiles=smears)
     assert {"WBC_100/train", "CAM16_100cls_10mask/train", "pRCC_nolabel", "smears_nolabel"} <= set(summary["counts"])
-    assert len(datasets.prcc_records(out, "train", folder="smears_nolabel")) + len(
-        datasets.prcc_records(out, "val", folder="smears_nolabel")) == 2
+    assert len(readers.prcc_records(out, "train", folder="smears_nolabel")) + len(
+        readers.prcc_records(out, "val", folder="smears_nolabel")) == 2
     roles = [s["role"] for s in json.loads((out / "manifest.json").read_text())["sources"]]
     assert roles == ["main", "cam16", "tiles"]
     with pytest.raises(WbcError, match="--smear-tiles"):
@@ -226,7 +226,7 @@ def test_camelyon16_patches_become_a_test_set_with_drawn_masks(tmp_path):
     src, out = camelyon_tree(tmp_path / "c16"), tmp_path / "out"
     summary = run("camelyon16", src, out)
     assert summary["counts"]["camelyon16"] == {"normal": {"images": 2, "masks": 2}, "tumor": {"images": 2, "masks": 2}}
-    records, base = datasets.folder_records(out, CAM16_CLASSES)  # what `wbc evaluate --data OUT` reads
+    records, base = readers.folder_records(out, CAM16_CLASSES)  # what `wbc evaluate --data OUT` reads
     assert base == out / "data" and len(records) == 4 and all(r.mask_path is not None for r in records)
     mask = np.asarray(Image.open(out / "mask" / "tumor" / "tumor_001_1000_2000.png")) > 127
     want = np.zeros((40, 40), bool)

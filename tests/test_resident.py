@@ -17,7 +17,7 @@ from conftest import make_wbc_tree
 from wbclib import WBC_CLASSES
 from wbclib.core import config as cfg
 from wbclib.data import datasets
-from wbclib.training import inference, resident, runs, train
+from wbclib.training import resident, runs, runtime, train
 
 CPU = torch.device("cpu")
 
@@ -145,8 +145,8 @@ def test_validation_batches_equal_the_cpu_loaders(root):
     config = config_for(root)
     splits = datasets.build_splits(config, root)
     _, val = resident.loaders(splits, config, 3, CPU, torch.Generator(), None, 0, lambda line: None)
-    rt = inference.Runtime.from_config(config)
-    cpu = list(inference.make_loader(splits.val, config.replace(batch_size=3), rt))
+    rt = runtime.Runtime.from_config(config)
+    cpu = list(runtime.make_loader(splits.val, config.replace(batch_size=3), rt))
     mine = list(val)
     assert len(mine) == len(cpu) == 2
     for a, b in zip(mine, cpu):

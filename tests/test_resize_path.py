@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import shared_or_skip
 from wbclib import WBC_CLASSES
 from wbclib.core import config as cfg
-from wbclib.data import datasets, prepare
+from wbclib.data import datasets, images, layout, prepare, readers
 from wbclib.results import evaluate
 from wbclib.training import train
 
@@ -41,17 +41,17 @@ def test_a_full_size_file_loads_with_the_pixels_of_its_prepared_copy(tmp_path, s
     for i, size in enumerate(sizes):
         _photo(tmp_path / "full" / WBC_CLASSES[i] / f"c{i}.jpg", size, seed=i)
     prepare.prepare("folders", tmp_path / "full", tmp_path / "prep", size=short, progress=False)
-    full, _ = datasets.folder_records(tmp_path / "full")
+    full, _ = readers.folder_records(tmp_path / "full")
     prepped = list((tmp_path / "prep" / "WBC_100").glob("*/data/*/*.jpg"))  # one image per class: all train
     assert len(prepped) == len(sizes)
     direct = _pixels(datasets.CellDataset(full, WBC_CLASSES, resize=short))
-    stored = {p.name: np.asarray(datasets.open_image(p)).transpose(2, 0, 1) for p in prepped}
+    stored = {p.name: np.asarray(images.open_image(p)).transpose(2, 0, 1) for p in prepped}
     for name, pixels in direct.items():
         assert min(pixels.shape[1:]) == short
         assert pixels.shape == stored[name].shape, name
         assert np.abs(pixels.astype(int) - stored[name]).max() == 0, name  # the very same pixels
     # the prepared copies themselves are already at the scale: loading them again leaves them unchanged
-    again, _ = datasets.folder_records(tmp_path / "prep" / "WBC_100" / "train" / "data")
+    again, _ = readers.folder_records(tmp_path / "prep" / "WBC_100" / "train" / "data")
     for name, pixels in _pixels(datasets.CellDataset(again, WBC_CLASSES, resize=short)).items():
         assert np.array_equal(pixels, stored[name]), name
 
@@ -60,8 +60,8 @@ def test_without_the_jpeg_round_trip_the_pixels_differ(tmp_path):
     """The round trip is what makes them equal: a plain resize leaves the prepared copy's JPEG loss out."""
     _photo(tmp_path / "full" / "Basophil" / "a.jpg", (360, 363), seed=3)
     prepare.prepare("folders", tmp_path / "full", tmp_path / "prep", size=96, progress=False)
-    full, _ = datasets.folder_records(tmp_path / "full")
-    stored = np.asarray(datasets.open_image(next((tmp_path / "prep" / "WBC_100").rglob("*.jpg")))).transpose(2, 0, 1)
+    full, _ = readers.folder_records(tmp_path / "full")
+    stored = np.asarray(images.open_image(next((tmp_path / "prep" / "WBC_100").rglob("*.jpg")))).transpose(2, 0, 1)
     plain = datasets.CellDataset(full, WBC_CLASSES, resize=96, quality=None).load(0)[0].numpy()
     assert plain.shape == stored.shape and np.abs(plain.astype(int) - stored).mean() > 0.5
 
@@ -72,7 +72,7 @@ def test_masks_follow_the_image_to_its_scale(tmp_path):
     cell[100:260, 90:270] = 255
     (tmp_path / "set" / "mask" / "Basophil").mkdir(parents=True)
     Image.fromarray(cell).save(tmp_path / "set" / "mask" / "Basophil" / "a.png")
-    recs, _ = datasets.folder_records(tmp_path / "set")
+    recs, _ = readers.folder_records(tmp_path / "set")
     image, mask = datasets.CellDataset(recs, WBC_CLASSES, resize=96).load(0)
     assert image.shape == (3, 97, 96) and mask.shape == (1, 97, 96)
     assert mask.float().mean().item() == pytest.approx(160 * 180 / (363 * 360), abs=0.02)
@@ -90,8 +90,8 @@ def originals(tmp_path_factory):
     pbc = shared_or_skip("pbc")
     index = {p.name: p for p in pbc.rglob("*.jpg")}
     out = tmp_path_factory.mktemp("originals") / "full"
-    for folder in datasets.visible(datasets.EMBEDDED / "WBC_100" / "val" / "data"):
-        for f in datasets.visible(folder)[:PER_CLASS]:
+    for folder in layout.visible(datasets.EMBEDDED / "WBC_100" / "val" / "data"):
+        for f in layout.visible(folder)[:PER_CLASS]:
             (out / folder.name).mkdir(parents=True, exist_ok=True)
             shutil.copy(index[f.name], out / folder.name / f.name)
     return out

@@ -18,11 +18,12 @@ from torchvision.transforms import v2
 from conftest import make_wbc_tree, write_image
 from wbclib import cli
 from wbclib.core import config as cfg
+from wbclib.core import grid
 from wbclib.data import datasets, transforms
-from wbclib.model.network import MultiTaskUNet
-from wbclib.results import evaluate, shift
+from wbclib.model.network import MultiTaskUNet, build_model
+from wbclib.results import adabn, evaluate, shift
 from wbclib.study import book, runner
-from wbclib.training import inference, runs, train
+from wbclib.training import runs, train
 
 TINY = dict(input_size=32, resize=None, base_width=4, depth=2, batch_size=4, epochs=1, min_steps=0)
 
@@ -30,11 +31,11 @@ TINY = dict(input_size=32, resize=None, base_width=4, depth=2, batch_size=4, epo
 # -- norm=group -------------------------------------------------------------------------------------------
 
 def test_group_norm_model_has_group_norm_layers_only_and_the_same_outputs():
-    bn = inference.build_model(cfg.from_profile("quick"))
-    gn = inference.build_model(cfg.from_profile("quick", norm="group"))
+    bn = build_model(cfg.from_profile("quick"))
+    gn = build_model(cfg.from_profile("quick", norm="group"))
     assert not any(isinstance(m, nn.GroupNorm) for m in bn.modules())
     norms = [m for m in gn.modules() if isinstance(m, nn.GroupNorm)]
-    assert len(norms) == len(shift.batchnorm_layers(bn)) == 20 and not shift.batchnorm_layers(gn)
+    assert len(norms) == len(adabn.batchnorm_layers(bn)) == 20 and not adabn.batchnorm_layers(gn)
     assert all(m.num_channels % m.num_groups == 0 and m.num_groups == math.gcd(8, m.num_channels) for m in norms)
     gn.eval()
     out = gn(torch.rand(2, 3, 64, 64))
@@ -119,25 +120,25 @@ def test_adabn_sets_batchnorm_statistics_to_the_targets_without_labels():
     target = 0.3 * torch.rand(8, 3, 32, 32) + 0.6  # brighter, lower contrast
     first = model.inc[1]
     before = first.running_mean.clone()
-    assert shift.adapt_batchnorm(model, _batches(target, torch.zeros(8, dtype=torch.long))) == 12  # depth 2
+    assert adabn.adapt_batchnorm(model, _batches(target, torch.zeros(8, dtype=torch.long))) == 12  # depth 2
     with torch.no_grad():
         conv = model.inc[0](target)  # the first BatchNorm's input: equal batches, so the mean of batch means
     assert torch.allclose(first.running_mean, conv.mean((0, 2, 3)), atol=1e-5)
     assert not torch.allclose(first.running_mean, before, atol=1e-3)
-    assert not model.training and all(m.momentum == 0.1 for m in shift.batchnorm_layers(model))
+    assert not model.training and all(m.momentum == 0.1 for m in adabn.batchnorm_layers(model))
     for k, v in model.state_dict().items():  # no weight changed
         if k in weights:
             assert torch.equal(v, weights[k]), k
     # Labels are never read: other (even nonsense) labels give identical statistics.
     stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
-    shift.adapt_batchnorm(model, _batches(target, torch.full((8,), -99)))
+    adabn.adapt_batchnorm(model, _batches(target, torch.full((8,), -99)))
     assert all(torch.equal(model.state_dict()[k], v) for k, v in stats.items())
 
 
 def test_adabn_is_a_no_op_for_group_norm():
     model = MultiTaskUNet(5, 4, 2, norm="group").eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    assert shift.adapt_batchnorm(model, _batches(torch.rand(4, 3, 32, 32), torch.zeros(4))) == 0
+    assert adabn.adapt_batchnorm(model, _batches(torch.rand(4, 3, 32, 32), torch.zeros(4))) == 0
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items()) and not model.training
 
 
@@ -150,8 +151,7 @@ def shift_runs(tmp_path_factory):
         config = cfg.from_profile("quick", data_root=str(root), norm=norm, **TINY)
         run_dir = base / "runs" / f"shift-{name}-s0"
         train.fit(config, run_dir, progress=False, log=lambda s: None)
-        runs.write_structure(run_dir, runner.make_job(f"shift-{name}", 0, {"dataset": "wbc"}, setting=name,
-                                                     chapter="shift").structure)  # as the study records it
+        runs.write_structure(run_dir, grid.structure(grid.get(f"shift-{name}"), 0))  # as the study records it
     target = base / "target"
     for i, cls in enumerate(["Lymphocyte", "Neutrophil", "Monocyte"]):
         for j in range(3):
@@ -190,7 +190,7 @@ def test_evaluate_adabn_on_a_group_norm_model_says_it_changes_nothing(shift_runs
 # -- the study's shift-* runs and the chapter ------------------------------------------------------------
 
 def test_shift_runs_are_opt_in_and_carry_their_settings(tmp_path, capsys):
-    jobs = [runner.make_job(c, s, p, setting=name, chapter="shift") for c, s, p, name in shift.grid([0, 1])]
+    jobs = runner.jobs_of(("shift",), [0, 1])
     assert [j.id for j in jobs[:2]] == ["shift-bn-s0", "shift-gn-s0"] and len(jobs) == 2 * len(shift.SETTINGS)
     assert jobs[0].structure == {"configuration": "shift-bn", "seed": 0, "chapter": "shift", "dataset": "wbc",
                                  "subset": 100, "masks": True, "pretrained": False, "setting": "bn"}

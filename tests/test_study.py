@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, wbc
+from wbclib.core import grid
 from wbclib.study import book, runner
 
 
@@ -99,7 +100,7 @@ def test_the_whole_chain_at_a_tiny_size_builds_tables_and_the_site(tiny_book):
                      "report (single run)", "(course notes)", "no evidence of a difference", "Learning curve"):
         assert fragment in results, fragment
     pages = sorted(p.name for p in (book / "_build" / "html" / "book" / "generated" / "runs").glob("*.html"))
-    assert len(pages) == 21 and "wbc100-pretrained-mask-s0.html" in pages
+    assert len(pages) == grid.size() and "wbc100-pretrained-mask-s0.html" in pages
     nb = json.loads((book / "book" / "generated" / "results.ipynb").read_text())
     assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     summary = (book / "book/generated/data_summary.md").read_text()
@@ -146,12 +147,11 @@ def test_the_notebook_trains_exactly_the_config_the_runner_resolved(tmp_path):
     parameters cell, papermill's injected values and its config cell must give back that very config."""
     import nbformat
 
-    from wbclib.results import shift
 
     nb = nbformat.read(book.NOTEBOOKS / "train.ipynb", as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", [])).source
     setup = next(c for c in nb.cells if "cfg.from_dict(run_config)" in c.source).source
-    jobs = runner.grid([0]) + [runner.make_job(c, s, p, setting=n, chapter="shift") for c, s, p, n in shift.grid([0])]
+    jobs = runner.grid([0]) + runner.jobs_of(("shift",), [0])
     for job in jobs:
         config = runner.job_config(job, "quick", None, tmp_path, {"lr": 0.01, "resize": None})
         ns: dict = {}

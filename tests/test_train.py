@@ -15,8 +15,9 @@ from conftest import make_wbc_tree
 from wbclib import WbcError
 from wbclib.core import config as cfg
 from wbclib.data import datasets
+from wbclib.model.losses import LOSS_PARTS
 from wbclib.model.network import MultiTaskUNet
-from wbclib.training import inference, runs, train
+from wbclib.training import inference, runs, runtime, train
 
 
 @pytest.fixture(scope="module")
@@ -188,10 +189,10 @@ def test_precision_and_memory_format_switches(root, tmp_path, precision, channel
 
 
 def test_auto_picks_bf16_only_where_it_is_native(monkeypatch):
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
-    assert inference.Runtime.from_config(cfg.from_profile("quick")).amp_dtype is None
-    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
-    assert inference.Runtime.from_config(cfg.from_profile("quick")).amp_dtype == torch.bfloat16
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert runtime.Runtime.from_config(cfg.from_profile("quick")).amp_dtype is None
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert runtime.Runtime.from_config(cfg.from_profile("quick")).amp_dtype == torch.bfloat16
 
 
 @pytest.mark.slow
@@ -233,13 +234,29 @@ def test_a_cpu_run_loads_in_worker_processes_only_when_decoding_large_images_hol
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        assert inference.cpu_loader_workers(config, datasets.build_splits(config, large).train) == 1
-        assert inference.cpu_loader_workers(config.replace(resize=150), datasets.build_splits(config, large).train) == 0
+        assert runtime.cpu_loader_workers(config, datasets.build_splits(config, large).train) == 1
+        assert runtime.cpu_loader_workers(config.replace(resize=150), datasets.build_splits(config, large).train) == 0
         lines = []
         train.fit(config, tmp_path / "r", progress=False, log=lines.append)
         assert any(s.startswith("loader: 1 worker process,") for s in lines), lines
         assert json.loads((tmp_path / "r" / "manifest.json").read_text())["num_workers"] == 1
         torch.set_num_threads(1)  # no spare thread (a study's slot on two cores): no worker
-        assert inference.cpu_loader_workers(config, datasets.build_splits(config, large).train) == 0
+        assert runtime.cpu_loader_workers(config, datasets.build_splits(config, large).train) == 0
     finally:
         torch.set_num_threads(threads)
+
+
+def test_history_csv_refuses_a_column_it_does_not_have(tmp_path):
+    row = {"epoch": 1, "lr": 1e-3, **{f"train_{k}": 0.5 for k in LOSS_PARTS}, "seconds": 2.0}
+    train.write_history(tmp_path / "history.csv", [row])
+    assert list(pd.read_csv(tmp_path / "history.csv").columns) == train.HISTORY_COLUMNS
+    with pytest.raises(ValueError, match=r"history\.csv has no column for train_new_term"):
+        train.write_history(tmp_path / "history.csv", [{**row, "train_new_term": 0.1}])  # never dropped silently
+    assert "new_term" not in (tmp_path / "history.csv").read_text()
+
+
+def test_every_loss_part_has_its_history_columns():
+    assert [c for c in train.HISTORY_COLUMNS if c.startswith("train_")] == [f"train_{k}" for k in LOSS_PARTS]
+    assert [c for c in train.HISTORY_COLUMNS if c.startswith("val_") and c != "val_accuracy"] == \
+        [f"val_{k}" for k in LOSS_PARTS]
+

@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
-from wbclib.model.network import count_parameters
+from wbclib.model.losses import MultiTaskLoss
+from wbclib.model.network import build_model, count_parameters
 from wbclib.study import walkthrough
-from wbclib.training import inference
+from wbclib.training import runtime, train
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def test_sample_batch_puts_the_masked_cells_first_and_covers_every_class(small):
 
 def test_parts_table_accounts_for_every_parameter_and_shape(small):
     config, data = small
-    model = inference.build_model(config)
+    model = build_model(config)
     batch = walkthrough.sample_batch(data, per_class=1)
     parts = walkthrough.model_parts(model, batch["image"])
     assert parts["parameters"].sum() == count_parameters(model)
@@ -42,9 +43,9 @@ def test_parts_table_accounts_for_every_parameter_and_shape(small):
 def test_loss_terms_add_up_to_the_total(small):
     config, data = small
     torch.manual_seed(0)
-    model = inference.build_model(config)
+    model = build_model(config)
     batch = walkthrough.sample_batch(data, per_class=1)
-    terms = walkthrough.loss_terms(model, batch, lambda_ce=2.0, lambda_dice=0.5)
+    terms = walkthrough.loss_terms(model, batch, config.replace(lambda_ce=2.0, lambda_dice=0.5))
     parts = terms.drop(index="total")
     assert parts["weighted"].sum() == pytest.approx(terms.loc["total", "value"], rel=1e-5)
     assert list(parts["weight"]) == [1.0, 2.0, 0.5] and terms.loc["Generalized Dice", "samples"] == "2 with a mask"
@@ -59,3 +60,28 @@ def test_a_few_training_steps_record_each_step(small):
     assert history[["total", "mse", "ce"]].notna().all().all() and not model.training
     pred = walkthrough.predict_batch(model, walkthrough.sample_batch(data, per_class=1))
     assert set(pred["pred_masks"].unique().tolist()) <= {0.0, 1.0}
+
+
+def test_the_walkthrough_trains_with_the_trainers_step(small):
+    """The same seed, the same batches: the walkthrough's short training and the trainer's epoch loop end with
+    the same weights, bit for bit (they take the same ``train.train_step``)."""
+    config, data = small
+    config = config.replace(subset=1)
+    data = walkthrough.splits(config)
+    steps = 3
+    model, _ = walkthrough.short_training(config, data, steps=steps, eval_every=steps + 1, val_cells=5)
+
+    torch.manual_seed(config.seed)
+    rt = runtime.Runtime.from_config(config)
+    own = build_model(config).to(memory_format=torch.channels_last if rt.channels_last else torch.contiguous_format)
+    optimizer = torch.optim.Adam(own.parameters(), lr=config.lr)
+    loader = runtime.make_loader(data.train, config, rt, shuffle=True,
+                                 generator=torch.Generator().manual_seed(config.seed))
+    epochs = -(-steps // len(loader))
+    scheduler = train.make_scheduler(optimizer, config.replace(epochs=epochs), len(loader), epochs)
+    for epoch in range(epochs):
+        batches = list(loader)[:steps - epoch * len(loader)]
+        train.train_epoch(own, batches, MultiTaskLoss.from_config(config), optimizer, config, rt, epoch + 1,
+                          batch_scheduler=scheduler)
+    mine, theirs = own.state_dict(), model.state_dict()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)

@@ -9,7 +9,7 @@ Sources (the first argument of ``wbc prepare``):
 * ``segwbc``: the segwbc crops with expert nucleus/cytoplasm masks, as released (``Dataset <n>/NNN.bmp`` +
   ``NNN.png`` labelled by ``Class Labels of Dataset <n>.csv``) or arranged in class folders
   (``dataset<n>/{data,mask}/<Class>/``). The cell mask is nucleus plus cytoplasm: pixel > 64.
-* ``folders``: any class-folder set, scanned exactly as :func:`wbclib.data.datasets.folder_records` scans it.
+* ``folders``: any class-folder set, scanned exactly as :func:`wbclib.data.readers.folder_records` scans it.
 * ``ebhi``: EBHI-Seg's colon biopsy tiles with gland/lesion masks (``EBHI-SEG/<Class>/{image,label}/``): two
   groups of its classes become the CAM16 stage's ``normal`` / ``tumor`` (``--grouping``), a third the
   unlabelled tiles of the reconstruction stage.
@@ -19,7 +19,7 @@ Sources (the first argument of ``wbc prepare``):
 Each source is one row of :data:`SOURCES` (its layout, license, citation, reader and the roles it can take):
 adding a source is adding a row and its reader.
 
-What is written under ``--out``::
+What is written under ``--out`` (the course layout of :mod:`wbclib.data.layout`, and more)::
 
     WBC_<n>/train/data/<Class>/<name>.jpg    n in WBC_SUBSETS, nested: WBC_1 ⊂ WBC_10 ⊂ WBC_50 ⊂ WBC_100
     WBC_<n>/train/mask/<Class>/<name>.png    binary 0/255 masks, same stem as their image
@@ -56,31 +56,22 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from wbclib import CAM16_CLASSES, WBC_CLASSES, WbcError, __version__
+from wbclib import CAM16_CLASSES, WBC_CLASSES, WBC_SUBSETS, WbcError, __version__
 from wbclib.core.storage import write_json
-from wbclib.data.datasets import (
-    IMAGE_EXTENSIONS,
-    WBC_SUBSETS,
-    DatasetError,
-    Problems,
-    Record,
-    canonical_class,
-    check_image,
-    check_records,
-    image_size,
-    open_image,
-    resize_shorter,
-    scan_class_folders,
-    visible,
-)
-from wbclib.data.sources import CAM16_SPLIT, EBHI_GROUPING, LAYOUT_FOLDERS, PBC_FOLDER, SOURCES, named_by, reader_of
+from wbclib.data import layout
+from wbclib.data.images import check_image, image_size, open_image, resize_shorter
+from wbclib.data.layout import IMAGE_EXTENSIONS, LAYOUT_FOLDERS, visible
+from wbclib.data.readers import DatasetError, Problems, Record, canonical_class, check_records, scan_class_folders
+from wbclib.data.sources import CAM16_SPLIT, EBHI_GROUPING, PBC_FOLDER, SOURCES, named_by, reader_of
 from wbclib.data.transforms import jpeg_bytes
 
 RAABIN_TESTS = ("TestA", "TestB")
 #: segwbc label CSVs: 1=neutrophil 2=lymphocyte 3=monocyte 4=eosinophil 5=basophil
 SEGWBC_LABELS = {1: "Neutrophil", 2: "Lymphocyte", 3: "Monocyte", 4: "Eosinophil", 5: "Basophil"}
 #: Where each tile option's tiles go: the reconstruction stage's folder, or the blood-smear tiles beside it.
-TILE_FOLDERS = {"--tiles": "pRCC_nolabel", "--smear-tiles": "smears_nolabel"}
+#: The training subsets nested inside WBC_100/train, as the plan's keys write them.
+_NESTED = {layout.wbc_split(Path(), p, "train").as_posix() for p in WBC_SUBSETS if p != 100}
+TILE_FOLDERS = {"--tiles": layout.PRCC_FOLDER, "--smear-tiles": layout.SMEAR_FOLDER}
 
 
 def _terms(dataset: str) -> tuple[str, str]:
@@ -166,7 +157,7 @@ class Plan:
         count = self.counts.setdefault(key, {}).setdefault(item.cls or "unlabelled", {"images": 0, "masks": 0})
         count["images"] += 1
         count["masks"] += mask_dir is not None
-        if not key.startswith("WBC_") or key.startswith("WBC_100/"):
+        if key not in _NESTED:  # an image of WBC_1, 10 or 50 is counted once, under WBC_100
             source.taken[key] = source.taken.get(key, 0) + 1
 
 
@@ -425,12 +416,12 @@ def _read_raabin(s: Source, opts: Options) -> None:
 
 
 def _read_segwbc(s: Source, opts: Options) -> None:
-    if (s.root / "data").is_dir():  # one arranged dataset folder
+    if layout.images(s.root).is_dir():  # one arranged dataset folder
         s.items = _segwbc_arranged(s.root, s)
         s.license_dirs = [s.root, s.root.parent]
         return
     folders = [d for d in visible(s.root) if d.is_dir()]
-    arranged = [d for d in folders if (d / "data").is_dir()]
+    arranged = [d for d in folders if layout.images(d).is_dir()]
     upstream = [d for d in folders if re.fullmatch(r"dataset\s*\d+", d.name.lower()) and d not in arranged]
     if arranged:
         s.items = [i for d in arranged for i in _segwbc_arranged(d, s)]
@@ -447,7 +438,7 @@ def _dataset_tag(name: str) -> str:
 
 
 def _segwbc_arranged(folder: Path, s: Source) -> list[Item]:
-    records = scan_class_folders(folder / "data", WBC_CLASSES, s.problems, folder / "mask", check=False)
+    records = scan_class_folders(layout.images(folder), WBC_CLASSES, s.problems, layout.masks(folder), check=False)
     prefix = f"segwbc-{_dataset_tag(folder.name)}-"
     return [Item(r.path, WBC_CLASSES[r.label], prefix + r.path.stem, r.mask_path, cut=64) for r in records]
 
@@ -487,11 +478,8 @@ def _segwbc_labels(table: Path, problems: Problems) -> dict[int, str]:
 
 
 def _read_folders(s: Source, opts: Options) -> None:
-    """The scan of :func:`wbclib.data.datasets.folder_records`: ``<dir>/<Class>/*``, or ``<dir>/data`` with
-    ``<dir>/mask``."""
-    data_dir, mask_dir = s.root, None
-    if (data_dir / "data").is_dir():
-        data_dir, mask_dir = data_dir / "data", data_dir / "mask"
+    """As :func:`wbclib.data.readers.folder_records` scans: ``<dir>/<Class>/*`` or ``<dir>/data`` + ``<dir>/mask``."""
+    data_dir, mask_dir = layout.arranged(s.root)
     s.problems = Problems(data_dir, LAYOUT_FOLDERS)
     records = scan_class_folders(data_dir, WBC_CLASSES, s.problems, mask_dir, check=False)
     s.items = [Item(r.path, WBC_CLASSES[r.label], r.path.stem, r.mask_path) for r in records]
@@ -729,17 +717,23 @@ def _spread_masks(items: list[Item]) -> list[Item]:
     return [next(masked_iter) if pos in slots else next(plain) for pos in range(len(items))]
 
 
+def _rel(path: Path) -> str:
+    """A folder of the course layout relative to the output root, as the plan's keys write it."""
+    return path.as_posix()
+
+
 def _plan(sources: list[Source], opts: Options) -> Plan:
     plan, main = Plan(), sources[0]
     if main.role == "main":
         _plan_pool(plan, sources, opts)
-    prcc_given = any(s.role == "tiles" and s.name == "pRCC_nolabel" for s in sources)
+    prcc_given = any(s.role == "tiles" and s.name == layout.PRCC_FOLDER for s in sources)
     for s in sources:
         if s.role == "cam16":
             _plan_cam16(plan, s, opts, tiles=not prcc_given)
         for name, items in s.externals.items():
             top = s is main and s.role == "external"  # a test set prepared on its own: data/ and mask/ at the top
-            _plan_external(plan, s.kind if top else f"external/{name}", "" if top else f"external/{name}", items, s)
+            folder = f"{layout.EXTERNAL}/{name}"
+            _plan_external(plan, s.kind if top else folder, "" if top else folder, items, s)
         if s.role == "tiles":
             for item in s.items:
                 plan.add(item, s.name, s.name, None, s)
@@ -764,9 +758,9 @@ def _plan_cam16(plan: Plan, s: Source, opts: Options, tiles: bool) -> None:
     """Per class: shuffle, then the test share, the validation share and the rest for training. A share
     ``mask_fraction`` of each class's training images keeps its mask (spread evenly through the class's order),
     the validation split none, the test split every one; the unlabelled group becomes ``pRCC_nolabel/``."""
-    base, (tr, va, te) = "CAM16_100cls_10mask", opts.split
+    tr, va, te = opts.split
     for split in ("train", "val", "test"):
-        plan.counts[f"{base}/{split}"] = {c: {"images": 0, "masks": 0} for c in CAM16_CLASSES}
+        plan.counts[_rel(layout.cam16_split(Path(), split))] = {c: {"images": 0, "masks": 0} for c in CAM16_CLASSES}
     for c in CAM16_CLASSES:
         order = _shuffled([i for i in s.items if i.cls == c], opts.seed, "cam16", c)
         n_test = min(len(order), max(1, int(len(order) * te / (tr + va + te) + 0.5))) if order else 0
@@ -777,35 +771,38 @@ def _plan_cam16(plan: Plan, s: Source, opts: Options, tiles: bool) -> None:
         train = [i if k in keep else replace(i, mask=None, outline=None) for k, i in enumerate(train)]
         for split, items in (("train", train), ("val", [replace(i, mask=None, outline=None) for i in val]),
                              ("test", test)):
+            base = layout.cam16_split(Path(), split)
             for item in sorted(items, key=lambda i: i.name):
-                plan.add(item, f"{base}/{split}", f"{base}/{split}/data/{c}", f"{base}/{split}/mask/{c}", s)
+                plan.add(item, _rel(base), _rel(layout.images(base) / c), _rel(layout.masks(base) / c), s)
     if tiles:
         for item in sorted(s.unlabelled, key=lambda i: i.name):
-            plan.add(item, "pRCC_nolabel", "pRCC_nolabel", None, s)
+            plan.add(item, layout.PRCC_FOLDER, layout.PRCC_FOLDER, None, s)
     elif s.unlabelled:
         s.left_out["tiles group (pRCC_nolabel/ given by --tiles)"] = len(s.unlabelled)
 
 
 def _plan_course(plan: Plan, train: dict, val: dict, sources: list[Source], seed: int) -> None:
     """Nested subsets: WBC_p holds the first max(1, p% of n) of each class's (seeded) training order."""
-    for key in [f"WBC_{p}/train" for p in WBC_SUBSETS] + ["WBC_100/val"]:
+    val_dir = layout.wbc_split(Path(), 100, "val")
+    for key in [_rel(layout.wbc_split(Path(), p, "train")) for p in WBC_SUBSETS] + [_rel(val_dir)]:
         plan.counts[key] = {c: {"images": 0, "masks": 0} for c in WBC_CLASSES}
     for c in WBC_CLASSES:
         order = _spread_masks(_shuffled(train[c], seed, "train", c))
         for p in WBC_SUBSETS:
             k = max(1, p * len(order) // 100) if order else 0
+            base = layout.wbc_split(Path(), p, "train")
             for item in order[:k]:
-                base = f"WBC_{p}/train"
-                plan.add(item, base, f"{base}/data/{c}", f"{base}/mask/{c}", sources[item.src])
+                plan.add(item, _rel(base), _rel(layout.images(base) / c), _rel(layout.masks(base) / c),
+                         sources[item.src])
         for item in sorted(val[c], key=lambda i: i.name):
-            plan.add(item, "WBC_100/val", f"WBC_100/val/data/{c}", None, sources[item.src])
+            plan.add(item, _rel(val_dir), _rel(layout.images(val_dir) / c), None, sources[item.src])
 
 
 def _plan_external(plan: Plan, key: str, base: str, items: list[Item], source: Source) -> None:
     with_masks, top = any(i.masked for i in items), f"{base}/" if base else ""
     for item in sorted(items, key=lambda i: (i.cls, i.name)):
         if with_masks:
-            plan.add(item, key, f"{top}data/{item.cls}", f"{top}mask/{item.cls}", source)
+            plan.add(item, key, f"{top}{layout.IMAGES}/{item.cls}", f"{top}{layout.MASKS}/{item.cls}", source)
         else:
             plan.add(item, key, f"{top}{item.cls}", None, source)
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from wbclib.data.layout import LAYOUT_FOLDERS
+
 PBC_FOLDER = "PBC_dataset_normal_DIB"
-LAYOUT_FOLDERS = "<dir>/<Class>/<image> (or <dir>/data/<Class>/<image> with masks in <dir>/mask/<Class>/)"
 #: EBHI-Seg's classes grouped into the CAM16 stage's two classes and the reconstruction stage's tiles: the report
 #: pretrains on unlabelled kidney tiles, then on lymph-node normal / tumour patches; here benign colon tissue stands
 #: against high-grade neoplasia and cancer, and the intermediate low-grade class, unlabelled, is the tiles.

@@ -1,8 +1,8 @@
 """Procedural synthetic stand-in for the three course datasets (WBC, CAM16, pRCC).
 
 The real course data (Raabin-WBC crops, CAMELYON16 patches, pRCC tiles) is not redistributable, so the
-study can run on a synthetic copy written in exactly the same on-disk layout
-(see ``shared/reference/course-data.md``)::
+study can run on a synthetic copy written in exactly the same on-disk layout (:mod:`wbclib.data.layout`; the
+course's own counts are in the book's data page)::
 
     <out>/WBC_{1,10,50,100}/train/data/<Class>/<name>.jpg     575 x 575 RGB
     <out>/WBC_{1,10,50,100}/train/mask/<Class>/<name>.jpg     same name as the image, white = cell
@@ -55,8 +55,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from wbclib import CAM16_CLASSES, WBC_CLASSES, WbcError
-from wbclib import WBC_SUBSETS as SUBSETS
+from wbclib import CAM16_CLASSES, WBC_CLASSES, WBC_SUBSETS, WbcError
+from wbclib.data import layout
 
 __all__ = [
     "MARKER",
@@ -77,11 +77,11 @@ SENTINEL = ".synth-incomplete"
 #: Course-table counts (WBC_100 train and the shared validation set), per class in WBC_CLASSES order.
 WBC_TRAIN_COUNTS = dict(zip(WBC_CLASSES, (176, 618, 2015, 466, 5172)))
 WBC_VAL_COUNTS = dict(zip(WBC_CLASSES, (36, 126, 412, 95, 1059)))
-#: The nested WBC subsets and the percentage of WBC_100 each holds (smallest first).
-WBC_SUBSETS = tuple((f"WBC_{n}", n) for n in SUBSETS)
-CAM16_DIR = "CAM16_100cls_10mask"
+#: The folder of each nested WBC subset, smallest first (each subset is the percentage of WBC_100 it names).
+SUBSET_FOLDERS = tuple(layout.wbc_folder(n) for n in WBC_SUBSETS)
+CAM16_DIR = layout.CAM16_FOLDER
 CAM16_COUNTS = {"train": (379, 378), "val": (54, 54), "test": (108, 108)}
-PRCC_DIR = "pRCC_nolabel"
+PRCC_DIR = layout.PRCC_FOLDER
 PRCC_COUNT = 1419
 PRCC_FOLDERS = ("batch_01", "batch_02")
 
@@ -91,7 +91,7 @@ PRCC_SIDE = 2000
 PRCC_MIN_SIDE = 576
 JPEG_QUALITY = 90
 
-_KNOWN_ENTRIES = {name for name, _ in WBC_SUBSETS} | {CAM16_DIR, PRCC_DIR, MARKER, MARKER + ".tmp", SENTINEL}
+_KNOWN_ENTRIES = {*SUBSET_FOLDERS} | {CAM16_DIR, PRCC_DIR, MARKER, MARKER + ".tmp", SENTINEL}
 # Dataset codes used in the per-image seeds.
 _DS_WBC_TRAIN, _DS_WBC_VAL, _DS_CAM16, _DS_PRCC = 1, 2, 10, 20
 _TWO_PI = 2.0 * math.pi
@@ -109,13 +109,13 @@ def planned_counts(scale: float = 1.0, cam16_scale: float | None = None) -> dict
     cam_scale = scale if cam16_scale is None else _check_scale(cam16_scale)
     counts: dict = {}
     n100 = {c: max(1, round(n * scale)) for c, n in WBC_TRAIN_COUNTS.items()}
-    for name, pct in WBC_SUBSETS:
+    for name, pct in zip(SUBSET_FOLDERS, WBC_SUBSETS):
         train = {}
         for c in WBC_CLASSES:
             n = n100[c] if pct == 100 else max(1, n100[c] * pct // 100)
             train[c] = {"data": n, "mask": n // 10}
         counts[name] = {"train": train}
-    counts["WBC_100"]["val"] = {
+    counts[layout.wbc_folder(100)]["val"] = {
         c: {"data": max(1, round(n * scale)), "mask": 0} for c, n in WBC_VAL_COUNTS.items()
     }
     cam: dict = {}
@@ -659,19 +659,21 @@ def _plan(out: Path, counts: dict, seed: int) -> tuple[list, list]:
     """All images to render: (kind, params, image paths, mask paths), and the directories to create."""
     items: list = []
     dirs: list[Path] = []
-    n100 = {c: counts["WBC_100"]["train"][c]["data"] for c in WBC_CLASSES}
-    nval = {c: counts["WBC_100"]["val"][c]["data"] for c in WBC_CLASSES}
+    full = layout.wbc_folder(100)
+    n100 = {c: counts[full]["train"][c]["data"] for c in WBC_CLASSES}
+    nval = {c: counts[full]["val"][c]["data"] for c in WBC_CLASSES}
+    train = {name: layout.wbc_split(out, n, "train") for name, n in zip(SUBSET_FOLDERS, WBC_SUBSETS)}
+    val = layout.images(layout.wbc_split(out, 100, "val"))
     names = iter(_raabin_names(seed, sum(n100.values()) + sum(nval.values())))
     for ci, c in enumerate(WBC_CLASSES):
-        for name, _ in WBC_SUBSETS:
-            dirs += [out / name / "train" / "data" / c, out / name / "train" / "mask" / c]
+        dirs += [d for split in train.values() for d in (layout.images(split) / c, layout.masks(split) / c)]
         # nested subsets: the first n_k of a seeded permutation; nested masks chosen level by level
         sel = np.random.default_rng([seed, 100, ci])
         perm = sel.permutation(n100[c])
         members: dict[str, set] = {}
         masked_at: dict[str, set] = {}
         masked: list[int] = []
-        for name, _ in WBC_SUBSETS:
+        for name in SUBSET_FOLDERS:
             nk, mk = counts[name]["train"][c]["data"], counts[name]["train"][c]["mask"]
             members[name] = set(perm[:nk].tolist())
             taken = set(masked)
@@ -681,24 +683,22 @@ def _plan(out: Path, counts: dict, seed: int) -> tuple[list, list]:
             masked_at[name] = set(masked)
         for i in range(n100[c]):
             fn = next(names)
-            imgs = [str(out / k / "train" / "data" / c / fn) for k, _ in WBC_SUBSETS if i in members[k]]
-            masks = [str(out / k / "train" / "mask" / c / fn) for k, _ in WBC_SUBSETS if i in masked_at[k]]
+            imgs = [str(layout.images(train[k]) / c / fn) for k in SUBSET_FOLDERS if i in members[k]]
+            masks = [str(layout.masks(train[k]) / c / fn) for k in SUBSET_FOLDERS if i in masked_at[k]]
             items.append(("wbc", (ci, _DS_WBC_TRAIN, i), imgs, masks))
     for ci, c in enumerate(WBC_CLASSES):
-        dirs.append(out / "WBC_100" / "val" / "data" / c)
+        dirs.append(val / c)
         for j in range(nval[c]):
-            items.append(
-                ("wbc", (ci, _DS_WBC_VAL, j), [str(out / "WBC_100" / "val" / "data" / c / next(names))], [])
-            )
+            items.append(("wbc", (ci, _DS_WBC_VAL, j), [str(val / c / next(names))], []))
 
     nrng = np.random.default_rng([seed, 400])
     g = 0
     for si, (split, per_class) in enumerate(counts[CAM16_DIR].items()):
         for ci, c in enumerate(CAM16_CLASSES):
-            base = out / CAM16_DIR / split
-            dirs.append(base / "data" / c)
+            base = layout.cam16_split(out, split)
+            dirs.append(layout.images(base) / c)
             if split == "train":
-                dirs.append(base / "mask" / c)
+                dirs.append(layout.masks(base) / c)
             n, m = per_class[c]["data"], per_class[c]["mask"]
             with_mask = set(np.random.default_rng([seed, 410, si, ci]).choice(n, m, replace=False).tolist())
             for i in range(n):
@@ -706,8 +706,8 @@ def _plan(out: Path, counts: dict, seed: int) -> tuple[list, list]:
                 x, y = 384 * (g % 211), 384 * (g // 211)  # unique per patch
                 fn = f"slide{slide:03d}_{x}_{y}.jpg"
                 g += 1
-                masks = [str(base / "mask" / c / fn)] if i in with_mask else []
-                items.append(("cam", (si, ci, i), [str(base / "data" / c / fn)], masks))
+                masks = [str(layout.masks(base) / c / fn)] if i in with_mask else []
+                items.append(("cam", (si, ci, i), [str(layout.images(base) / c / fn)], masks))
 
     n_prcc, side = counts[PRCC_DIR]["data"], counts[PRCC_DIR]["side"]
     prcc = []

@@ -1,7 +1,7 @@
 """Joint image/mask augmentation with torchvision.transforms.v2.
 
 The images arrive at the run's scale: :class:`wbclib.data.datasets.CellDataset` resizes them by the one rule that
-``wbc prepare --size`` also writes to disk (:func:`wbclib.data.datasets.load_image`), so no resize happens here.
+``wbc prepare --size`` also writes to disk (:func:`wbclib.data.images.load_image`), so no resize happens here.
 Training: random crop to the input size (padding when smaller), random horizontal and vertical flips,
 optionally random right-angle rotations and a colour jitter; two switches made for the domain-shift chapter
 add a random zoom (scale augmentation) and a hue shift (stain augmentation), and three more switches make a

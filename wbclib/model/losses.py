@@ -12,6 +12,8 @@ from typing import NamedTuple
 import torch
 from torch.nn import functional as F
 
+from wbclib.core.config import RunConfig
+
 
 def generalized_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth_nr: float = 1e-5,
                           smooth_dr: float = 1e-5) -> torch.Tensor:
@@ -77,6 +79,17 @@ class LossParts(NamedTuple):
     ce: torch.Tensor
     dice: torch.Tensor
 
+    def floats(self) -> dict[str, float]:
+        """Each part as a Python float, keyed by :data:`LOSS_PARTS` (one device synchronisation)."""
+        return {k: float(v.detach()) for k, v in zip(LOSS_PARTS, self)}
+
+
+#: The names of the loss parts, in logging order: the keys of every loss record, the ``train_<part>`` and
+#: ``val_<part>`` columns of ``history.csv`` and the panels of the loss figures.
+LOSS_PARTS: tuple[str, ...] = LossParts._fields
+#: The part that only the samples with a mask contribute to (its mean is over those samples).
+MASKED_PART = "dice"
+
 
 class MultiTaskLoss(torch.nn.Module):
     r"""Eq. 2 of the report: :math:`L = L_{MSE} + \lambda_{CE} L_{CE} + \lambda_D L_D`.
@@ -90,9 +103,15 @@ class MultiTaskLoss(torch.nn.Module):
     every parameter stays in the graph (DistributedDataParallel requires it on every process).
     """
 
-    def __init__(self, lambda_ce: float = 2.0, lambda_dice: float = 1.0):
+    def __init__(self, lambda_ce: float = RunConfig.lambda_ce, lambda_dice: float = RunConfig.lambda_dice):
         super().__init__()
         self.lambda_ce, self.lambda_dice = lambda_ce, lambda_dice
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> MultiTaskLoss:
+        """The objective a run trains: the config's weights, with the Dice term off where the run uses no mask
+        (``config.uses_dice``: masks switched off, ``lambda_dice`` 0, or pRCC, which has none)."""
+        return cls(config.lambda_ce, config.lambda_dice if config.uses_dice else 0.0)
 
     def dice_samples(self, labels: torch.Tensor, has_mask: torch.Tensor) -> torch.Tensor:
         """(B,) bool: the samples the Dice term uses (labelled, with a mask; none when it is off)."""
@@ -117,3 +136,29 @@ class MultiTaskLoss(torch.nn.Module):
             dice = output.mask_logits.float().sum() * 0.0
         total = mse + self.lambda_ce * ce + self.lambda_dice * dice
         return LossParts(total, mse, ce, dice)
+
+
+class Averages:
+    """Running sample-weighted means of the loss parts over the batches of an epoch or a split; the
+    :data:`MASKED_PART` is averaged over the samples that have a mask only (batches without one would otherwise
+    dilute it towards 0). ``reduce`` sums the running totals of all processes of a distributed run."""
+
+    def __init__(self):
+        self.sums = dict.fromkeys(LOSS_PARTS, 0.0)
+        self.n = self.n_masked = 0
+
+    def add(self, parts: dict[str, float], n: int, n_masked: int) -> None:
+        for k in LOSS_PARTS:
+            self.sums[k] += parts[k] * (n_masked if k == MASKED_PART else n)
+        self.n += n
+        self.n_masked += n_masked
+
+    def reduce(self, ctx) -> Averages:
+        """Sum the totals over the processes of ``ctx`` (a :class:`wbclib.training.distributed.Context`)."""
+        *sums, self.n, self.n_masked = ctx.sum([*self.sums.values(), self.n, self.n_masked])
+        self.sums = dict(zip(self.sums, sums))
+        return self
+
+    def means(self) -> dict[str, float]:
+        return {k: (self.sums[k] / self.n_masked if self.n_masked else 0.0) if k == MASKED_PART
+                else self.sums[k] / max(self.n, 1) for k in LOSS_PARTS}

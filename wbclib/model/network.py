@@ -13,6 +13,7 @@ deepest encoder level has half the channels it would have in the original UNet (
 
 from __future__ import annotations
 
+import functools
 import math
 from itertools import pairwise
 from typing import NamedTuple
@@ -20,8 +21,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-#: Normalisation layers: ``batch`` (the report's BatchNorm) or ``group`` (GroupNorm, Wu & He 2018).
-NORMS = ("batch", "group")
+from wbclib.core import config as cfg
+from wbclib.core.config import NORMS  # the normalisation layers a config may name: batch | group
+
 #: GroupNorm splits the channels into this many groups (fewer where a layer has fewer channels).
 GROUPS = 8
 
@@ -206,8 +208,43 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+# -- the network of a run config -----------------------------------------------------------------------------
+
+def build_model(config: cfg.RunConfig) -> MultiTaskUNet:
+    """A fresh network of the size ``config`` describes (its classes, base width, depth and norm), upsampling in
+    bf16 under autocast where the config asks (``upsample_bf16``)."""
+    model = MultiTaskUNet(config.num_classes, config.base_width, config.depth, norm=config.norm)
+    model.upsample_in_autocast_dtype = config.upsample_bf16
+    return model
+
+
+def describe_network(config: cfg.RunConfig) -> str:
+    """The network of ``config`` in words, for messages about weights that do not fit."""
+    return (f"{config.profile} profile, {config.dataset}, {config.num_classes} classes, base width "
+            f"{config.base_width}, depth {config.depth}")
+
+
+def flops_per_image(config: cfg.RunConfig) -> float:
+    """Forward + backward FLOPs of one training image, counted by ``torch.utils.flop_counter`` on a model
+    built on the meta device (shapes only: nothing is computed, nothing random is drawn). Counted once per
+    network and input size (the runs of a study share a handful)."""
+    return _flops(config.num_classes, config.base_width, config.depth, config.norm, config.input_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _flops(num_classes: int, base_width: int, depth: int, norm: str, input_size: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = MultiTaskUNet(num_classes, base_width, depth, norm=norm)
+        x = torch.empty(1, 3, input_size, input_size)
+    with FlopCounterMode(display=False) as counter:
+        out = model(x)
+        (out.reconstruction.mean() + out.class_logits.mean() + out.mask_logits.mean()).backward()
+    return float(counter.get_total_flops())
+
+
 __all__ = [
-    "NORMS",
     "ClassifierBranch",
     "DoubleConv",
     "Down",
@@ -215,7 +252,10 @@ __all__ = [
     "MultiTaskUNet",
     "UNetOutput",
     "Up",
+    "build_model",
     "count_parameters",
+    "describe_network",
+    "flops_per_image",
     "load_matching",
     "norm_layer",
 ]

@@ -14,18 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wbclib import WBC_SUBSETS
-from wbclib.core import storage
+from wbclib.core import grid, storage
 from wbclib.data import datasets
 from wbclib.training import metrics, runs
 
-TABLE1_SETTINGS = [(runs.cam16_configuration(prcc, dice), name) for prcc, dice, name in (
-    (False, False, "CE"), (True, False, "CE + pRCC"), (False, True, "CE + Dice"), (True, True, "CE + pRCC + Dice"))]
-TABLE2_COLUMNS = [("scratch", "nomask"), ("scratch", "mask"), ("pretrained", "nomask"), ("pretrained", "mask")]
 #: The reference report's column: each of its numbers is one training run (it reports no seeds or intervals).
 REPORT_COLUMN = "report (single run)"
-COLUMN_NAMES = {("scratch", "nomask"): "w/o pretrain, w/o mask", ("scratch", "mask"): "w/o pretrain, with mask",
-                ("pretrained", "nomask"): "with pretrain, w/o mask", ("pretrained", "mask"): "with pretrain, with mask"}
 
 
 def reference() -> dict:
@@ -93,10 +87,18 @@ def banner(df: pd.DataFrame) -> str:
 
 
 def _ci_cell(values: pd.Series, digits: int = 4) -> str:
-    values = values.dropna()
-    if values.empty:
-        return "–"
-    return metrics.format_mean_ci(metrics.mean_ci(values.to_numpy()), digits)
+    return metrics.format_mean_ci(values.dropna().to_numpy(), digits)
+
+
+def expected_runs(df: pd.DataFrame) -> int:
+    """How many runs of the report's grid a study with this many seeds trains (:func:`wbclib.core.grid.size`
+    per seed; at least one seed)."""
+    return grid.size() * max(1, df["seed"].nunique() if len(df) else 1)
+
+
+def _reference_cell(numbers: dict, configuration: str) -> str:
+    """The report's number of a configuration, or "–" for one the report did not train."""
+    return f"{numbers[configuration]:.4f}" if configuration in numbers else "–"
 
 
 def cam16_external(df: pd.DataFrame, sets: dict[str, str | Path] | None) -> pd.DataFrame:
@@ -130,13 +132,13 @@ def table1(df: pd.DataFrame) -> pd.DataFrame:
     (an image whose true and predicted masks are both empty scores 1)."""
     ref = reference()["cam16_test_accuracy"]
     rows = []
-    for i, (cid, name) in enumerate(TABLE1_SETTINGS, start=1):
-        sub = df[df["config"] == cid]
-        rows.append({"#": i, "setting": name, "CE": "✓", "pRCC": "✓" if "prcc" in cid else "",
-                     "Dice": "✓" if "dice" in cid else "", "seeds": len(sub),
+    for i, (cell, c) in enumerate(grid.table("Table 1"), start=1):
+        sub = df[df["config"] == c.id]
+        rows.append({"#": i, "setting": cell.row, "CE": "✓", "pRCC": "✓" if c.start_from else "",
+                     "Dice": "✓" if c.masks else "", "seeds": len(sub),
                      "accuracy": _ci_cell(sub["accuracy"]), "balanced accuracy": _ci_cell(sub["balanced_accuracy"]),
                      "macro-F1": _ci_cell(sub["macro_f1"]), "mask Dice": _ci_cell(sub["mask_dice"]),
-                     REPORT_COLUMN: f"{ref[cid]:.4f}"})
+                     REPORT_COLUMN: _reference_cell(ref, c.id)})
     cam = df[df["dataset"] == "cam16"]["majority_baseline"].dropna()
     notes = reference()["course_notes"]
     rows.append({"#": "", "setting": "majority class", "CE": "", "pRCC": "", "Dice": "", "seeds": "",
@@ -163,10 +165,10 @@ def table1_external(external: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     groups = {name: f"{name} ({int(n)} images)" for name, n in external.groupby("set", sort=False)["n"].max().items()}
     rows = []
-    for cid, name in TABLE1_SETTINGS:
-        row = {"setting": name}
+    for cell, c in grid.table("Table 1"):
+        row = {"setting": cell.row}
         for set_name, group in groups.items():
-            got = external[(external["config"] == cid) & (external["set"] == set_name)]
+            got = external[(external["config"] == c.id) & (external["set"] == set_name)]
             row[(group, "seeds")] = len(got)
             row[(group, "accuracy")] = _ci_cell(got["accuracy"])
             row[(group, "balanced accuracy")] = _ci_cell(got["balanced_accuracy"])
@@ -178,28 +180,31 @@ def table1_external(external: pd.DataFrame) -> pd.DataFrame:
 
 
 def table2(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
-    """WBC validation ``metric`` for WBC_1/10/50/100 x pretraining x mask; the report's accuracy (single runs)
-    beside ours; the majority-class row labelled by where each number comes from."""
+    """WBC validation ``metric`` for the rows (training subsets) and columns (pretraining x mask) of the grid's
+    Table 2; the report's accuracy (single runs) beside ours; the majority-class row labelled by where each
+    number comes from."""
     ref = reference()["wbc_val_accuracy"]
+    columns = grid.columns("Table 2")
     rows = []
-    for n in WBC_SUBSETS:
-        row = {"dataset": f"WBC_{n}"}
-        for init, mask in TABLE2_COLUMNS:
-            cid = runs.wbc_configuration(n, init == "pretrained", mask == "mask")
-            row[(COLUMN_NAMES[(init, mask)], "ours")] = _ci_cell(df.loc[df["config"] == cid, metric])
+    for label in grid.rows("Table 2"):
+        row = {"dataset": label}
+        for column in columns:
+            c = grid.cell("Table 2", label, column)
+            row[(column, "ours")] = _ci_cell(df.loc[df["config"] == c.id, metric]) if c else "–"
             if metric == "accuracy":
-                row[(COLUMN_NAMES[(init, mask)], REPORT_COLUMN)] = f"{ref[cid]:.4f}"
+                row[(column, REPORT_COLUMN)] = _reference_cell(ref, c.id) if c else "–"
         rows.append(row)
     # Always answering the most frequent class of the full training set (WBC_100; Neutrophil on the real data).
-    wbc100 = df[df["config"].isin([runs.wbc_configuration(100, p, m) for p in (False, True) for m in (False, True)])
-                ]["majority_baseline"].dropna()
+    largest = max(c.subset for _, c in grid.table("Table 2"))
+    full = df[df["config"].isin([c.id for _, c in grid.table("Table 2") if c.subset == largest])]
+    wbc100 = full["majority_baseline"].dropna()
     majority = f"{wbc100.iloc[0]:.4f} (this split)" if metric == "accuracy" and len(wbc100) else "–"
     notes = reference()["course_notes"]
     base = {"dataset": "majority class"}
-    for init, mask in TABLE2_COLUMNS:
-        base[(COLUMN_NAMES[(init, mask)], "ours")] = majority
+    for column in columns:
+        base[(column, "ours")] = majority
         if metric == "accuracy":
-            base[(COLUMN_NAMES[(init, mask)], REPORT_COLUMN)] = (
+            base[(column, REPORT_COLUMN)] = (
                 f"{notes['wbc_val_majority_baseline']:.4f} (course notes)")
     rows.append(base)
     out = pd.DataFrame(rows).set_index("dataset")
@@ -211,18 +216,19 @@ def learning_points(df: pd.DataFrame, metric: str = "balanced_accuracy") -> pd.D
     """One row per (Table 2 setting, subset) with a finished run: training-set size, mean ``metric`` over seeds
     and its 95 % t-interval (NaN for one seed): the data of the learning-curve figure."""
     rows = []
-    for init, mask in TABLE2_COLUMNS:
-        for n in WBC_SUBSETS:
-            sub = df[df["config"] == runs.wbc_configuration(n, init == "pretrained", mask == "mask")]
-            values = sub[metric].dropna().to_numpy()
-            if not len(values):
-                continue
-            ci = metrics.mean_ci(values)
-            images = sub["train_images"].dropna()
-            rows.append({"setting": COLUMN_NAMES[(init, mask)], "subset": f"WBC_{n}",
-                         "images": int(images.iloc[0]) if len(images) else n, "mean": ci["mean"],
-                         "low": np.nan if ci["low"] is None else ci["low"],
-                         "high": np.nan if ci["high"] is None else ci["high"], "seeds": len(values)})
+    cells = sorted(grid.table("Table 2"), key=lambda cell_c: (grid.columns("Table 2").index(cell_c[0].column),
+                                                             cell_c[1].subset))
+    for cell, c in cells:
+        sub = df[df["config"] == c.id]
+        values = sub[metric].dropna().to_numpy()
+        if not len(values):
+            continue
+        ci = metrics.mean_ci(values)
+        images = sub["train_images"].dropna()
+        rows.append({"setting": cell.column, "subset": cell.row,
+                     "images": int(images.iloc[0]) if len(images) else c.subset, "mean": ci["mean"],
+                     "low": np.nan if ci["low"] is None else ci["low"],
+                     "high": np.nan if ci["high"] is None else ci["high"], "seeds": len(values)})
     return pd.DataFrame(rows, columns=["setting", "subset", "images", "mean", "low", "high", "seeds"])
 
 
@@ -274,26 +280,24 @@ def compare(df: pd.DataFrame, a: str, b: str, n_boot: int = 5000) -> dict | None
             "bootstrap": boot}
 
 
-def _interval(t: dict) -> str:
-    return "–" if t.get("low") is None else f"{100 * t['low']:+.1f} to {100 * t['high']:+.1f}"
+#: The ablations of Table 1, by its row labels: (A, B, name of A, name of B).
+TABLE1_ABLATIONS = (("CE + Dice", "CE", "Dice", "no Dice"), ("CE + pRCC", "CE", "pRCC", "no pRCC"),
+                    ("CE + pRCC + Dice", "CE + Dice", "pRCC + Dice", "Dice only"))
+#: The ablations within each row of Table 2, by its column labels: (A, B, name of A, name of B).
+TABLE2_ABLATIONS = ((grid.NM, grid.NN, "scratch, with mask", "scratch, without mask"),
+                    (grid.PM, grid.PN, "pretrained, with mask", "pretrained, without mask"),
+                    (grid.PN, grid.NN, "pretrained (nomask)", "scratch (nomask)"),
+                    (grid.PM, grid.NM, "pretrained (mask)", "scratch (mask)"))
 
 
 def ablation_pairs() -> list[tuple[str, str, str, str, str]]:
-    """Every ablation of Tables 1 and 2 as (set, configuration A, configuration B, name of A, name of B)."""
-    cam = runs.cam16_configuration
-    pairs = [("CAM16", cam(False, True), cam(False, False), "Dice", "no Dice"),
-             ("CAM16", cam(True, False), cam(False, False), "pRCC", "no pRCC"),
-             ("CAM16", cam(True, True), cam(False, True), "pRCC + Dice", "Dice only")]
-    wbc = runs.wbc_configuration
-    for n in WBC_SUBSETS:
-        for init in ("scratch", "pretrained"):
-            pre = init == "pretrained"
-            pairs.append((f"WBC_{n}", wbc(n, pre, True), wbc(n, pre, False), f"{init}, with mask",
-                          f"{init}, without mask"))
-        for mask in ("nomask", "mask"):
-            pairs.append((f"WBC_{n}", wbc(n, True, mask == "mask"), wbc(n, False, mask == "mask"),
-                          f"pretrained ({mask})", f"scratch ({mask})"))
-    return pairs
+    """Every ablation of Tables 1 and 2 whose two cells the grid fills, as (set, configuration A, configuration
+    B, name of A, name of B)."""
+    pairs = [("CAM16", grid.cell("Table 1", a), grid.cell("Table 1", b), na, nb) for a, b, na, nb in TABLE1_ABLATIONS]
+    for row in grid.rows("Table 2"):
+        pairs += [(row, grid.cell("Table 2", row, a), grid.cell("Table 2", row, b), na, nb)
+                  for a, b, na, nb in TABLE2_ABLATIONS]
+    return [(group, a.id, b.id, na, nb) for group, a, b, na, nb in pairs if a and b]
 
 
 def ablation_tests(df: pd.DataFrame, n_boot: int = 5000) -> pd.DataFrame:
@@ -309,24 +313,41 @@ def ablation_tests(df: pd.DataFrame, n_boot: int = 5000) -> pd.DataFrame:
                   else "the images of one training seed only")
         rows.append({"set": group, "comparison": f"{name_a} vs {name_b}", "seeds": t["seeds"],
                      "images per seed": ", ".join(map(str, t["images"])),
-                     "difference (points)": round(100 * t["diff"], 2), "95 % interval": _interval(t),
-                     "interval covers": covers, "seeds + images (bootstrap)": _interval(t["bootstrap"]),
+                     "difference (points)": round(100 * t["diff"], 2), "95 % interval": metrics.format_interval(t),
+                     "interval covers": covers, "seeds + images (bootstrap)": metrics.format_interval(t["bootstrap"]),
                      "p": t["p_value"], "verdict": f"{group}: " + metrics.describe_difference(name_a, name_b, t)})
     return corner_label(pd.DataFrame(rows).set_index("set")) if rows else pd.DataFrame(rows)
 
 
 def per_class_recall(df: pd.DataFrame, subset: int = 100) -> pd.DataFrame:
-    """Recall of each WBC class in the four Table 2 cells of one subset, averaged over seeds (rows: cells)."""
+    """Recall of each WBC class in the Table 2 cells of one subset, averaged over seeds (rows: cells)."""
     rows = {}
-    for init, mask in TABLE2_COLUMNS:
+    for cell, c in table2_cells(subset):
         recalls = []
-        for _, r in df[df["config"] == runs.wbc_configuration(subset, init == "pretrained", mask == "mask")].iterrows():
+        for _, r in df[df["config"] == c.id].iterrows():
             split = (storage.read_json(Path(r["path"]) / "metrics.json") or {}).get(r["split"] or "", {})
             if "per_class" in split:
                 recalls.append({c: v["recall"] for c, v in split["per_class"].items()})
         if recalls:
-            rows[COLUMN_NAMES[(init, mask)]] = pd.DataFrame(recalls).mean()
+            rows[cell.column] = pd.DataFrame(recalls).mean()
     return pd.DataFrame(rows).T
+
+
+def table2_cells(subset: int) -> list[tuple[grid.Cell, grid.Configuration]]:
+    """The Table 2 cells of one WBC subset (one row of the table), in column order."""
+    return [(cell, c) for cell, c in grid.table("Table 2") if c.subset == subset]
+
+
+def subsets() -> list[int]:
+    """The WBC subsets of Table 2's rows, in order."""
+    return list(dict.fromkeys(c.subset for _, c in grid.table("Table 2")))
+
+
+def confusions(df: pd.DataFrame, subset: int) -> list[tuple[str, np.ndarray]]:
+    """The confusion matrix of each finished Table 2 cell of one subset, by column name (for
+    :func:`wbclib.results.plots.confusion_grid`)."""
+    got = [(cell.column, confusion(df, c.id)) for cell, c in table2_cells(subset)]
+    return [(name, cm[0]) for name, cm in got if cm is not None]
 
 
 def confusion(df: pd.DataFrame, config: str) -> tuple[np.ndarray, list[str]] | None:
@@ -348,31 +369,124 @@ def representative(df: pd.DataFrame, config: str) -> Path | None:
     return Path(sub.iloc[0]["path"]) if len(sub) else None
 
 
-#: The three starting points the blood-smear comparison sets side by side, by the configuration of each subset.
-CHAINS = (("from scratch", lambda n: runs.wbc_configuration(n, False, True)),
-          ("H&E chain (EBHI tiles → CAM16 stage)", lambda n: runs.wbc_configuration(n, True, True)),
-          ("blood-smear chain (BCCD tiles → CAM16 stage)", lambda n: runs.smear_configuration("wbc", n)))
-
-
-def chain_comparison(df: pd.DataFrame, subsets=(1, 10), metric: str = "balanced_accuracy") -> pd.DataFrame:
-    """``metric`` on the WBC validation split at each subset for the three starting points of :data:`CHAINS`
-    (all with masks): mean ± 95 % t half-width over seeds, and each chain's difference from training from
-    scratch, paired by seed (mean ± t half-width of the per-seed differences). Empty without smear-chain runs."""
-    if not len(df) or not df["config"].isin([CHAINS[2][1](n) for n in subsets]).any():
+def chain_comparison(df: pd.DataFrame, metric: str = "balanced_accuracy") -> pd.DataFrame:
+    """``metric`` on the WBC validation split at each subset (row) for the starting points (columns) of the
+    grid's ``chains`` table, all with masks: mean ± 95 % t half-width over seeds, and each chain's difference
+    from the first column (training from scratch), paired by seed (mean ± t half-width of the per-seed
+    differences). Empty without runs of the blood-smear chain."""
+    smear_ids = [c.id for c in grid.configurations("smears")]
+    if not len(df) or not df["config"].isin(smear_ids).any():
         return pd.DataFrame()
+    columns = grid.columns("chains")
     rows = []
-    for n in subsets:
-        scratch = df[df["config"] == CHAINS[0][1](n)].set_index("seed")[metric].dropna()
-        row = {"training set": f"WBC_{n}"}
-        for name, configuration in CHAINS:
-            got = df[df["config"] == configuration(n)].set_index("seed")[metric].dropna()
-            row[(name, "seeds")] = len(got)
-            row[(name, metric.replace("_", " "))] = _ci_cell(got, 3)
-            if configuration is not CHAINS[0][1]:
-                paired = (got - scratch).dropna()
-                row[(name, "− scratch (paired by seed)")] = (
-                    metrics.format_mean_ci(metrics.mean_ci(paired.to_numpy()), 3) if len(paired) else "–")
+
+    def values(label, column):
+        c = grid.cell("chains", label, column)
+        return df[df["config"] == (c.id if c else None)].set_index("seed")[metric].dropna()
+
+    for label in grid.rows("chains"):
+        scratch = values(label, columns[0])
+        row = {"training set": label}
+        for column in columns:
+            got = values(label, column)
+            row[(column, "seeds")] = len(got)
+            row[(column, metric.replace("_", " "))] = _ci_cell(got, 3)
+            if column != columns[0]:
+                row[(column, "− scratch (paired by seed)")] = metrics.format_mean_ci((got - scratch).dropna(), 3)
         rows.append(row)
     out = pd.DataFrame(rows).set_index("training set")
     out.columns = pd.MultiIndex.from_tuples(out.columns)
     return corner_label(out)
+
+
+# -- what the results notebook says around its tables ---------------------------------------------------------
+
+def overview(df: pd.DataFrame, runs_dir: str | Path) -> str:
+    """The line under the results page's title: how many runs of the grid finished (a partial study says how
+    many of the :func:`expected_runs` are missing), or how to make them when there are none."""
+    name = Path(runs_dir).name
+    if not len(df):
+        return (f"**No finished runs in `{name}/`**: run `make study` or `wbc study` first; the sections below "
+                "stay empty until then.")
+    expected = expected_runs(df)
+    partial = (f" **Partial:** {len(df)} of the {expected} runs of the grid have finished; missing cells show –."
+               if len(df) < expected else "")
+    return f"{len(df)} finished runs in `{name}/`, {df['seed'].nunique()} seed(s) per configuration.{partial}"
+
+
+def synthetic_start_note(df: pd.DataFrame) -> str:
+    """A caveat for Table 2 when the CAM16 models that its pretrained columns start from learned synthetic
+    patches while the WBC cells are real (empty otherwise)."""
+    cam = set(df.loc[df["dataset"] == "cam16", "data_source"].dropna()) if len(df) else set()
+    cells = set(df.loc[df["dataset"] == "wbc", "data_source"].dropna()) if len(df) else set()
+    if cam != {"synthetic"} or not cells - {"synthetic"}:
+        return ""
+    return (f"In this build the CAM16 model that the *with pretrain* columns start from (`{grid.CAM16_FULL}`) "
+            "learned drawn patches of the synthetic stand-in, while the WBC cells are real: those columns measure a "
+            "pretraining chain that ends on synthetic images, not pretraining on real lymph-node tissue as in the "
+            "report.")
+
+
+def mask_counts(df: pd.DataFrame) -> pd.DataFrame:
+    """Training images and masked training images of each WBC run (what the mask ablation can compare)."""
+    wbc = df[df["dataset"] == "wbc"] if len(df) else df
+    return corner_label(wbc.set_index("run")[["train_images", "train_masks"]].rename(
+        columns={"train_images": "training images", "train_masks": "of which with a mask"}))
+
+
+# -- the external-evaluation page ----------------------------------------------------------------------------
+
+EXTERNAL_COLUMNS = ["set", "run", "images", "accuracy", "balanced accuracy", "macro-F1", "majority class",
+                    "PSNR (dB)", "mask Dice", "masks", "recall", "confusion", "classes", "missing classes"]
+
+
+def external_models(df: pd.DataFrame, subset: int = 100) -> pd.DataFrame:
+    """The finished runs of the Table 2 cells of one WBC subset (the models the external page evaluates)."""
+    if not len(df):
+        return df
+    return df[df["config"].isin([c.id for _, c in table2_cells(subset)])].sort_values("run")
+
+
+def evaluate_external(df: pd.DataFrame, sets: list[str | Path], subset: int = 100) -> pd.DataFrame:
+    """Every model of :func:`external_models` on every class-folder set, unchanged: one row per set and run with
+    its metrics, per-class recall and confusion matrix. Each evaluation is written into the run directory and
+    reused while the run is unchanged (:func:`wbclib.results.evaluate.evaluate_into_run`)."""
+    import matplotlib.pyplot as plt
+
+    from wbclib.results.evaluate import evaluate_into_run
+
+    rows = []
+    for folder in sets:
+        name = Path(folder).name
+        for _, run in external_models(df, subset).iterrows():
+            res = evaluate_into_run(run["path"], name, folder)
+            plt.close("all")  # the evaluation draws its own confusion figure into the run directory
+            masks = res.get("masks") or {}
+            rows.append({"set": name, "run": run["run"], "images": res["n"], "accuracy": res["accuracy"],
+                         "balanced accuracy": res["balanced_accuracy"], "macro-F1": res["macro_f1"],
+                         "majority class": res["majority_baseline"], "PSNR (dB)": res["psnr"],
+                         "mask Dice": masks.get("dice"), "masks": masks.get("n"),
+                         "recall": {c: v["recall"] for c, v in res["per_class"].items()},
+                         "confusion": res["confusion_matrix"], "classes": list(res["per_class"]),
+                         "missing classes": list(res["missing_classes"])})
+    return pd.DataFrame(rows, columns=EXTERNAL_COLUMNS)
+
+
+def external_table(results: pd.DataFrame, set_name: str) -> pd.DataFrame:
+    """The metrics of every model on one set, one row per run (the mask columns only where the set has masks)."""
+    sub = results[results["set"] == set_name].set_index("run")
+    shown = sub[EXTERNAL_COLUMNS[2:10]].dropna(axis=1, how="all")
+    return corner_label(shown.astype({c: float for c in shown.columns if c not in ("images", "masks")}).round(4))
+
+
+def external_recall(results: pd.DataFrame, set_name: str) -> pd.DataFrame:
+    """Recall of each class for every model on one set (rows: runs)."""
+    sub = results[results["set"] == set_name]
+    return pd.DataFrame(list(sub["recall"]), index=list(sub["run"])).round(3)
+
+
+def external_folders(external: str | Path | list | None) -> list[str]:
+    """The sets the external page evaluates: the one given, the list given, or else the embedded data's
+    external sets of white blood cells."""
+    sets = [external] if isinstance(external, (str, Path)) else list(external or [])
+    return [str(s) for s in sets] or [str(p) for p in datasets.embedded_external_sets()]

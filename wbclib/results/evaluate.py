@@ -1,7 +1,7 @@
 """Apply a trained model: ``wbc evaluate`` on a labelled class-folder set, ``wbc predict`` on any images.
 
 Images are loaded as the checkpoint's own config says (the shorter side resized by the rule of ``wbc prepare
---size``, :func:`wbclib.data.datasets.load_image`), then centre-cropped, whatever their size: a full-size image and its
+--size``, :func:`wbclib.data.images.load_image`), then centre-cropped, whatever their size: a full-size image and its
 prepared copy give the model the same pixels. Checkpoints are loaded with ``weights_only=True``.
 """
 
@@ -16,16 +16,11 @@ from tqdm import tqdm
 
 from wbclib import WbcError
 from wbclib.core import storage
-from wbclib.data import datasets, transforms
+from wbclib.data import datasets, images, layout, readers, transforms
+from wbclib.results.adabn import adapt_batchnorm
 from wbclib.training import metrics, runs
-from wbclib.training.inference import Runtime, adapt_batchnorm, load_model, make_loader, predict, predicted_mask
-
-
-def _model(checkpoint):
-    model, config = load_model(checkpoint)
-    config = config.replace(device="auto", num_workers=0, channels_last=None, precision="auto")
-    rt = Runtime.from_config(config)
-    return model.to(rt.device), config, config.classes, rt
+from wbclib.training.inference import forward, load_model, predict
+from wbclib.training.runtime import make_loader
 
 
 def _dataset(records, classes, config, root=None, mask_threshold=None):
@@ -40,13 +35,12 @@ def _loader(ds, config, rt):
 
 
 def _adapt(model, ds, config, rt) -> dict:
-    """AdaBN on the images of ``ds`` (see :func:`wbclib.training.inference.adapt_batchnorm`); what was done, for
+    """AdaBN on the images of ``ds`` (see :func:`wbclib.results.adabn.adapt_batchnorm`); what was done, for
     metrics.json."""
-
-    layers = adapt_batchnorm(model, _loader(ds, config, rt), rt.device, rt.autocast)
+    layers = adapt_batchnorm(model, _loader(ds, config, rt), rt)
     if not layers:
         return {"layers": 0, "images": len(ds), "note": "the model has no BatchNorm layer (norm="
-                f"{getattr(config, 'norm', 'batch')}); AdaBN changes nothing"}
+                f"{config.norm}); AdaBN changes nothing"}
     return {"layers": layers, "images": len(ds), "note": "BatchNorm statistics re-estimated on this set's images "
             "(labels not used)"}
 
@@ -60,8 +54,9 @@ def _run(model, ds, config, rt, progress: bool) -> dict:
 
 def embed_folder(checkpoint, folder, mask_threshold=None, skip_bad: bool = False, progress: bool = False) -> dict:
     """Embeddings, labels and predictions of a class-folder set under a trained model (for t-SNE)."""
-    model, config, classes, rt = _model(checkpoint)
-    records, root = datasets.folder_records(folder, classes, skip_bad=skip_bad)
+    model, config, rt = load_model(checkpoint)
+    classes = config.classes
+    records, root = readers.folder_records(folder, classes, skip_bad=skip_bad)
     pred = _run(model, _dataset(records, classes, config, root, mask_threshold), config, rt, progress)
     pred["prediction"] = pred["logits"].argmax(1)
     return pred
@@ -76,10 +71,11 @@ def evaluate(checkpoint, folder, out, mask_threshold=None, skip_bad: bool = Fals
     from wbclib.results import plots
 
     out = Path(out)
-    model, config, classes, rt = _model(checkpoint)
+    model, config, rt = load_model(checkpoint)
+    classes = config.classes
     storage.refuse_inside(out, [folder], "--out")
     _same_task(checkpoint, config, folder)
-    records, root = datasets.folder_records(folder, classes, skip_bad=skip_bad)
+    records, root = readers.folder_records(folder, classes, skip_bad=skip_bad)
     ds = _dataset(records, classes, config, root, mask_threshold)
     adapted = _adapt(model, ds, config, rt) if adabn else None
     pred = _run(model, ds, config, rt, progress)
@@ -123,8 +119,8 @@ def _same_task(checkpoint, config, folder) -> None:
     if config.num_classes < 2:
         raise WbcError(f"{checkpoint} is a {config.dataset} model (reconstruction only, no classifier); "
                        "evaluate a model trained on labelled cells")
-    names = datasets.class_folder_names(folder)
-    if names and not any(datasets.canonical_class(n, config.classes) is not None for n in names):
+    names = layout.class_folder_names(folder)
+    if names and not any(readers.canonical_class(n, config.classes) is not None for n in names):
         raise WbcError(f"{checkpoint} is a {config.dataset} model (classes {', '.join(config.classes)}), but the "
                        f"class folders of {folder} are {', '.join(names[:8])}: give a model of the same task")
 
@@ -156,21 +152,21 @@ def image_files(inputs) -> list[Path]:
 
     Folders that hold the output of ``wbc predict`` or ``wbc evaluate`` (their PNGs are figures, not cells)
     are refused."""
-    files, problems = [], datasets.Problems(Path("."), "image files (.jpg/.png/.bmp/.tif) or folders holding them")
+    files, problems = [], readers.Problems(Path("."), "image files (.jpg/.png/.bmp/.tif) or folders holding them")
     for item in map(Path, inputs):
         if item.is_dir():
             outputs = [d for d in [item, *item.rglob("*")] if d.is_dir() and _is_wbc_output(d)]
             if outputs:
                 raise WbcError(f"{outputs[0]} holds the output of an earlier wbc predict or evaluate "
                                "(predictions.csv and figures), not cells: give the folders of the images")
-            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in datasets.IMAGE_EXTENSIONS
+            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in layout.IMAGE_EXTENSIONS
                             and not p.name.startswith("."))
         elif item.is_file():
             files.append(item)
         else:
             problems.add(item, "not found")
     for f in files:
-        why = datasets.check_image(f)
+        why = images.check_image(f)
         if why:
             problems.add(f, why)
     problems.settle(skip_bad=False)
@@ -188,35 +184,30 @@ def predict_images(checkpoint, inputs, out=None, progress: bool = False) -> str:
 
     if out:  # never inside a folder it reads, whose next recursive predict would take the PNGs for cells
         storage.refuse_inside(out, [p if Path(p).is_dir() else Path(p).parent for p in inputs], "--out")
-    model, config, classes, rt = _model(checkpoint)
+    model, config, rt = load_model(checkpoint)
+    classes = config.classes
     if config.num_classes < 2:
         raise WbcError(f"{checkpoint} is a {config.dataset} model (reconstruction only, no classifier); "
                        "predict with a model trained on labelled cells")
     files = image_files(inputs)
-    ds = _dataset([datasets.Record(f) for f in files], classes, config)
-    loader = _loader(ds, config, rt)
+    ds = _dataset([readers.Record(f) for f in files], classes, config)
     logits, out_dir = [], Path(out) if out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
     done = 0
-    with torch.no_grad(), tqdm(total=len(files), desc="images", unit="img", disable=not progress) as bar:
-        for batch in loader:
-            images = batch["image"].to(rt.device)
-            with rt.autocast():
-                o = model(images)
-            logits.append(o.class_logits.float().cpu())
+    with tqdm(total=len(files), desc="images", unit="img", disable=not progress) as bar:
+        for f in forward(model, _loader(ds, config, rt), rt):
+            logits.append(f.logits)
             if out_dir:
-                pred = o.class_logits.argmax(1)
-                masks = predicted_mask(o.mask_logits, pred).float().cpu()
+                pred, masks, recon, images = f.predictions, f.pred_masks, f.reconstructions, f.batch["image"]
                 for j in range(len(images)):
-                    name = f"{done + j:05d}_{Path(batch['path'][j]).stem}.png"
-                    fig = plots.reconstruction_grid(images[j:j + 1].cpu(), o.reconstruction[j:j + 1].float().cpu(),
-                                                    pred_masks=masks[j:j + 1],
+                    name = f"{done + j:05d}_{Path(f.batch['path'][j]).stem}.png"
+                    fig = plots.reconstruction_grid(images[j:j + 1], recon[j:j + 1], pred_masks=masks[j:j + 1],
                                                     titles=[classes[int(pred[j])]], n=1)
                     fig.savefig(out_dir / name, dpi=100)
                     plt.close(fig)
-            done += len(images)
-            bar.update(len(images))
+            done += len(f.images)
+            bar.update(len(f.images))
     text = _csv([str(f) for f in files], torch.cat(logits).numpy(), classes)
     if out_dir:
         storage.write_atomic(out_dir / "predictions.csv", text)

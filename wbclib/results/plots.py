@@ -130,8 +130,10 @@ def reconstruction_grid(images, reconstructions, masks=None, pred_masks=None, ti
     return fig
 
 
-def confusion_matrix_plot(cm, class_names: Sequence[str], normalize: bool = True, title: str | None = None) -> Figure:
-    """Heatmap of a confusion matrix (rows = true): colour = row fraction when ``normalize``, text = counts."""
+def confusion_heatmap(ax, cm, class_names: Sequence[str], normalize: bool = True, colorbar: bool = True,
+                      title: str | None = None) -> None:
+    """The one drawing of a confusion matrix, on ``ax``: rows are the true class, columns the prediction, the
+    text is the counts and the colour the fraction of the true class (``normalize``) or the count."""
     counts = np.asarray(cm, dtype=np.int64)
     k = len(class_names)
     if counts.shape != (k, k):
@@ -142,15 +144,21 @@ def confusion_matrix_plot(cm, class_names: Sequence[str], normalize: bool = True
         kw = {"vmin": 0.0, "vmax": 1.0, "cbar_kws": {"label": "fraction of true class"}}
     else:
         values, kw = counts, {"cbar_kws": {"label": "count"}}
-    side = 1.0 + 0.9 * k
-    fig, ax = plt.subplots(figsize=(side + 1.2, side), layout="constrained")
     sns.heatmap(values, annot=counts.astype(str), fmt="", cmap="Blues", square=True, linewidths=0.5,
-                xticklabels=list(class_names), yticklabels=list(class_names), ax=ax, **kw)
+                xticklabels=list(class_names), yticklabels=list(class_names), ax=ax,
+                **(kw if colorbar else {k: v for k, v in kw.items() if k != "cbar_kws"}), cbar=colorbar)
     ax.set(xlabel="predicted", ylabel="true")
     plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
     ax.tick_params(axis="y", rotation=0)
     if title:
         ax.set_title(title)
+
+
+def confusion_matrix_plot(cm, class_names: Sequence[str], normalize: bool = True, title: str | None = None) -> Figure:
+    """One confusion matrix as a figure with its colour bar (:func:`confusion_heatmap`)."""
+    side = 1.0 + 0.9 * len(class_names)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side), layout="constrained")
+    confusion_heatmap(ax, cm, class_names, normalize, title=title)
     return fig
 
 
@@ -220,6 +228,7 @@ __all__ = [
     "LOSS_COMPONENTS",
     "cell_grid",
     "confusion_grid",
+    "confusion_heatmap",
     "confusion_matrix_plot",
     "fit_tsne",
     "learning_curve",
@@ -275,29 +284,19 @@ def recall_bars(recall: pd.DataFrame, title: str | None = None) -> Figure:
 
 
 def confusion_grid(matrices: Sequence[tuple[str, np.ndarray]], class_names: Sequence[str],
-                   title: str | None = None) -> Figure:
-    """Several confusion matrices side by side (rows = true class; colour = fraction of the true class, text =
-    counts), two a row, sharing one colour scale."""
+                   title: str | None = None, per_row: int = 2) -> Figure:
+    """Several confusion matrices side by side (:func:`confusion_heatmap`, colour = fraction of the true class,
+    one shared scale without a bar), ``per_row`` a row, each titled with its name."""
     n = len(matrices)
     if n == 0:
         raise ValueError("confusion_grid needs at least one matrix")
-    k = len(class_names)
-    cols = min(n, 2)
+    cols = min(n, max(1, per_row))
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.2 * rows), squeeze=False, layout="constrained")
     for ax in axes.ravel()[n:]:
         fig.delaxes(ax)
     for ax, (name, cm) in zip(axes.ravel(), matrices):
-        counts = np.asarray(cm, dtype=np.int64)
-        if counts.shape != (k, k):
-            raise ValueError(f"confusion matrix of shape {counts.shape} does not match {k} classes")
-        sums = counts.sum(axis=1, keepdims=True)
-        values = np.divide(counts, sums, out=np.zeros(counts.shape), where=sums > 0)
-        sns.heatmap(values, annot=counts.astype(str), fmt="", cmap="Blues", vmin=0.0, vmax=1.0, square=True,
-                    cbar=False, linewidths=0.5, xticklabels=list(class_names), yticklabels=list(class_names), ax=ax)
-        ax.set(xlabel="predicted", ylabel="true", title=name)
-        plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
-        ax.tick_params(axis="y", rotation=0)
+        confusion_heatmap(ax, cm, class_names, colorbar=False, title=name)
     if title:
         fig.suptitle(title)
     return fig

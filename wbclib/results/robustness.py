@@ -79,12 +79,13 @@ def perturbed_metrics(checkpoint, folder, kinds=None, skip_bad: bool = False) ->
     """Accuracy and balanced accuracy of a trained model on a labelled class-folder set under each perturbation
     (one row per kind and level; kind 'none' is the set as it is). The images reach the model through the
     run's own loader (its resize rule) and evaluation crop, with the perturbation in between."""
-    from wbclib.data import datasets, transforms
-    from wbclib.results.evaluate import _loader, _model
-    from wbclib.training.inference import predict
+    from wbclib.data import datasets, readers, transforms
+    from wbclib.results.evaluate import _loader
+    from wbclib.training.inference import load_model, predict
 
-    model, config, classes, rt = _model(checkpoint)
-    records, root = datasets.folder_records(folder, classes, skip_bad=skip_bad)
+    model, config, rt = load_model(checkpoint)
+    classes = config.classes
+    records, root = readers.folder_records(folder, classes, skip_bad=skip_bad)
     crop = transforms.eval_transform(config.input_size)
     rows = []
     for kind, level in levels(kinds):

@@ -2,9 +2,10 @@
 
 The pieces of the book's domain-shift chapter, kept out of the notebook:
 
-- :data:`SETTINGS` and :func:`grid`: the training runs ``shift-<setting>-s<seed>`` that ``wbc study --only
-  'shift-*'`` trains (WBC_100 from scratch with masks, on the default data, each with one remedy switched on);
-- AdaBN (Li et al., 2016; :func:`wbclib.training.inference.adapt_batchnorm`), the BatchNorm statistics re-estimated
+- :data:`SETTINGS`: the training runs ``shift-<setting>-s<seed>`` that ``wbc study --only 'shift-*'`` trains
+  (WBC_100 from scratch with masks, on the default data, each with one remedy switched on): the ``shift`` rows
+  of the study's grid (:mod:`wbclib.core.grid`);
+- AdaBN (Li et al., 2016; :func:`wbclib.results.adabn.adapt_batchnorm`), the BatchNorm statistics re-estimated
   on the target images at test time, without their labels (``wbc evaluate --adabn``);
 - :func:`image_statistics`: colour and scale of each image of a set, to show what differs between sets;
 - :func:`evaluate_runs`, :func:`remedy_table`, :func:`paired_table` and :func:`choose`: the chapter's tables,
@@ -19,26 +20,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import rgb_to_hsv
 
+from wbclib.core import grid
 from wbclib.training import metrics
-from wbclib.training.inference import adapt_batchnorm, batchnorm_layers
 
-#: Run-id prefix of the domain-shift runs.
-PREFIX = "shift-"
 #: Seeds per setting when ``wbc study --seeds`` is not given.
 SEEDS = 2
-#: The training settings: a name, the config fields it changes and a sentence on what it is. ``bn`` is the
-#: study's WBC_100 from-scratch, with-mask configuration unchanged.
-SETTINGS: dict[str, tuple[dict, str]] = {
-    "bn": ({}, "BatchNorm, the default augmentation (the study's WBC_100 model)"),
-    "gn": ({"norm": "group"}, "GroupNorm instead of BatchNorm"),
-    "bn-color": ({"color_jitter": 0.3, "hue_jitter": 0.1}, "stronger colour jitter with a hue shift"),
-    "bn-zoom": ({"zoom": [1.0, 3.0]}, "half the images enlarged 1-3x"),
-    "bn-color-zoom": ({"color_jitter": 0.3, "hue_jitter": 0.1, "zoom": [1.0, 3.0]}, "colour and zoom"),
-    "gn-color-zoom": ({"norm": "group", "color_jitter": 0.3, "hue_jitter": 0.1, "zoom": [1.0, 3.0]},
-                      "GroupNorm, colour and zoom"),
-    "bn-robust": ({"jpeg_quality": [30, 95], "blur": 1.0, "resample": [0.5, 1.0], "zoom": [0.7, 1.4]},
-                  "image-quality augmentation: JPEG re-compression, blur, shrink-and-enlarge, mild zoom"),
-}
+#: The training settings, from the grid's ``shift`` rows (:mod:`wbclib.core.grid`): a name, the config fields it
+#: changes and a sentence on what it is. ``bn`` is the study's WBC_100 from-scratch, with-mask configuration unchanged.
+SETTINGS: dict[str, tuple[dict, str]] = {c.cells[0].row: (c.overrides or {}, c.words)
+                                         for c in grid.configurations("shift")}
 #: How a model is applied at test time: unchanged, or with AdaBN (BatchNorm models only).
 MODES = ("plain", "adabn")
 
@@ -47,13 +37,6 @@ def describe(setting: str, seed: int) -> str:
     """A shift run in words (the title of its page in the book)."""
     words = SETTINGS[setting][1] if setting in SETTINGS else setting
     return f"domain shift: {words}, WBC_100 from scratch, seed {seed}"
-
-
-def grid(seeds: list[int]) -> list[tuple[str, int, dict, str]]:
-    """The runs of the domain-shift chapter, as (configuration, seed, notebook parameters, setting): every
-    setting of :data:`SETTINGS` for every seed (the study makes them jobs)."""
-    return [(f"{PREFIX}{name}", s, {"dataset": "wbc", "subset": 100, "masks": True, "overrides": dict(changes)},
-             name) for s in seeds for name, (changes, _) in SETTINGS.items()]
 
 
 # -- what differs between the sets ------------------------------------------------------------------------
@@ -75,15 +58,15 @@ def image_statistics(folder: str | Path, name: str | None = None, limit: int | N
     """One row per image of a class-folder set: its set name, class, size, mean RGB, mean hue, saturation
     and brightness, and :func:`stained_fraction`. ``limit`` draws that many images at random (seeded)."""
     from wbclib import WBC_CLASSES
-    from wbclib.data import datasets
+    from wbclib.data import images, readers
 
-    records, _ = datasets.folder_records(Path(folder), WBC_CLASSES, check=False)
+    records, _ = readers.folder_records(Path(folder), WBC_CLASSES, check=False)
     if limit and len(records) > limit:
         idx = np.random.default_rng(seed).choice(len(records), limit, replace=False)
         records = [records[i] for i in sorted(idx)]
     rows = []
     for r in records:
-        img = datasets.open_image(r.path)
+        img = images.open_image(r.path)
         rgb = np.asarray(img, dtype=np.float32) / 255
         h, s, v = np.moveaxis(rgb_to_hsv(rgb), -1, 0)
         # Hue is circular: averaged as an angle, reported in -0.5..0.5 (0 red, positive towards yellow, negative
@@ -119,17 +102,17 @@ def examples_figure(folders: dict[str, str | Path], n: int = 6, size: int = 96, 
     import matplotlib.pyplot as plt
 
     from wbclib import WBC_CLASSES
-    from wbclib.data import datasets
+    from wbclib.data import images, readers
 
     fig, axes = plt.subplots(len(folders), n, figsize=(1.4 * n, 1.5 * len(folders)), layout="constrained",
                              squeeze=False)
     for row, (name, folder) in zip(axes, folders.items()):
-        records, _ = datasets.folder_records(Path(folder), WBC_CLASSES, check=False)
+        records, _ = readers.folder_records(Path(folder), WBC_CLASSES, check=False)
         pick = np.random.default_rng(seed).choice(len(records), min(n, len(records)), replace=False)
         for ax in row:
             ax.axis("off")
         for ax, i in zip(row, pick):
-            img = datasets.open_image(records[i].path)
+            img = images.open_image(records[i].path)
             w, h = img.size
             k = size / min(w, h)
             img = img.resize((max(size, round(w * k)), max(size, round(h * k))))
@@ -143,22 +126,12 @@ def examples_figure(folders: dict[str, str | Path], n: int = 6, size: int = 96, 
 def confusion_figure(results: pd.DataFrame, set_name: str, remedies: list[tuple[str, str]]):
     """Confusion matrices (rows: true class, colour: row fraction, text: counts summed over seeds) of the
     given (setting, mode) pairs on one set, side by side."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
     from wbclib import WBC_CLASSES
+    from wbclib.results import plots
 
-    mats = [(variant(s, m), mean_confusion(results, set_name, s, m)) for s, m in remedies]
-    mats = [(name, cm) for name, cm in mats if cm is not None]
-    fig, axes = plt.subplots(1, len(mats), figsize=(4.2 * len(mats), 4), layout="constrained", squeeze=False)
-    for ax, (name, cm) in zip(axes[0], mats):
-        sums = cm.sum(axis=1, keepdims=True)
-        frac = np.divide(cm, sums, out=np.zeros(cm.shape), where=sums > 0)
-        sns.heatmap(frac, annot=cm.astype(int).astype(str), fmt="", cmap="Blues", vmin=0, vmax=1, cbar=False,
-                    square=True, xticklabels=[c[:4] for c in WBC_CLASSES], yticklabels=[c[:4] for c in WBC_CLASSES],
-                    ax=ax)
-        ax.set(title=f"{set_name}: {name}", xlabel="predicted", ylabel="true")
-    return fig
+    mats = [(f"{set_name}: {variant(s, m)}", mean_confusion(results, set_name, s, m)) for s, m in remedies]
+    return plots.confusion_grid([(name, cm) for name, cm in mats if cm is not None],
+                                [c[:4] for c in WBC_CLASSES], per_row=len(mats))
 
 
 # -- the chapter's tables ---------------------------------------------------------------------------------
@@ -224,12 +197,7 @@ def _ci(values) -> dict:
 
 
 def _cell(values, digits: int = 3) -> str:
-    ci = _ci(values)
-    if ci["n"] == 0:
-        return "–"
-    if ci["low"] is None:
-        return f"{ci['mean']:.{digits}f} (1 seed)"
-    return f"{ci['mean']:.{digits}f} [{ci['low']:.{digits}f}, {ci['high']:.{digits}f}]"
+    return metrics.format_mean_ci(list(values), digits, bounds=True)
 
 
 def remedy_table(runs: pd.DataFrame, results: pd.DataFrame, metric: str = "balanced_accuracy") -> pd.DataFrame:
@@ -312,9 +280,8 @@ def paired_table(results: pd.DataFrame, baseline: str = "bn", n_boot: int = 2000
             mc = metrics.mcnemar(ca, cb)
             rows.append({"remedy": variant(setting, mode), "set": set_name, "seeds": len(diffs),
                          "Δ balanced accuracy (points)": 100 * ci["mean"],
-                         "95 % CI over seeds": "–" if ci["low"] is None else
-                         f"{100 * ci['low']:+.1f} to {100 * ci['high']:+.1f}",
-                         "bootstrap 95 % CI (pooled)": f"{100 * boot['low']:+.1f} to {100 * boot['high']:+.1f}",
+                         "95 % CI over seeds": metrics.format_interval(ci),
+                         "bootstrap 95 % CI (pooled)": metrics.format_interval(boot),
                          "Δ accuracy (points)": 100 * (ca.mean() - cb.mean()),
                          "McNemar p": mc["p_value"], "verdict": verdict(ci, boot)})
     return pd.DataFrame(rows)
@@ -369,12 +336,9 @@ def mean_confusion(results: pd.DataFrame, set_name: str, setting: str, mode: str
 __all__ = [
     "MODES",
     "SETTINGS",
-    "adapt_batchnorm",
-    "batchnorm_layers",
     "choose",
     "evaluate_runs",
     "goal_summary",
-    "grid",
     "image_statistics",
     "mean_confusion",
     "paired_table",

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from wbclib import WBC_SUBSETS, WbcError
-from wbclib.core import storage
+from wbclib.core import grid, storage
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -244,7 +244,7 @@ def write_data_summary(book_root: Path, roots: dict[str, Path], sources: dict[st
     ``roots`` maps wbc / cam16 / prcc to the folder each was read from, ``sources`` to a sentence on its origin.
     """
     from wbclib import CAM16_CLASSES, WBC_CLASSES
-    from wbclib.data import datasets as d
+    from wbclib.data import readers
 
     lines = [f"- **{name}**: {sources[key]}" for key, name in (("wbc", "WBC"), ("prcc", "pRCC stage"),
                                                               ("cam16", "CAM16 stage"))]
@@ -256,13 +256,13 @@ def write_data_summary(book_root: Path, roots: dict[str, Path], sources: dict[st
         rows.append(f"| {name} | {len(records)} | {sum(r.mask_path is not None for r in records)} | {per} |")
 
     wbc, cam, prcc = roots["wbc"], roots["cam16"], roots["prcc"]
-    splits = [*[(f"WBC_{n} train", (lambda n=n: d.wbc_records(wbc, n, "train", check=False)), WBC_CLASSES)
+    splits = [*[(f"WBC_{n} train", (lambda n=n: readers.wbc_records(wbc, n, "train", check=False)), WBC_CLASSES)
                 for n in WBC_SUBSETS],
-              ("WBC val", lambda: d.wbc_records(wbc, 100, "val", check=False), WBC_CLASSES),
-              *[(f"CAM16 {s}", (lambda s=s: d.cam16_records(cam, s, check=False)), CAM16_CLASSES)
+              ("WBC val", lambda: readers.wbc_records(wbc, 100, "val", check=False), WBC_CLASSES),
+              *[(f"CAM16 {s}", (lambda s=s: readers.cam16_records(cam, s, check=False)), CAM16_CLASSES)
                 for s in ("train", "val", "test")],
-              ("pRCC train", lambda: d.prcc_records(prcc, "train", check=False), ()),
-              ("pRCC val", lambda: d.prcc_records(prcc, "val", check=False), ())]
+              ("pRCC train", lambda: readers.prcc_records(prcc, "train", check=False), ()),
+              ("pRCC val", lambda: readers.prcc_records(prcc, "val", check=False), ())]
     for split, fn, classes in splits:
         try:
             add(split, fn(), classes)
@@ -337,7 +337,7 @@ def gpu_check_tables() -> str:
                 feed.append(f"| {row['num_workers']} | {row['train_images_per_s']:.0f} | "
                             f"{100 * row['data_wait_share']:.1f} % |")
         est = r.get("estimate_current_trainer") or parts.get("estimate", {})
-        total = (f"Estimated GPU time of the 21-run paper study (one seed, course counts): "
+        total = (f"Estimated GPU time of the {grid.size()}-run paper study (one seed, course counts): "
                  f"**{est['total_gpu_hours']:.2f} GPU-hours** ({est.get('note', 'from this run')})."
                  if "total_gpu_hours" in est else "")
         goals = "\n".join(f"- {line}" for line in r.get("verdicts", []))

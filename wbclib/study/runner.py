@@ -1,10 +1,8 @@
-"""The report's grid of runs, executed as papermill notebooks in kept-alive kernels (:class:`Slot`), then the
-analysis and the book (:mod:`wbclib.study.book`).
+"""The study's runs, executed as papermill notebooks in kept-alive kernels (:class:`Slot`), then the analysis and
+the book (:mod:`wbclib.study.book`).
 
-Run ids name the configuration: ``prcc``, ``cam16-ce``, ``cam16-ce-prcc``, ``cam16-ce-dice``,
-``cam16-ce-prcc-dice`` and ``wbc<N>-<scratch|pretrained>-<nomask|mask>`` (N in ``wbclib.WBC_SUBSETS``), each followed
-by ``-s<seed>``. Pretrained CAM16 runs start from ``prcc``; pretrained WBC runs start from the CAM16 model
-that saw pRCC pretraining and every loss (``cam16-ce-prcc-dice``). Dependencies run first.
+The runs are the rows of the grid (:mod:`wbclib.core.grid`) times the seeds: run ``<configuration>-s<seed>``
+starts from the run of the configuration its row names, with the same seed, and dependencies run first.
 """
 
 from __future__ import annotations
@@ -18,8 +16,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wbclib import WBC_SUBSETS, WbcError
+from wbclib import WbcError
 from wbclib.core import config as cfg
+from wbclib.core import grid as table
 from wbclib.core import storage
 from wbclib.study.book import (
     KERNEL,
@@ -42,12 +41,6 @@ from wbclib.study.book import (
 )
 from wbclib.training import runs
 
-#: The pretrained WBC runs start from this CAM16 configuration.
-WBC_PRETRAINED_FROM = "cam16-ce-prcc-dice"
-#: The WBC subsets of the blood-smear chain (``--smear-chain``), and the tile folder its first stage reads.
-SMEAR_SUBSETS = (1, 10)
-SMEAR_FOLDER = "smears_nolabel"
-
 
 @dataclass
 class Job:
@@ -65,42 +58,27 @@ class Job:
     attempts: int = 0  # times it was started (a run whose process died is started again, see run_grid)
 
 
-def make_job(configuration: str, seed: int, params: dict, depends: str | None = None, **structure) -> Job:
-    """A job of configuration ``configuration`` and seed ``seed``; ``depends`` names the configuration it
-    starts from (same seed)."""
-    return Job(runs.run_id(configuration, seed), {**params, "seed": seed},
-               runs.run_id(depends, seed) if depends else None,
-               {"configuration": configuration, "seed": seed, "chapter": "report", "dataset": params["dataset"],
-                "subset": params.get("subset"), "masks": params.get("masks", True), "pretrained": bool(depends),
-                **structure})
+def make_job(configuration: table.Configuration, seed: int) -> Job:
+    """The job of one row of the grid (:mod:`wbclib.core.grid`) and one seed; it depends on the run of the
+    configuration it starts from, with the same seed."""
+    c = configuration
+    depends = runs.run_id(c.start_from, seed) if c.start_from else None
+    return Job(runs.run_id(c.id, seed), table.params(c, seed), depends, table.structure(c, seed))
+
+
+def jobs_of(chapters: tuple[str, ...], seeds: list[int]) -> list[Job]:
+    """One job per configuration of the chapters and seed: within a seed in :func:`wbclib.core.grid.run_order`,
+    then every seed's prcc stage, then every seed's CAM16 stage, then the WBC runs (dependency order)."""
+    ordered = sorted(table.configurations(*chapters), key=table.run_order)
+    jobs = [make_job(c, s) for s in seeds for c in ordered]
+    return sorted(jobs, key=lambda j: table.STAGES.index(j.params["dataset"]))
 
 
 def grid(seeds: list[int], smear_chain: bool = False) -> list[Job]:
     """Every configuration of the report, in dependency order (and the largest WBC subsets first); with
     ``smear_chain``, also the chain that pretrains on blood-smear tiles instead of H&E (WBC_1 and WBC_10, with
     masks), to compare with the report's chain and with training from scratch."""
-    jobs = []
-    for s in seeds:
-        if smear_chain:
-            sc = runs.smear_configuration
-            jobs.append(make_job(sc("prcc"), s, {"dataset": "prcc", "masks": False,
-                                                 "overrides": {"prcc_folder": SMEAR_FOLDER}}, chain="smears"))
-            jobs.append(make_job(sc("cam16"), s, {"dataset": "cam16", "masks": True}, sc("prcc"), chain="smears"))
-            jobs += [make_job(sc("wbc", n), s, {"dataset": "wbc", "subset": n, "masks": True}, sc("cam16"),
-                              chain="smears") for n in SMEAR_SUBSETS]
-        jobs.append(make_job("prcc", s, {"dataset": "prcc", "masks": False}))
-        for pre in (False, True):
-            for dice in (False, True):
-                jobs.append(make_job(runs.cam16_configuration(pre, dice), s, {"dataset": "cam16", "masks": dice},
-                                "prcc" if pre else None))
-        for n in reversed(WBC_SUBSETS):  # the longest runs first: parallel slots finish together
-            for pre in (False, True):
-                for mask in (False, True):
-                    jobs.append(make_job(runs.wbc_configuration(n, pre, mask), s,
-                                    {"dataset": "wbc", "subset": n, "masks": mask},
-                                    WBC_PRETRAINED_FROM if pre else None))
-    order = {"prcc": 0, "cam16": 1, "wbc": 2}
-    return sorted(jobs, key=lambda j: order[j.params["dataset"]])
+    return jobs_of(("report", "smears") if smear_chain else ("report",), seeds)
 
 
 def select(jobs: list[Job], pattern: str | None) -> list[Job]:
@@ -455,8 +433,7 @@ def run(args: Options, log=print) -> int:
     # The domain-shift runs (shift-*) are opt-in: only a pattern given with --only can select them.
     from wbclib.results import shift
 
-    shift_jobs = [make_job(c, s, p, setting=name, chapter="shift") for c, s, p, name in
-                  shift.grid(list(range(args.seeds or shift.SEEDS)))] if args.only else []
+    shift_jobs = jobs_of(("shift",), list(range(args.seeds or shift.SEEDS))) if args.only else []
     jobs = select(grid(list(range(seeds)), args.smear_chain) + shift_jobs, args.only)
     data_root = str(Path(args.data_root).expanduser().resolve()) if args.data_root else None
     # Every config resolved once, before anything runs (a bad --set fails here, once).
@@ -489,7 +466,8 @@ def _study(args: Options, t0, configs, runs_dir, jobs, data_root, external, log)
     log(f"data: ready in {time.time() - t:.1f}s" + ("; numbers are not real results" if args.data == "synthetic"
                                                      and not data_root else ""))
     from wbclib import CAM16_CLASSES
-    from wbclib.data.datasets import external_sets, holds_classes
+    from wbclib.data.datasets import external_sets
+    from wbclib.data.readers import holds_classes
 
     if external is None and not data_root and args.data == "embedded":
         external = [str(p) for p in external_sets()] + [str(p) for p in external_sets(CAM16_CLASSES)]

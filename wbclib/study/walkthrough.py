@@ -16,13 +16,14 @@ from torch.utils.data import default_collate
 
 from wbclib.core import config as cfg
 from wbclib.data.datasets import Splits, build_splits, data_root
-from wbclib.model.losses import MultiTaskLoss, mask_targets
-from wbclib.model.network import MultiTaskUNet
-from wbclib.training import inference, train
+from wbclib.model.losses import LOSS_PARTS, MASKED_PART, MultiTaskLoss
+from wbclib.model.network import MultiTaskUNet, build_model
+from wbclib.training import inference, runtime, train
 
 
-def walkthrough_config(subset: int = 100, batch_size: int = 16, lambda_ce: float = 2.0, lambda_dice: float = 1.0,
-                       base_width: int = 16, lr: float = 2e-3, seed: int = 0) -> cfg.RunConfig:
+def walkthrough_config(subset: int = 100, batch_size: int = 16, lambda_ce: float = cfg.RunConfig.lambda_ce,
+                       lambda_dice: float = cfg.RunConfig.lambda_dice, base_width: int = 16, lr: float = 2e-3,
+                       seed: int = 0) -> cfg.RunConfig:
     """The quick profile on the embedded real cells, with the walkthrough's knobs (on the CPU, every step in the
     main process)."""
     return cfg.from_profile("quick", dataset="wbc", subset=subset, data="embedded", batch_size=batch_size,
@@ -69,10 +70,8 @@ def model_parts(model: MultiTaskUNet, images: torch.Tensor) -> pd.DataFrame:
 
     handles = [m.register_forward_hook(hook(name)) for name, m in parts]
     was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
-            model(images)
+        inference.one_batch(model, {"image": images})
     finally:
         for h in handles:
             h.remove()
@@ -87,47 +86,32 @@ def model_parts(model: MultiTaskUNet, images: torch.Tensor) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("part")
 
 
-def loss_terms(model: MultiTaskUNet, batch: dict, lambda_ce: float = 2.0, lambda_dice: float = 1.0) -> pd.DataFrame:
-    """Each term of the objective on one batch (one forward pass in eval mode): its value, its weight and its
-    share of the total, with how many samples each term sees."""
-    loss = MultiTaskLoss(lambda_ce, lambda_dice)
-    model.eval()
+def loss_terms(model: MultiTaskUNet, batch: dict, config: cfg.RunConfig) -> pd.DataFrame:
+    """Each term of the objective the run of ``config`` trains (:meth:`MultiTaskLoss.from_config`) on one batch
+    (one forward pass in eval mode): its value, its weight and its share of the total, with how many samples
+    each term sees."""
+    loss, rt = MultiTaskLoss.from_config(config), runtime.Runtime.plain(next(model.parameters()).device)
+    f = inference.one_batch(model, batch, rt)
+    labels, masks, has_mask = runtime.targets_to_device(batch, rt)
     with torch.no_grad():
-        out = model(batch["image"])
-        parts = loss(out, batch["image"], batch["label"], batch["mask"], batch["has_mask"])
-    n, masked = len(batch["image"]), int(loss.dice_samples(batch["label"], batch["has_mask"]).sum())
+        parts = loss(f.out, f.images, labels, masks, has_mask)
+    n, masked = len(f.images), int(loss.dice_samples(labels, has_mask).sum())
     rows = [("reconstruction MSE", float(parts.mse), 1.0, f"all {n}"),
-            ("cross-entropy", float(parts.ce), lambda_ce, f"all {n} (labelled)"),
-            ("Generalized Dice", float(parts.dice), lambda_dice, f"{masked} with a mask")]
+            ("cross-entropy", float(parts.ce), loss.lambda_ce, f"all {n} (labelled)"),
+            ("Generalized Dice", float(parts.dice), loss.lambda_dice, f"{masked} with a mask")]
     total = float(parts.total)
     df = pd.DataFrame([{"term": t, "value": v, "weight": w, "weighted": w * v,
                         "share of total": (w * v / total if total else 0.0), "samples": s} for t, v, w, s in rows])
-    return pd.concat([df, pd.DataFrame([{"term": "total", "value": total, "weight": None, "weighted": total,
+    return pd.concat([df, pd.DataFrame([{"term": LOSS_PARTS[0], "value": total, "weight": None, "weighted": total,
                                          "share of total": 1.0, "samples": f"{n}"}])]).set_index("term")
 
 
-def dice_target(batch: dict, num_classes: int) -> torch.Tensor:
-    """The C-channel mask target of a batch (the cell painted in its class's channel, zero elsewhere)."""
-    return mask_targets(batch["mask"], batch["label"], num_classes)
-
-
-@torch.no_grad()
-def evaluate(model: MultiTaskUNet, dataset, rt: inference.Runtime, batch_size: int = 64) -> dict:
-    """Accuracy, embeddings, labels and predictions of ``model`` on ``dataset`` (eval mode)."""
-    model.eval()
-    embeddings, labels, predictions = [], [], []
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    for batch in loader:
-        images = batch["image"].to(rt.device)
-        with rt.autocast():
-            out = model(images)
-        embeddings.append(out.embedding.float().cpu())
-        predictions.append(out.class_logits.float().argmax(1).cpu())
-        labels.append(batch["label"])
-    model.train()
-    y, p = torch.cat(labels).numpy(), torch.cat(predictions).numpy()
-    return {"accuracy": float((y == p).mean()), "embedding": torch.cat(embeddings).numpy(), "label": y,
-            "prediction": p}
+def evaluate(model: MultiTaskUNet, dataset, rt: runtime.Runtime, batch_size: int = 64) -> dict:
+    """Accuracy, embeddings, labels and predictions of ``model`` on ``dataset`` (eval mode; the model is left in
+    it)."""
+    pred = inference.predict(model, torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False), rt)
+    y, p = pred["label"], pred["logits"].argmax(1)
+    return {"accuracy": float((y == p).mean()), "embedding": pred["embedding"], "label": y, "prediction": p}
 
 
 def held_out(data: Splits, n: int, seed: int = 0):
@@ -150,52 +134,37 @@ def short_training(config: cfg.RunConfig, data: Splits, steps: int = 300, eval_e
     cosine schedule, recording every step's loss terms and, every ``eval_every`` steps, the accuracy on
     ``val_cells`` held-out cells. Returns the model (eval mode) and the history (one row per step)."""
     torch.manual_seed(config.seed)
-    rt = inference.Runtime.from_config(config)
-    model = inference.build_model(config).to(rt.device)
+    rt = runtime.Runtime.from_config(config)
+    model = build_model(config).to(rt.device)
     if rt.channels_last:
         model.to(memory_format=torch.channels_last)
-    loss_fn = MultiTaskLoss(config.lambda_ce, config.lambda_dice if config.uses_dice else 0.0)
+    loss_fn = MultiTaskLoss.from_config(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     generator = torch.Generator().manual_seed(config.seed)
-    loader = inference.make_loader(data.train, config, rt, shuffle=True, generator=generator)
+    loader = runtime.make_loader(data.train, config, rt, shuffle=True, generator=generator)
     epochs = max(1, -(-steps // len(loader)))
     scheduler = train.make_scheduler(optimizer, config.replace(epochs=epochs), len(loader), epochs)
     val = held_out(data, val_cells, config.seed)
     rows, step, t0 = [], 0, time.time()
     while step < steps:
         for batch in loader:
-            images, labels, masks, has_mask = inference.to_device(batch, rt)
-            model.train()
-            with rt.autocast():
-                out = model(images)
-            parts = loss_fn(out, images, labels, masks, has_mask)
-            optimizer.zero_grad(set_to_none=True)
-            parts.total.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            if config.lr_schedule == "cosine":
-                scheduler.step()
             step += 1
-            values = {k: float(getattr(parts, k).detach()) for k in ("total", "mse", "ce", "dice")}
-            row = {"step": step, **values,
-                   "dice": values["dice"] if bool(loss_fn.dice_samples(labels, has_mask).any()) else np.nan,
-                   "val_accuracy": np.nan, "seconds": time.time() - t0}
+            done = train.train_step(model, batch, loss_fn, optimizer, config, rt,
+                                    scheduler if config.lr_schedule == "cosine" else None, step=step)
+            row = {"step": step, **done.losses, "val_accuracy": np.nan, "seconds": time.time() - t0}
+            if not done.masked:  # no sample of the batch had a mask: the Dice term saw nothing
+                row[MASKED_PART] = np.nan
             if step % eval_every == 0 or step == steps:
                 row["val_accuracy"] = evaluate(model, val, rt)["accuracy"]
             rows.append(row)
             if step >= steps:
                 break
     model.eval()
-    return model, pd.DataFrame(rows)
+    return model, pd.DataFrame(rows, columns=["step", *LOSS_PARTS, "val_accuracy", "seconds"])
 
 
-@torch.no_grad()
 def predict_batch(model: MultiTaskUNet, batch: dict) -> dict:
     """Reconstructions, predicted classes and the predicted class's mask (probability > 0.5) of a batch."""
-    model.eval()
-    out = model(batch["image"])
-    pred = out.class_logits.argmax(1)
-    probs = torch.sigmoid(inference.class_mask(out.mask_logits, pred))
-    return {"reconstructions": out.reconstruction.clamp(0, 1), "predictions": pred,
-            "pred_masks": inference.predicted_mask(out.mask_logits, pred).float(), "mask_probabilities": probs}
+    f = inference.one_batch(model, batch)
+    return {"reconstructions": f.reconstructions, "predictions": f.predictions, "pred_masks": f.pred_masks,
+            "mask_probabilities": f.mask_probabilities}

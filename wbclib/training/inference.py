@@ -1,219 +1,115 @@
-"""The model at work, the same for training, evaluation, the benchmarks and the notebooks: the device
-runtime, loading a trained model, loaders in evaluation order, the forward-pass loop (``predict``) with the
-metrics of a split, the predicted-mask rule, and the examples the figures show."""
+"""A trained model at work: loading it from a run (:func:`load_model`), the one forward-pass loop that every
+caller runs it through (:func:`forward`), the predicted-mask rule, the metrics of a split (:func:`predict`,
+:func:`summarise`; with a loss, the validation of a training run) and the examples the figures show.
+
+Where the model runs (device, precision, loaders) is :mod:`wbclib.training.runtime`; the training step is
+:func:`wbclib.training.train.train_step`.
+"""
 
 from __future__ import annotations
 
-import functools
 import math
-import os
-import random
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import default_collate
 
 from wbclib import WbcError
 from wbclib.core import config as cfg
 from wbclib.core import faults
 from wbclib.data import datasets
-from wbclib.model.network import MultiTaskUNet
-from wbclib.training import distributed, metrics, runs
-
-LOSS_PARTS = ("total", "mse", "ce", "dice")
+from wbclib.model.losses import LOSS_PARTS, Averages, LossParts
+from wbclib.model.network import MultiTaskUNet, UNetOutput, build_model, describe_network
+from wbclib.training import metrics, runs
+from wbclib.training.runtime import Runtime, images_to_device, targets_to_device
 
 
 class TrainingDiverged(WbcError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-# -- the device ----------------------------------------------------------------------------------------------
+# -- the model of a run --------------------------------------------------------------------------------------
 
-def resolve_device(name: str) -> torch.device:
-    """The device of a config's ``device`` value; a clear error for a device this machine does not have."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError, ValueError):
-        raise WbcError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise WbcError(f"device {name!r} is not supported: use auto, cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise WbcError(f"device {name!r} requested but CUDA is not available on this machine "
-                       "(use --device cpu, or auto)")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        n = torch.cuda.device_count()
-        raise WbcError(f"device {name!r} requested but this machine has {n} CUDA device(s): cuda:0"
-                       + (f" to cuda:{n - 1}" if n > 1 else ""))
-    return device
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware (AMX or AVX512-BF16); emulated bf16 is slower than fp32."""
-    if faults.pretend("cpu-without-bf16"):
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-@dataclass
-class Runtime:
-    """Device-dependent choices resolved from the config's 'auto' values."""
-
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    channels_last: bool
-    num_workers: int
-
-    @classmethod
-    def from_config(cls, config: cfg.RunConfig) -> Runtime:
-        """'auto' picks what benchmarks/throughput.py measured to be fastest: bf16 autocast on GPUs and on
-        CPUs with native bf16 (fp32 elsewhere), channels_last everywhere."""
-        device = resolve_device(config.device)
-        cuda = device.type == "cuda"
-        precision = config.precision
-        if precision == "auto":
-            precision = "bf16" if cuda or cpu_has_native_bf16() else "fp32"
-        channels_last = True if config.channels_last is None else config.channels_last
-        workers = config.num_workers
-        if workers is None:
-            workers = min(8, max(0, (os.cpu_count() or 1) - 1)) if cuda else 0
-        return cls(device, torch.bfloat16 if precision == "bf16" else None, channels_last, workers)
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
-
-
-#: On a CPU, loader processes pay off when the stored images hold at least this many times the pixels that the
-#: network's input is cut from: decoding and resizing them then holds up the training steps (full-size 360-px
-#: PBC JPEGs for a 96-px input: 14x; on an idle 2-core EPYC 25 % of step time waiting without a worker, 3 % with one).
-#: The 96-px embedded cells (1x) keep loading in the training process.
-DECODE_BOUND_RATIO = 4
-
-
-def cpu_loader_workers(config: cfg.RunConfig, dataset: datasets.CellDataset) -> int:
-    """Loader processes for a CPU run whose config leaves ``num_workers`` open: one per thread this process
-    has beyond its first (at most 4) when decoding is the bottleneck (see :data:`DECODE_BOUND_RATIO`; judged
-    from up to 16 images spread over the set), else none. The choice depends only on the data, the config and
-    the thread count, so a resumed run makes the same one."""
-    records = dataset.records[::max(1, len(dataset.records) // 16)][:16]
-    sizes = [s for s in (datasets.image_size(r.path) for r in records) if s]
-    if not sizes:
-        return 0
-    stored = float(np.median([w * h for w, h in sizes]))
-    side = config.resize or config.input_size
-    if stored < DECODE_BOUND_RATIO * side * side:
-        return 0
-    return max(0, min(4, torch.get_num_threads() - 1))
-
-
-# -- loaders -------------------------------------------------------------------------------------------------
-
-def seed_worker(worker_id: int) -> None:
-    s = torch.initial_seed() % 2**32
-    random.seed(s)
-    np.random.seed(s)
-
-
-def to_device(batch: dict, rt: Runtime):
-    nb = rt.device.type == "cuda"
-    fmt = torch.channels_last if rt.channels_last else torch.contiguous_format
-    images = batch["image"].to(rt.device, non_blocking=nb).contiguous(memory_format=fmt)
-    labels = torch.as_tensor(batch["label"]).to(rt.device, non_blocking=nb)
-    masks = batch["mask"].to(rt.device, non_blocking=nb)
-    has_mask = torch.as_tensor(batch["has_mask"]).to(rt.device, non_blocking=nb)
-    return images, labels, masks, has_mask
-
-
-def make_loader(dataset, config: cfg.RunConfig, rt: Runtime, shuffle: bool = False, generator=None,
-                ctx: distributed.Context | None = None) -> DataLoader:
-    """Evaluation loader (in order), or the training loader: shuffled global batches, this process's share.
-
-    Workers are not persistent: they are re-seeded from ``generator`` every epoch, which keeps resume exact.
-    """
-    common = dict(num_workers=rt.num_workers, pin_memory=rt.device.type == "cuda", worker_init_fn=seed_worker,
-                  generator=generator, persistent_workers=False)
-    if not shuffle:
-        return DataLoader(dataset, batch_size=config.batch_size, shuffle=False, **common)
-    sampler = distributed.ShardedBatchSampler(len(dataset), config.batch_size, ctx or distributed.Context(),
-                                              generator)
-    return DataLoader(dataset, batch_sampler=sampler, **common)
-
-
-# -- the model -----------------------------------------------------------------------------------------------
-
-def build_model(config: cfg.RunConfig) -> MultiTaskUNet:
-    model = MultiTaskUNet(config.num_classes, config.base_width, config.depth, norm=config.norm)
-    model.upsample_in_autocast_dtype = config.upsample_bf16
-    return model
-
-
-def load_model(run_or_file: str | Path, device: str | torch.device = "cpu") -> tuple[MultiTaskUNet, cfg.RunConfig]:
-    """The model of a finished (or interrupted) run and its config, in eval mode."""
+def load_model(run_or_file: str | Path, device: str | torch.device = "auto", precision: str = "auto",
+               channels_last: bool | None = None) -> tuple[MultiTaskUNet, cfg.RunConfig, Runtime]:
+    """The model of a finished (or interrupted) run in eval mode on its device, the config it was trained with,
+    and the runtime to apply it with: ``device``, ``precision`` and ``channels_last`` as a config takes them
+    ('auto' and None: what is fastest here), batches loaded in this process."""
     state = runs.load_checkpoint(run_or_file, map_location="cpu")
-    config = cfg.from_dict(state["config"]) if "config" in state else cfg.from_profile("quick")
+    config = cfg.from_dict(state["config"])
+    rt = Runtime.from_config(config.replace(device=str(device), precision=precision, channels_last=channels_last,
+                                            num_workers=0))
     model = build_model(config)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError:
-        assumed = "" if "config" in state else ", assumed: the checkpoint has no config"
         raise WbcError(f"{run_or_file}: its weights do not fit the network its config describes "
-                       f"({describe_network(config)}{assumed}); it was made by another program or config") from None
-    return model.to(device).eval(), config
+                       f"({describe_network(config)}); it was made by another program or config") from None
+    return model.to(rt.device).eval(), config, rt
 
 
-def describe_network(config: cfg.RunConfig) -> str:
-    return (f"{config.profile} profile, {config.dataset}, {config.num_classes} classes, base width "
-            f"{config.base_width}, depth {config.depth}")
+# -- the forward pass ----------------------------------------------------------------------------------------
+
+@dataclass
+class Forward:
+    """One batch through the model: the batch as the loader gave it, its images on the device and the model's
+    output (on the device). The properties are host copies of what callers keep."""
+
+    batch: dict
+    images: torch.Tensor
+    out: UNetOutput
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """(B, C) class logits, float32."""
+        return self.out.class_logits.float().cpu()
+
+    @property
+    def embedding(self) -> torch.Tensor:
+        """(B, D) embeddings, float32."""
+        return self.out.embedding.float().cpu()
+
+    @property
+    def predictions(self) -> torch.Tensor:
+        """(B,) predicted classes."""
+        return self.out.class_logits.argmax(1).cpu()
+
+    @property
+    def reconstructions(self) -> torch.Tensor:
+        """(B, 3, H, W) reconstructions, clamped to the image range [0, 1]."""
+        return self.out.reconstruction.float().clamp(0, 1).cpu()
+
+    @property
+    def pred_masks(self) -> torch.Tensor:
+        """(B, 1, H, W) predicted cell masks (0/1, float) of each sample's predicted class."""
+        return predicted_mask(self.out.mask_logits, self.out.class_logits.argmax(1)).float().cpu()
+
+    @property
+    def mask_probabilities(self) -> torch.Tensor:
+        """(B, 1, H, W) the probability of "cell" at each pixel, in the predicted class's mask channel."""
+        return torch.sigmoid(class_mask(self.out.mask_logits, self.out.class_logits.argmax(1))).cpu()
 
 
-# -- the forward pass and the metrics of a split -------------------------------------------------------------
-
-class Averages:
-    """Running sample-weighted means of the loss components; the Dice term is averaged over the samples
-    that have a mask only (batches without one would otherwise dilute it towards 0). ``reduce`` sums the
-    running totals of all processes of a distributed run."""
-
-    def __init__(self):
-        self.sums = dict.fromkeys(LOSS_PARTS, 0.0)
-        self.n = self.n_masked = 0
-
-    def add(self, parts: dict[str, float], n: int, n_masked: int) -> None:
-        for k in ("total", "mse", "ce"):
-            self.sums[k] += parts[k] * n
-        self.sums["dice"] += parts["dice"] * n_masked
-        self.n += n
-        self.n_masked += n_masked
-
-    def reduce(self, ctx: distributed.Context) -> Averages:
-        *sums, self.n, self.n_masked = ctx.sum([*self.sums.values(), self.n, self.n_masked])
-        self.sums = dict(zip(self.sums, sums))
-        return self
-
-    def means(self) -> dict[str, float]:
-        out = {k: self.sums[k] / max(self.n, 1) for k in ("total", "mse", "ce")}
-        out["dice"] = self.sums["dice"] / self.n_masked if self.n_masked else 0.0
-        return out
+def forward(model: torch.nn.Module, batches: Iterable[dict], rt: Runtime, keep_mode: bool = False) -> Iterator[Forward]:
+    """The one forward-pass loop of the library: each batch's images through ``model`` on ``rt``'s device, in
+    its memory format and under its autocast, without gradients. The model is put in evaluation mode first
+    (``keep_mode``: its layers keep the modes they are in, as AdaBN needs). Batches are dicts with at least
+    ``image``; training steps are :func:`wbclib.training.train.train_step`."""
+    if not keep_mode:
+        model.eval()
+    for batch in batches:
+        images = images_to_device(batch, rt)
+        with torch.no_grad(), rt.autocast():
+            out = model(images)
+        yield Forward(batch, images, out)
 
 
-def check_finite(parts, epoch: int | None, step: int, phase: str = "training") -> dict[str, float]:
-    """The loss parts as floats (``parts``: the loss's tuple of tensors, or a dict of floats); a NaN or infinite
-    one raises :class:`TrainingDiverged`."""
-    values = dict(parts) if isinstance(parts, dict) else {k: float(getattr(parts, k).detach()) for k in LOSS_PARTS}
-    bad = [k for k in ("mse", "ce", "dice", "total") if not math.isfinite(values[k])]
-    if bad:
-        where = (f"epoch {epoch}, " if epoch is not None else "") + ("step" if phase == "training" else
-                                                                     "validation batch")
-        raise TrainingDiverged(f"loss became {values[bad[0]]} at {where} {step} (component: {bad[0]}); "
-                               "the last good checkpoint is kept")
-    return values
+def one_batch(model: torch.nn.Module, batch: dict, rt: Runtime | None = None) -> Forward:
+    """:func:`forward` of a single batch (by default fp32 on the model's device)."""
+    return next(forward(model, [batch], rt or Runtime.plain(next(model.parameters()).device)))
 
 
 def class_mask(mask_logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -227,21 +123,34 @@ def predicted_mask(mask_logits: torch.Tensor, classes: torch.Tensor) -> torch.Te
     return class_mask(mask_logits, classes) > 0
 
 
+# -- the metrics of a split ---------------------------------------------------------------------------------
+
+def check_finite(parts: LossParts | dict, epoch: int | None, step: int, phase: str = "training") -> dict[str, float]:
+    """The loss parts as floats (``parts``: the loss's tensors, or a dict of floats); a NaN or infinite one raises
+    :class:`TrainingDiverged`."""
+    values = dict(parts) if isinstance(parts, dict) else parts.floats()
+    bad = [k for k in (*LOSS_PARTS[1:], LOSS_PARTS[0]) if not math.isfinite(values[k])]  # the total last: it follows
+    if bad:
+        where = (f"epoch {epoch}, " if epoch is not None else "") + ("step" if phase == "training" else
+                                                                     "validation batch")
+        raise TrainingDiverged(f"loss became {values[bad[0]]} at {where} {step} (component: {bad[0]}); "
+                               "the last good checkpoint is kept")
+    return values
+
+
 @torch.no_grad()
 def predict(model, loader, rt: Runtime, loss_fn=None, epoch: int | None = None) -> dict:
     """Run ``model`` over ``loader``: logits, embeddings, labels, paths, loss means, PSNR, mask Dice/IoU.
     With ``loss_fn``, a NaN or infinite loss stops the run (``epoch`` names where, and the batch).
 
     Everything is accumulated where the model runs and reaches the host in one transfer at the end (on a GPU no
-    batch waits for a copy); the loss means are then summed on the host in batch order, as before."""
-    model.eval()
+    batch waits for a copy); the loss means are then summed on the host in batch order."""
     avg = Averages()
     kept = {k: [] for k in ("logits", "embedding", "label", "losses", "n_masked", "seg")}
     paths, psnrs = [], []
-    for batch in loader:
-        images, labels, masks, has_mask = to_device(batch, rt)
-        with rt.autocast():
-            out = model(images)
+    for f in forward(model, loader, rt):
+        images, out = f.images, f.out
+        labels, masks, has_mask = targets_to_device(f.batch, rt)
         if loss_fn is not None:
             parts = loss_fn(out, images, labels, masks, has_mask)
             bad = faults.poison("val-loss")
@@ -253,7 +162,7 @@ def predict(model, loader, rt: Runtime, loss_fn=None, epoch: int | None = None) 
         kept["logits"].append(out.class_logits.float())
         kept["embedding"].append(out.embedding.float())
         kept["label"].append(labels)
-        paths += list(batch["path"])
+        paths += list(f.batch["path"])
         sel = has_mask.bool() & (labels >= 0)
         pred = predicted_mask(out.mask_logits, labels).squeeze(1).flatten(1)
         true = masks.squeeze(1).bool().flatten(1)  # per image: intersection, union, mask sizes, whether it counts
@@ -299,9 +208,7 @@ def examples(run_dir: str | Path, n: int = 8, device: str = "cpu") -> dict:
     """A few images of a finished run for figures: from the reported split and, where masks exist, from the
     masked training images. Each entry holds ``images``, ``reconstructions``, ``masks``, ``pred_masks``
     (:func:`predicted_mask` of the predicted class), ``labels``, ``predictions`` and ``paths``."""
-    model, config = load_model(run_dir, device)
-    config = config.replace(device=str(device), num_workers=0, precision="fp32", channels_last=False)
-    rt = Runtime.from_config(config)
+    model, config, rt = load_model(run_dir, device, precision="fp32", channels_last=False)
     splits = datasets.build_splits(config, datasets.data_root(config), check=False)  # validated when the run trained
     sets = {splits.report_name: splits.report.with_records(splits.report.records[:n])}
     masked = [r for r in splits.train.records if r.mask_path is not None][:n]
@@ -309,103 +216,8 @@ def examples(run_dir: str | Path, n: int = 8, device: str = "cpu") -> dict:
         sets["train_masks"] = splits.report.with_records(masked)
     result = {}
     for name, ds in sets.items():
-        batch = torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
-        images = batch["image"].to(rt.device)
-        out = model(images)
-        pred = out.class_logits.argmax(1)
-        result[name] = {"images": images.cpu(), "reconstructions": out.reconstruction.float().clamp(0, 1).cpu(),
-                        "masks": batch["mask"].float(), "has_mask": batch["has_mask"],
-                        "pred_masks": predicted_mask(out.mask_logits, pred).float().cpu(), "labels": batch["label"],
-                        "predictions": pred.cpu(), "paths": list(batch["path"])}
+        f = one_batch(model, default_collate([ds[i] for i in range(len(ds))]), rt)
+        result[name] = {"images": f.images.cpu(), "reconstructions": f.reconstructions,
+                        "masks": f.batch["mask"].float(), "has_mask": f.batch["has_mask"], "pred_masks": f.pred_masks,
+                        "labels": f.batch["label"], "predictions": f.predictions, "paths": list(f.batch["path"])}
     return result
-
-
-# -- what a step costs, and on what --------------------------------------------------------------------------
-
-def flops_per_image(config: cfg.RunConfig) -> float:
-    """Forward + backward FLOPs of one training image, counted by ``torch.utils.flop_counter`` on a model
-    built on the meta device (shapes only: nothing is computed, nothing random is drawn). Counted once per
-    network and input size (the runs of a study share a handful)."""
-    return _flops(config.num_classes, config.base_width, config.depth, config.norm, config.input_size)
-
-
-@functools.lru_cache(maxsize=32)
-def _flops(num_classes: int, base_width: int, depth: int, norm: str, input_size: int) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.device("meta"):
-        model = MultiTaskUNet(num_classes, base_width, depth, norm=norm)
-        x = torch.empty(1, 3, input_size, input_size)
-    with FlopCounterMode(display=False) as counter:
-        out = model(x)
-        (out.reconstruction.mean() + out.class_logits.mean() + out.mask_logits.mean()).backward()
-    return float(counter.get_total_flops())
-
-
-#: Dense bf16 tensor-core peaks from the vendors' datasheets (FLOP/s), for the MFU of the epoch log.
-GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
-
-
-def gpu_peak_flops(device: torch.device) -> float | None:
-    """The datasheet bf16 peak of this GPU, where it is one of :data:`GPU_PEAK_BF16`; None on a CPU."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in GPU_PEAK_BF16.items() if k in name), None)
-
-
-# -- test-time adaptation ------------------------------------------------------------------------------------
-
-BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
-
-def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, BATCHNORMS)]
-
-
-@torch.no_grad()
-def adapt_batchnorm(model: nn.Module, loader, device: torch.device | str = "cpu", autocast=None) -> int:
-    """AdaBN: replace every BatchNorm layer's running mean and variance by the statistics of the images of
-    ``loader`` (Li et al., 2016). Only the images are used: labels and masks are never read. The BatchNorm
-    layers run in training mode with ``momentum=None`` (a cumulative average over the batches) while every
-    other module stays in evaluation mode; no gradient is computed and no weight changes. The model is left in
-    evaluation mode with its momenta restored. Returns the number of layers adapted (0: nothing to do, e.g. a
-    GroupNorm model)."""
-    layers = batchnorm_layers(model)
-    if not layers:
-        model.eval()
-        return 0
-    momenta = [m.momentum for m in layers]
-    model.eval()
-    for m in layers:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    try:
-        for batch in loader:
-            images = batch["image"] if isinstance(batch, dict) else batch
-            images = images.to(device)
-            if autocast is not None:
-                with autocast():
-                    model(images)
-            else:
-                model(images)
-    finally:
-        for m, momentum in zip(layers, momenta):
-            m.momentum = momentum
-        model.eval()
-    return len(layers)
-
-
-def device_name(device: str | torch.device = "cpu") -> str:
-    """The GPU's name, or the CPU's model name (from /proc/cpuinfo where there is one): what every timing names."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        line = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("model name"))
-        return line.split(":", 1)[1].strip()
-    except (OSError, StopIteration):
-        import platform
-
-        return platform.processor() or platform.machine()

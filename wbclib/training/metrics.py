@@ -310,17 +310,38 @@ def describe_difference(name_a: str, name_b: str, test: dict, alpha: float = 0.0
     return f"{text} \u2014 {verdict}."
 
 
-def format_mean_ci(d: dict, digits: int = 4) -> str:
-    """"mean ± half_width" from mean_ci's output, or just the mean when the interval is undefined."""
+def format_mean_ci(values, digits: int = 4, bounds: bool = False) -> str:
+    """The one way the book writes a mean over seeds with its 95 % t-interval: ``values`` (numbers; None and NaN
+    are left out) or the output of :func:`mean_ci`.
+
+    ``bounds=False``: "0.7000 ± 0.0248" (the half-width), the mean alone for one seed; ``bounds=True``:
+    "0.700 [0.675, 0.725]", "0.700 (1 seed)" for one seed. No values: "–"."""
+    if isinstance(values, dict):
+        d = values
+    else:
+        kept = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+        if not kept:
+            return "\u2013"
+        d = mean_ci(kept)
     half = d.get("half_width")
     if half is None or (isinstance(half, float) and math.isnan(half)):
-        return f"{d['mean']:.{digits}f}"
+        return f"{d['mean']:.{digits}f}" + (" (1 seed)" if bounds else "")
+    if bounds:
+        return f"{d['mean']:.{digits}f} [{d['low']:.{digits}f}, {d['high']:.{digits}f}]"
     return f"{d['mean']:.{digits}f} \u00b1 {half:.{digits}f}"
+
+
+def format_interval(d: dict, scale: float = 100, digits: int = 1) -> str:
+    """An interval of a difference as signed bounds, in points by default: "+1.2 to +4.5"; "–" when undefined."""
+    if d.get("low") is None:
+        return "\u2013"
+    return f"{scale * d['low']:+.{digits}f} to {scale * d['high']:+.{digits}f}"
 
 
 __all__ = [
     "classification_metrics",
     "describe_difference",
+    "format_interval",
     "format_mean_ci",
     "hierarchical_bootstrap",
     "mcnemar",

@@ -1,7 +1,7 @@
 """Decoded data resident on the device: each split decoded once into uint8 tensors where the model runs, and
 the training augmentation done there per batch with tensor operations.
 
-The CPU loader (:func:`wbclib.training.inference.make_loader`) decodes every JPEG again every epoch in worker
+The CPU loader (:func:`wbclib.training.runtime.make_loader`) decodes every JPEG again every epoch in worker
 processes and augments it with torchvision; on a GPU that costs a quarter of the step time and makes
 validation the slowest part of the small runs. Here the training split is decoded once (at the scale the
 run reads it, as :meth:`wbclib.data.datasets.CellDataset.load` gives it) into an ``(N, 3, H, W)`` uint8 tensor
@@ -41,7 +41,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from wbclib.core import config as cfg
-from wbclib.data import datasets
+from wbclib.data import datasets, images
 from wbclib.training import distributed
 
 #: With ``resident: auto`` on CUDA, the decoded splits may take at most this share of the device's free memory
@@ -79,10 +79,10 @@ class _Decoded(torch.utils.data.Dataset):
 
 def stored_side(ds: datasets.CellDataset) -> tuple[int, int] | None:
     """(height, width) of the first image at the dataset's scale, from its header (None: unreadable)."""
-    size = datasets.image_size(ds.records[0].path)
+    size = images.image_size(ds.records[0].path)
     if size is None:
         return None
-    w, h = datasets.target_size(size, ds.resize)
+    w, h = images.target_size(size, ds.resize)
     return h, w
 
 

@@ -21,29 +21,14 @@ from wbclib.core.storage import read_json, replace_atomically, write_json
 
 CHECKPOINT = "checkpoint.pt"
 #: Where the study records a run's place in its grid (configuration, seed, dataset, subset, pretrained, masks,
-#: chapter): the analysis and the book group on this file, so a run id is made once and never parsed back.
+#: chapter; see :func:`wbclib.core.grid.structure`): the analysis and the book group on this file, so a run id is
+#: made once and never parsed back. The configurations themselves are the rows of :mod:`wbclib.core.grid`.
 STRUCTURE = "run.json"
 
 
 def run_id(configuration: str, seed: int) -> str:
     """The one run-id format: ``<configuration>-s<seed>``."""
     return f"{configuration}-s{seed}"
-
-
-def wbc_configuration(subset: int, pretrained: bool, masks: bool) -> str:
-    """The name of a Table 2 configuration, e.g. ``wbc10-pretrained-mask``."""
-    return f"wbc{subset}-{'pretrained' if pretrained else 'scratch'}-{'mask' if masks else 'nomask'}"
-
-
-def cam16_configuration(prcc: bool, dice: bool) -> str:
-    """The name of a Table 1 configuration, e.g. ``cam16-ce-prcc-dice``."""
-    return "cam16-ce" + ("-prcc" if prcc else "") + ("-dice" if dice else "")
-
-
-def smear_configuration(dataset: str, subset: int | None = None) -> str:
-    """The name of a stage of the blood-smear chain (reconstruction on smear tiles instead of H&E, then CAM16
-    with cross-entropy and Dice, then WBC with masks): ``smears``, ``cam16-ce-smears-dice``, ``wbc1-smears-mask``."""
-    return {"prcc": "smears", "cam16": "cam16-ce-smears-dice"}.get(dataset) or f"wbc{subset}-smears-mask"
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -83,14 +68,11 @@ def load_checkpoint(run_or_file: str | Path, map_location: str | torch.device = 
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise WbcError(f"cannot read checkpoint {path}: truncated, damaged or not a PyTorch checkpoint "
                        f"({type(exc).__name__}: {first}); expected {what}") from None
-    if isinstance(state, dict) and "model" not in state and state and \
-            all(isinstance(v, torch.Tensor) for v in state.values()):
-        state = {"model": state}  # a bare state_dict
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or not state["model"] or \
             not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
         raise WbcError(f"{path} is not a wbc checkpoint (no 'model' weights); expected {what}")
-    if "config" in state and not isinstance(state["config"], dict):
-        raise WbcError(f"{path} is not a wbc checkpoint (its 'config' is not a dict); expected {what}")
+    if not isinstance(state.get("config"), dict):
+        raise WbcError(f"{path} is not a wbc checkpoint (no 'config' of the run that trained it); expected {what}")
     return state
 
 

@@ -4,8 +4,10 @@ Read top to bottom: :func:`start` resolves the device and the data, checks every
 restores) the model, Adam, the schedule and the loaders; :func:`run_epoch` trains one epoch and, at the
 validation cadence, validates, checkpoints atomically, appends the history and logs a line (images/s, model
 FLOP/s, data waits); :func:`finish` evaluates the reported split and writes ``metrics.json`` last, so its
-presence means "finished", after the embeddings and the manifest. The forward pass, the device runtime and the
-metrics of a split live in :mod:`wbclib.training.inference`; where the data lives, in :mod:`wbclib.data.datasets`.
+presence means "finished", after the embeddings and the manifest. One optimiser step is :func:`train_step`
+(the walkthrough and the benchmarks take the same one). The forward pass and the metrics of a split live in
+:mod:`wbclib.training.inference`, the device and the loaders in :mod:`wbclib.training.runtime`; where the data
+lives, in :mod:`wbclib.data.datasets`.
 
 Randomness is re-seeded at the start of every epoch from ``(seed, epoch)``: shuffling, augmentation and
 loader workers depend only on the epoch, so a run killed after epoch k and resumed ends exactly where an
@@ -33,28 +35,24 @@ from tqdm import tqdm
 from wbclib import WbcError, __version__
 from wbclib.core import config as cfg
 from wbclib.core import faults, storage
-from wbclib.data import datasets
-from wbclib.model.losses import MultiTaskLoss
-from wbclib.model.network import load_matching
+from wbclib.data import datasets, readers
+from wbclib.model.losses import LOSS_PARTS, Averages, MultiTaskLoss
+from wbclib.model.network import build_model, describe_network, flops_per_image, load_matching
 from wbclib.training import distributed, resident, runs
-from wbclib.training.inference import (
-    Averages,
+from wbclib.training.inference import check_finite, predict, summarise
+from wbclib.training.runtime import (
     Runtime,
-    build_model,
-    check_finite,
     cpu_has_native_bf16,
     cpu_loader_workers,
-    describe_network,
-    flops_per_image,
+    device_name,
     gpu_peak_flops,
     make_loader,
-    predict,
-    summarise,
     to_device,
 )
 
-HISTORY_COLUMNS = ["epoch", "lr", "train_total", "train_mse", "train_ce", "train_dice", "val_total", "val_mse",
-                   "val_ce", "val_dice", "val_accuracy", "seconds"]
+#: The columns of ``history.csv``: one row per epoch, each loss part on the training and the validation set.
+HISTORY_COLUMNS = ["epoch", "lr", *(f"train_{k}" for k in LOSS_PARTS), *(f"val_{k}" for k in LOSS_PARTS),
+                   "val_accuracy", "seconds"]
 
 
 # -- randomness and schedule ------------------------------------------------------------------------------
@@ -111,32 +109,52 @@ def timed(iterable, timing: dict, key: str = "data_wait"):
         yield item
 
 
+@dataclass
+class Step:
+    """What one training step reports: each loss part (keyed by :data:`wbclib.model.losses.LOSS_PARTS`), the
+    images of the batch and how many of them the Dice term used."""
+
+    losses: dict[str, float]
+    images: int
+    masked: int
+
+
+def train_step(model, batch: dict, loss_fn: MultiTaskLoss, optimizer, config: cfg.RunConfig, rt: Runtime,
+               batch_scheduler=None, epoch: int | None = None, step: int = 1) -> Step:
+    """One optimiser step on one batch, in training mode: forward (under the runtime's autocast), the multi-task
+    loss, a check that every part is finite (``epoch`` and ``step`` name where, if not), backward, the config's
+    gradient clipping, the optimiser step and, if given, a per-batch scheduler step."""
+    model.train()
+    images, labels, masks, has_mask = to_device(batch, rt)
+    with rt.autocast():
+        out = model(images)
+    parts = loss_fn(out, images, labels, masks, has_mask)
+    bad = faults.poison("train-loss")
+    if bad is not None:
+        parts = parts._replace(mse=parts.mse + bad, total=parts.total + bad)
+    values = check_finite(parts, epoch, step)
+    optimizer.zero_grad(set_to_none=True)
+    parts.total.backward()
+    if config.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    if batch_scheduler is not None:
+        batch_scheduler.step()
+    faults.point("step")
+    return Step(values, len(images), int(loss_fn.dice_samples(labels, has_mask).sum()))
+
+
 def train_epoch(model, loader, loss_fn, optimizer, config, rt, epoch: int, bar=None,
                 ctx: distributed.Context | None = None, batch_scheduler=None) -> dict[str, float]:
-    """One pass over the training loader; ``batch_scheduler`` (if any) steps after every batch."""
-    model.train()
+    """One pass over the training loader (:func:`train_step` per batch); ``batch_scheduler`` (if any) steps
+    after every batch. Returns the epoch's mean of each loss part over all processes."""
     avg = Averages()
     for step, batch in enumerate(loader, start=1):
-        images, labels, masks, has_mask = to_device(batch, rt)
-        with rt.autocast():
-            out = model(images)
-        parts = loss_fn(out, images, labels, masks, has_mask)
-        bad = faults.poison("train-loss")
-        if bad is not None:
-            parts = parts._replace(mse=parts.mse + bad, total=parts.total + bad)
-        values = check_finite(parts, epoch, step)
-        optimizer.zero_grad(set_to_none=True)
-        parts.total.backward()
-        if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        if batch_scheduler is not None:
-            batch_scheduler.step()
-        faults.point("step")
-        avg.add(values, len(images), int(loss_fn.dice_samples(labels, has_mask).sum()))
+        done = train_step(model, batch, loss_fn, optimizer, config, rt, batch_scheduler, epoch, step)
+        avg.add(done.losses, done.images, done.masked)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{values['total']:.3f}", refresh=False)
+            bar.set_postfix(loss=f"{done.losses[LOSS_PARTS[0]]:.3f}", refresh=False)
     return avg.reduce(ctx or distributed.Context()).means()
 
 
@@ -245,7 +263,7 @@ def start(config: cfg.RunConfig, run_dir: Path, resume: bool, progress: bool | N
     epochs = total_epochs(config, len(train_loader))
     run = Run(config, run_dir, rt, ctx, log, progress, splits, model, step_model, optimizer,
               make_scheduler(optimizer, config, len(train_loader), epochs),
-              MultiTaskLoss(config.lambda_ce, config.lambda_dice if config.uses_dice else 0.0), generator,
+              MultiTaskLoss.from_config(config), generator,
               train_loader, val_loader, local, epochs,
               val_every=math.ceil(epochs / config.epochs),  # about config.epochs validations, always the last
               flops_per_image=flops_per_image(config), init_report=init_report, t_start=t_start)
@@ -294,8 +312,8 @@ def initialise(model: torch.nn.Module, config: cfg.RunConfig, log) -> dict:
     loaded = load_matching(model, init_state["model"])
     if not any(n.startswith(("inc.", "downs.")) and not n.endswith("num_batches_tracked")
                for n in loaded.loaded):  # no encoder weight fits
-        was = f" ({describe_network(cfg.from_dict(init_state['config']))})" if "config" in init_state else ""
-        raise WbcError(f"--init {config.init}{was}: none of its encoder weights fit this run's network "
+        was = describe_network(cfg.from_dict(init_state["config"]))
+        raise WbcError(f"--init {config.init} ({was}): none of its encoder weights fit this run's network "
                        f"({describe_network(config)}); start from a run of the same base width and depth")
     log(f"init: {len(loaded.loaded)} tensors loaded from {config.init}, {len(loaded.skipped)} skipped "
         f"(re-initialised: {', '.join(sorted({s.split('.')[0] for s in loaded.skipped})) or 'none'})")
@@ -354,8 +372,9 @@ def run_epoch(run: Run, epoch: int) -> None:
         write_history(run.run_dir / "history.csv", run.history)
     timing["checkpoints"] += time.time() - t1
     run.ctx.barrier()
-    run.log(f"epoch {epoch}/{run.epochs}  train {train['total']:.4f} (mse {train['mse']:.4f} ce {train['ce']:.4f} "
-            f"dice {train['dice']:.4f})  val {run.val_pred['losses']['total']:.4f}"
+    total, *terms = LOSS_PARTS
+    run.log(f"epoch {epoch}/{run.epochs}  train {train[total]:.4f} ("
+            + " ".join(f"{k} {train[k]:.4f}" for k in terms) + f")  val {run.val_pred['losses'][total]:.4f}"
             + ("" if math.isnan(val_acc) else f"  val acc {val_acc:.4f}")
             + f"  lr {lr:.1e}  {row['seconds']:.1f}s  " + speed(run, seconds, timing["data_wait"] - wait0))
 
@@ -413,8 +432,15 @@ def finish(run: Run) -> dict:
 
 
 def write_history(path: Path, history: list[dict]) -> None:
+    """Write ``history.csv`` (atomically): the :data:`HISTORY_COLUMNS` of each row, blank where a row has none
+    (an epoch without validation). A key that is not a column is refused, never dropped: a new value in the
+    history needs its column."""
+    unknown = sorted({k for row in history for k in row} - set(HISTORY_COLUMNS))
+    if unknown:
+        raise ValueError(f"history.csv has no column for {', '.join(unknown)}: add it to HISTORY_COLUMNS "
+                         f"(columns: {', '.join(HISTORY_COLUMNS)})")
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in history:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
@@ -441,13 +467,12 @@ def manifest(config, rt: Runtime, splits: datasets.Splits, wall: float, init_rep
             versions[pkg] = None
     return {
         "wbclib": __version__, "git_commit": git_commit(), "python": platform.python_version(), "packages": versions,
-        "device": str(rt.device), "device_name": torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda"
-        else platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "device": str(rt.device), "device_name": device_name(rt.device), "threads": torch.get_num_threads(),
         "precision": "bf16" if rt.amp_dtype else "fp32", "channels_last": rt.channels_last,
         "num_workers": rt.num_workers, "data_root": str(splits.root),
         "synthetic": datasets.data_source(config) == "synthetic",
         "data_source": datasets.data_source(config),
-        "data_fingerprint": datasets.fingerprint(splits.records, splits.root), "wall_time_s": wall,
+        "data_fingerprint": readers.fingerprint(splits.records, splits.root), "wall_time_s": wall,
         "init": init_report and {"source": init_report["source"], "loaded": len(init_report["loaded"]),
                                  "skipped": init_report["skipped"]},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
