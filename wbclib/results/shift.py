@@ -39,6 +39,14 @@ SETTINGS: dict[str, tuple[dict, str]] = {
     "bn-robust": ({"jpeg_quality": [30, 95], "blur": 1.0, "resample": [0.5, 1.0], "zoom": [0.7, 1.4]},
                   "image-quality augmentation: JPEG re-compression, blur, shrink-and-enlarge, mild zoom"),
 }
+#: The image-quality switches of ``bn-robust``, one at a time (each one's own effect; none of the names starts
+#: like another setting's, so that ``--only 'shift-bn-robust-*'`` and the like select one setting).
+SETTINGS.update({
+    "bn-jpeg": ({"jpeg_quality": [30, 95]}, "JPEG re-compression of quality 30-95 alone"),
+    "bn-blur": ({"blur": 1.0}, "Gaussian blur of sigma up to 1 pixel alone"),
+    "bn-resample": ({"resample": [0.5, 1.0]}, "shrink-and-enlarge by 0.5-1 with a random interpolation alone"),
+    "bn-mildzoom": ({"zoom": [0.7, 1.4]}, "zoom 0.7-1.4 alone"),
+})
 #: How a model is applied at test time: unchanged, or with AdaBN (BatchNorm models only).
 MODES = ("plain", "adabn")
 

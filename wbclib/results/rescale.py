@@ -1,0 +1,406 @@
+"""Test-time scale normalisation with the model's own mask head: bring each cell to the scale of the training cells.
+
+Another laboratory frames its cells otherwise: the BCCD crops are cut tightly around the white cell, while in a
+PBC image the cell fills about a third of the frame. The network, trained at one scale, sees a cell that is too
+large. This module removes the difference at test time, without labels and without retraining:
+
+1. the model predicts the cell's mask on the image as it would classify it (the run's resize, then the centre
+   crop; the mask channel of the predicted class);
+2. the cell's apparent size is the share of the crop it covers (:func:`cell_share`: the mask's area, or its
+   bounding box);
+3. the image at the run's scale (before the crop) is rescaled by ``sqrt(target / share)``, clamped to
+   ``[low, high]``, around the mask's centroid, and cropped or padded back to its size (padding with the median
+   colour of the image's border, the background), so the cell lands in the middle of the crop at the share of
+   the frame the training cells cover (:func:`training_share`: the median over the embedded WBC training masks);
+4. with ``iterations=2`` the mask is predicted again on the rescaled image and the correction applied once more
+   (composed with the first, so the image is resampled once).
+
+:data:`RULES` are the candidate rules, fixed before any model was evaluated with them; the domain-shift chapter
+chooses one on segwbc only and reports bccd once with it (:data:`DEFAULT`, what ``wbc evaluate
+--rescale-to-mask`` and ``wbc predict --rescale-to-mask`` use). It composes with AdaBN: the masks are then
+predicted by the adapted model, and the BatchNorm statistics are estimated again on the rescaled images.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torchvision.transforms.v2 import functional as F
+
+from wbclib.data.datasets import CellDataset
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How a cell is brought to the training scale.
+
+    Args:
+        statistic: ``"area"``: the share of the crop covered by the mask; ``"box"``: the share covered by the
+            mask's bounding box.
+        target: the share a cell should cover (None: :func:`training_share` with the same statistic).
+        low, high: the rescale factor is clamped to this range (no cell is shrunk or enlarged beyond it).
+        iterations: how many times the mask is predicted and the correction applied.
+    """
+
+    statistic: str = "area"
+    target: float | None = None
+    low: float = 0.5
+    high: float = 2.0
+    iterations: int = 1
+
+    def __post_init__(self):
+        if self.statistic not in ("area", "box"):
+            raise ValueError(f"statistic must be 'area' or 'box', got {self.statistic!r}")
+        if not 0 < self.low <= 1 <= self.high or self.iterations < 1:
+            raise ValueError("need 0 < low <= 1 <= high and iterations >= 1")
+
+
+#: The candidate rules, fixed before any model was evaluated with them: the size statistic and one or two
+#: iterations (target: the training cells' median share; factor clamped to 0.5-2).
+RULES: dict[str, Rule] = {
+    "area-1": Rule("area", iterations=1),
+    "area-2": Rule("area", iterations=2),
+    "box-1": Rule("box", iterations=1),
+    "box-2": Rule("box", iterations=2),
+}
+#: The rule chosen on segwbc by the domain-shift chapter's selection rule (see :func:`choose_rule`); what
+#: ``--rescale-to-mask`` applies.
+DEFAULT = "area-1"
+
+
+# -- the geometry -------------------------------------------------------------------------------------------
+
+def cell_share(mask: torch.Tensor, statistic: str = "area") -> float:
+    """The share of the frame a binary mask (H, W) covers: its area (``"area"``) or its bounding box's
+    (``"box"``). 0 for an empty mask."""
+    m = torch.as_tensor(mask).bool().reshape(mask.shape[-2:])
+    if not m.any():
+        return 0.0
+    if statistic == "area":
+        return float(m.float().mean())
+    rows, cols = torch.where(m.any(1))[0], torch.where(m.any(0))[0]
+    return float((rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)) / m.numel()
+
+
+def centroid(mask: torch.Tensor) -> tuple[float, float] | None:
+    """(x, y) of a binary mask's centre of mass in pixel coordinates (pixel centres at integers); None if empty."""
+    m = torch.as_tensor(mask).bool().reshape(mask.shape[-2:])
+    if not m.any():
+        return None
+    ys, xs = torch.where(m)
+    return float(xs.float().mean()), float(ys.float().mean())
+
+
+def scale_factor(share: float, target: float, low: float = 0.5, high: float = 2.0) -> float:
+    """The linear factor that makes a cell covering ``share`` of the frame cover ``target``:
+    ``sqrt(target / share)`` clamped to ``[low, high]``; 1 when no cell was found (share 0)."""
+    if share <= 0:
+        return 1.0
+    return float(min(high, max(low, math.sqrt(target / share))))
+
+
+def zoom(image: torch.Tensor, factor: float, centre: tuple[float, float] | None = None,
+         fill: list[float] | None = None, nearest: bool = False) -> torch.Tensor:
+    """``image`` (C, H, W) enlarged by ``factor`` (below 1: shrunk) so that the point ``centre`` (x, y; default
+    the frame's centre) lands in the middle of a frame of the same size; what falls outside is cut off, what
+    the frame lacks is filled with ``fill`` (per channel; default: the median colour of the image's border).
+    Resized with antialiasing (``nearest``: by nearest neighbour, for masks)."""
+    c, h, w = image.shape
+    cx, cy = centre if centre is not None else ((w - 1) / 2, (h - 1) / 2)
+    if fill is None:
+        border = torch.cat([image[:, 0], image[:, -1], image[:, :, 0], image[:, :, -1]], dim=1)
+        fill = border.float().median(dim=1).values.tolist()
+    nh, nw = max(1, round(h * factor)), max(1, round(w * factor))
+    mode = F.InterpolationMode.NEAREST if nearest else F.InterpolationMode.BILINEAR
+    big = F.resize(image, [nh, nw], interpolation=mode, antialias=not nearest)
+    # The point (cx, cy) sits at ((cx + 0.5) * nw / w - 0.5, ...) in the resized image; put it at the centre.
+    top = round((cy + 0.5) * nh / h - 0.5 - (h - 1) / 2)
+    left = round((cx + 0.5) * nw / w - 0.5 - (w - 1) / 2)
+    out = torch.tensor(fill, dtype=torch.float32).reshape(c, 1, 1).expand(c, h, w).round().to(image.dtype).clone()
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + h, nh), min(left + w, nw)
+    if y1 > y0 and x1 > x0:
+        out[:, y0 - top:y1 - top, x0 - left:x1 - left] = big[:, y0:y1, x0:x1]
+    return out
+
+
+def crop_offset(image_size: tuple[int, int], crop: int) -> tuple[int, int]:
+    """(left, top) of the evaluation's centre crop of ``crop`` pixels in an image of (H, W) (torchvision's
+    ``CenterCrop`` rule)."""
+    h, w = image_size
+    return round((w - crop) / 2.0), round((h - crop) / 2.0)
+
+
+# -- the data set of rescaled images --------------------------------------------------------------------------
+
+class RescaledDataset(CellDataset):
+    """A :class:`~wbclib.data.datasets.CellDataset` whose image ``i`` (and its mask) is rescaled by
+    ``params[i] = (factor, x, y)`` around the point (x, y) of the image at the data set's scale, before its
+    transform; ``None`` leaves an image as it is."""
+
+    def __init__(self, base: CellDataset, params: list[tuple[float, float, float] | None]):
+        super().__init__(base.records, base.classes, base.transform, base.mask_threshold, base.resize, base.root,
+                         base.quality)
+        self.base, self.params = base, params
+
+    def load(self, i: int):
+        image, mask = self.base.load(i)
+        p = self.params[i]
+        if p is None:
+            return image, mask
+        factor, x, y = p
+        return zoom(image, factor, (x, y)), zoom(mask, factor, (x, y), fill=[0], nearest=True)
+
+
+class _Kept(CellDataset):
+    """``base`` with each image kept in memory after its first load (the rescale reads every image two to four
+    times; only for images resized to a small scale)."""
+
+    def __init__(self, base: CellDataset):
+        super().__init__(base.records, base.classes, base.transform, base.mask_threshold, base.resize, base.root,
+                         base.quality)
+        self.kept: dict[int, tuple] = {}
+
+    def load(self, i: int):
+        if i not in self.kept:
+            self.kept[i] = super().load(i)
+        return self.kept[i]
+
+
+@torch.no_grad()
+def predicted_masks(model, loader, rt) -> torch.Tensor:
+    """The model's predicted cell mask of every image of ``loader`` (N, H, W) bool: the mask channel of the
+    predicted class, as ``wbc predict`` draws it."""
+    from wbclib.training.inference import predicted_mask
+
+    model.eval()
+    masks = []
+    for batch in loader:
+        with rt.autocast():
+            out = model(batch["image"].to(rt.device))
+        masks.append(predicted_mask(out.mask_logits, out.class_logits.argmax(1)).squeeze(1).cpu())
+    return torch.cat(masks) if masks else torch.zeros((0, 0, 0), dtype=torch.bool)
+
+
+@functools.lru_cache(maxsize=8)
+def training_share(resize: int | None, crop: int, statistic: str = "area", root: str | None = None) -> float:
+    """The median share of the evaluation crop that a training cell covers: the embedded WBC_100 training
+    masks (or those of the data root ``root``), loaded at ``resize`` and centre-cropped to ``crop`` pixels as
+    the model sees them."""
+    from wbclib.data import datasets, transforms
+
+    records = [r for r in datasets.wbc_records(Path(root) if root else datasets.EMBEDDED, 100, "train")
+               if r.mask_path is not None]
+    ds = CellDataset(records, datasets.WBC_CLASSES, transforms.eval_transform(crop), resize=resize)
+    shares = [cell_share(ds[i]["mask"][0], statistic) for i in range(len(ds))]
+    return float(np.median([s for s in shares if s > 0]))
+
+
+def _mask_root(config) -> str | None:
+    """The data root whose WBC_100 training masks the model learnt from (None: the embedded cells, also when
+    the root a model was trained on is not on this machine)."""
+    root = getattr(config, "data_root", None)
+    return root if root and (Path(root) / "WBC_100" / "train" / "mask").is_dir() else None
+
+
+def rescaled_dataset(model, ds: CellDataset, config, rt, rule: Rule = RULES[DEFAULT], adabn: bool = False,
+                     loader=None) -> RescaledDataset:
+    """``ds`` with every image brought to the training cells' scale by ``rule``, from the masks ``model``
+    predicts (after AdaBN on ``ds`` when ``adabn``; the caller adapts again on the result). ``loader(ds)`` makes
+    in-order batches (default: the inference loader of :mod:`wbclib.results.evaluate`)."""
+    from wbclib.results.evaluate import _adapt, _loader
+
+    loader = loader or (lambda d: _loader(d, config, rt))
+    target = rule.target or training_share(config.resize, config.input_size, rule.statistic, _mask_root(config))
+    if adabn:
+        _adapt(model, ds, config, rt)
+    if ds.resize is not None and not isinstance(ds, _Kept):
+        ds = _Kept(ds)
+    params: list = [None] * len(ds)
+    sizes = [tuple(ds.load(i)[0].shape[-2:]) for i in range(len(ds))]  # a zoom keeps an image's size
+    current = ds
+    for _ in range(rule.iterations):
+        masks = predicted_masks(model, loader(current), rt)
+        new = []
+        for i, m in enumerate(masks):
+            h, w = sizes[i]
+            left, top = crop_offset((h, w), config.input_size)  # where the crop the mask is of sits
+            share, c = cell_share(m, rule.statistic), centroid(m)
+            k0, x0, y0 = params[i] or (1.0, (w - 1) / 2, (h - 1) / 2)
+            if c is None:
+                new.append(params[i])
+                continue
+            k = scale_factor(share, target, rule.low / k0, rule.high / k0)  # the total stays in [low, high]
+            # The centroid in the current image -> in the original image (the current one is the original
+            # rescaled by k0 around (x0, y0), that point at the frame's centre).
+            cx, cy = c[0] + left, c[1] + top
+            ox, oy = x0 + (cx - (w - 1) / 2) / k0, y0 + (cy - (h - 1) / 2) / k0
+            new.append((k0 * k, ox, oy))
+        params = new
+        current = RescaledDataset(ds, params)
+    return current
+
+
+def describe(ds: RescaledDataset, rule: str = DEFAULT) -> dict:
+    """What :func:`rescaled_dataset` did, for metrics.json and the command's report."""
+    factors = [p[0] for p in ds.params if p is not None]
+    median = float(np.median(factors)) if factors else 1.0
+    return {"rule": rule, "images": len(ds), "rescaled": len(factors), "median_factor": median,
+            "summary": f"{len(factors)} of {len(ds)} images rescaled (rule {rule}, median factor {median:.2f}"
+                       + (f", {len(ds) - len(factors)} without a predicted cell left as they are)"
+                          if len(factors) < len(ds) else ")")}
+
+
+# -- the chapter: candidate rules on a set of runs ------------------------------------------------------------
+
+def evaluate_rule(checkpoint, folder, rule: Rule | None, adabn: bool = False) -> dict:
+    """Balanced accuracy, accuracy, per-class recall and predictions of a trained model on a labelled
+    class-folder set, with the images rescaled by ``rule`` (None: unchanged) and, with ``adabn``, AdaBN
+    (estimated again on the rescaled images)."""
+    from wbclib.results.evaluate import _adapt, _dataset, _model, _run
+    from wbclib.training import metrics
+
+    model, config, classes, rt = _model(checkpoint)
+    from wbclib.data import datasets
+
+    records, root = datasets.folder_records(folder, classes)
+    ds = _dataset(records, classes, config, root)
+    if rule is not None:
+        ds = rescaled_dataset(model, ds, config, rt, rule, adabn=adabn)
+    if adabn:
+        _adapt(model, ds, config, rt)
+    pred = _run(model, ds, config, rt, progress=False)
+    y_pred = pred["logits"].argmax(1)
+    m = metrics.classification_metrics(pred["label"], y_pred, list(classes))
+    factors = [p[0] if p else 1.0 for p in ds.params] if rule is not None else [1.0] * len(ds)
+    return {"balanced_accuracy": m["balanced_accuracy"], "accuracy": m["accuracy"], "n": len(ds),
+            "recall": {c: v["recall"] for c, v in m["per_class"].items()},
+            "median_factor": float(np.median(factors)), "confusion": m["confusion_matrix"]}
+
+
+def evaluate_runs(runs: pd.DataFrame, sets: dict[str, str | Path], rules: dict[str, Rule | None],
+                  modes=("plain", "adabn"), progress=None) -> pd.DataFrame:
+    """Every run (columns ``run``, ``setting``, ``seed``, ``path``, ``norm``) on every set, with every rule
+    (None: no rescale) and test-time mode. One row each; results are kept in the run directory
+    (``rescale-<set>.csv``, reused while newer than the checkpoint and made from the same folder)."""
+    from wbclib.core.storage import write_atomic
+    from wbclib.training.runs import resolve_checkpoint
+
+    frames = []
+    for _, r in runs.iterrows():
+        run = Path(r["path"])
+        for set_name, folder in sets.items():
+            csv = run / f"rescale-{set_name}.csv"
+            old = pd.read_csv(csv) if csv.is_file() and csv.stat().st_mtime >= \
+                resolve_checkpoint(run).stat().st_mtime else pd.DataFrame(columns=["rule", "mode", "data"])
+            old = old[old["data"] == str(Path(folder).resolve())] if len(old) else old
+            have = set(zip(old["rule"].astype(str), old["mode"]))
+            rows = []
+            for name, rule in rules.items():
+                for mode in modes:
+                    if mode == "adabn" and r.get("norm", "batch") != "batch":
+                        continue
+                    if (str(name), mode) in have:
+                        continue
+                    res = evaluate_rule(run, folder, rule, adabn=mode == "adabn")
+                    rows.append({"rule": str(name), "mode": mode, "data": str(Path(folder).resolve()),
+                                 "balanced_accuracy": res["balanced_accuracy"], "accuracy": res["accuracy"],
+                                 "n": res["n"], "median_factor": res["median_factor"],
+                                 **{f"recall_{c}": v for c, v in res["recall"].items()}})
+                    if progress:
+                        progress(f"{r['run']} {set_name} {name} {mode}: {res['balanced_accuracy']:.3f}")
+            if rows:
+                old = pd.concat([old, pd.DataFrame(rows)], ignore_index=True)
+                write_atomic(csv, old.to_csv(index=False))
+            frames.append(old.assign(run=r["run"], setting=r["setting"], seed=r["seed"], set=set_name))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _cell(values) -> tuple[str, float]:
+    from wbclib.results.shift import _cell as cell
+    from wbclib.results.shift import _ci
+
+    return cell(list(values)), _ci(list(values))["mean"]
+
+
+def rule_table(results: pd.DataFrame, sets: list[str]) -> pd.DataFrame:
+    """One row per setting, rule and mode: each set's balanced accuracy, mean over seeds with a 95 % t-interval
+    (``<set>_mean``: the mean as a number), and the median rescale factor on each set."""
+    rows = []
+    for (setting, rule, mode), grp in results.groupby(["setting", "rule", "mode"], sort=False):
+        row = {"setting": setting, "rule": rule, "mode": mode, "seeds": grp["seed"].nunique()}
+        for s in sets:
+            mine = grp[grp["set"] == s]
+            row[s], row[f"{s}_mean"] = _cell(mine["balanced_accuracy"])
+            row[f"factor {s}"] = float(mine["median_factor"].median()) if len(mine) else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def choose_rule(table: pd.DataFrame, select_on: str = "segwbc", setting: str = "bn", mode: str = "plain",
+                tolerance: float = 0.01, pbc: str = "pbc") -> str | None:
+    """The chapter's selection rule for the rescale, fixed in advance: among the candidate rules (on the
+    ``setting`` models, ``mode``) whose held-out PBC balanced accuracy with the rescale is within ``tolerance``
+    of the unchanged model's, the one with the highest ``select_on`` balanced accuracy. None: no rule keeps PBC."""
+    mine = table[(table["setting"] == setting) & (table["mode"] == mode)]
+    base = mine[mine["rule"] == "none"]
+    cands = mine[mine["rule"] != "none"]
+    if not len(base) or not len(cands) or f"{select_on}_mean" not in cands:
+        return None
+    ok = cands[cands[f"{pbc}_mean"] >= base.iloc[0][f"{pbc}_mean"] - tolerance]
+    return None if not len(ok) else str(ok.sort_values(f"{select_on}_mean", ascending=False).iloc[0]["rule"])
+
+
+def goal_text(table: pd.DataFrame, rule: str | None, report_on: str = "bccd", setting: str = "bn",
+              goal: float = 0.60) -> str:
+    """The chapter's answer in Markdown: the ``report_on`` balanced accuracy of the ``setting`` models with the
+    chosen rule, plain and with AdaBN, against the unchanged models and the goal."""
+    if rule is None:
+        return "No rescale rule kept held-out PBC within one point of the unchanged model: nothing to report."
+    mine = table[table["setting"] == setting].set_index(["rule", "mode"])
+    lines = []
+    for mode in ("plain", "adabn"):
+        if (rule, mode) not in mine.index or f"{report_on}_mean" not in mine:
+            continue
+        row = mine.loc[(rule, mode)]
+        base = mine.loc[("none", mode), report_on] if ("none", mode) in mine.index else "–"
+        reached = row[f"{report_on}_mean"] >= goal
+        lines.append(f"- **`{setting}` + rescale `{rule}`{' + AdaBN' if mode == 'adabn' else ''}** "
+                     f"({row['seeds']} seeds): {report_on} balanced accuracy {row[report_on]} (without the rescale: "
+                     f"{base}); goal {goal:.2f} **{'reached' if reached else 'not reached'}**.")
+    return "\n".join(lines) or f"No result on {report_on}."
+
+
+def examples_figure(checkpoint, folder, rule: Rule = RULES[DEFAULT], n: int = 6, seed: int = 0):
+    """``n`` random images of a class-folder set as the network sees them (the centre crop at the run's
+    scale), above the same images after the rescale, with the predicted mask's outline and the factor."""
+    import matplotlib.pyplot as plt
+
+    from wbclib.data import datasets
+    from wbclib.results.evaluate import _dataset, _loader, _model
+
+    model, config, classes, rt = _model(checkpoint)
+    records, root = datasets.folder_records(folder, classes)
+    pick = np.random.default_rng(seed).choice(len(records), min(n, len(records)), replace=False)
+    ds = _dataset([records[i] for i in sorted(pick)], classes, config, root)
+    out = rescaled_dataset(model, ds, config, rt, rule)
+    fig, axes = plt.subplots(2, len(ds), figsize=(1.6 * len(ds), 3.5), layout="constrained", squeeze=False)
+    for row, d in zip(axes, (ds, out)):
+        images = torch.stack([d[i]["image"] for i in range(len(d))])
+        masks = predicted_masks(model, _loader(d, config, rt), rt)
+        for j, ax in enumerate(row):
+            ax.imshow(images[j].permute(1, 2, 0).clamp(0, 1).numpy())
+            ax.contour(masks[j].numpy().astype(float), levels=[0.5], colors="yellow", linewidths=0.8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if d is out:
+                ax.set_xlabel(f"x{out.params[j][0]:.2f}" if out.params[j] else "no cell", fontsize="x-small")
+    axes[0][0].set_ylabel("as it comes", fontsize="small")
+    axes[1][0].set_ylabel("rescaled", fontsize="small")
+    return fig
