@@ -88,7 +88,7 @@ def test_rescaled_images_show_the_cell_at_the_target_share(tmp_path, iterations,
     config = SimpleNamespace(input_size=64, resize=None)
     rt = SimpleNamespace(device="cpu", autocast=contextlib.nullcontext)
     rule = rescale.Rule(target=math.pi * 12 ** 2 / 64 ** 2, low=0.25, iterations=iterations)
-    out = rescale.rescaled_dataset(DiscModel(), ds, config, rt, rule, loader=lambda d: DataLoader(d, batch_size=4))
+    out = rescale.rescaled_dataset(DiscModel(), ds, config, rt, lambda d: DataLoader(d, batch_size=4), rule)
     crop = out[0]["image"]  # the 64-pixel crop the classifier sees, 0-1 floats
     cell = (crop[2] - crop[1]) > 70 / 255
     assert rescale.cell_share(cell) == pytest.approx(share, abs=0.01)
@@ -101,7 +101,7 @@ def test_rescaled_dataset_centres_an_off_centre_cell(tmp_path):
     config = SimpleNamespace(input_size=64, resize=None)
     rt = SimpleNamespace(device="cpu", autocast=contextlib.nullcontext)
     rule = rescale.Rule(target=math.pi * 24 ** 2 / 64 ** 2)  # radius 16 -> 24: enlarged 1.5x
-    out = rescale.rescaled_dataset(DiscModel(), ds, config, rt, rule, loader=lambda d: DataLoader(d, batch_size=4))
+    out = rescale.rescaled_dataset(DiscModel(), ds, config, rt, lambda d: DataLoader(d, batch_size=4), rule)
     assert out.params[0][0] == pytest.approx(1.5, abs=0.02)
     crop = out[0]["image"]
     cell = (crop[2] - crop[1]) > 70 / 255

@@ -84,7 +84,7 @@ def evaluate(checkpoint, folder, out, mask_threshold=None, skip_bad: bool = Fals
     records, root = datasets.folder_records(folder, classes, skip_bad=skip_bad)
     ds = _dataset(records, classes, config, root, mask_threshold)
     if rescale_to_mask:
-        ds = rescale.rescaled_dataset(model, ds, config, rt, adabn=adabn)
+        ds = rescale.rescaled_dataset(model, ds, config, rt, lambda d: _loader(d, config, rt), adabn=adabn)
     adapted = _adapt(model, ds, config, rt) if adabn else None
     pred = _run(model, ds, config, rt, progress)
     y_pred = pred["logits"].argmax(1)
@@ -202,7 +202,7 @@ def predict_images(checkpoint, inputs, out=None, progress: bool = False, rescale
     files = image_files(inputs)
     ds = _dataset([datasets.Record(f) for f in files], classes, config)
     if rescale_to_mask:
-        ds = rescale.rescaled_dataset(model, ds, config, rt)
+        ds = rescale.rescaled_dataset(model, ds, config, rt, lambda d: _loader(d, config, rt))
     loader = _loader(ds, config, rt)
     logits, out_dir = [], Path(out) if out else None
     if out_dir:
