@@ -506,7 +506,8 @@ def evaluate_rescale_runs(runs: pd.DataFrame, sets: dict[str, str | Path], rules
             if rows:
                 old = pd.concat([old, pd.DataFrame(rows)], ignore_index=True)
                 write_atomic(csv, old.to_csv(index=False))
-            frames.append(old.assign(run=r["run"], setting=r["setting"], seed=r["seed"], set=set_name))
+            asked = old["rule"].astype(str).isin([str(n) for n in rules]) & old["mode"].isin(modes)
+            frames.append(old[asked].assign(run=r["run"], setting=r["setting"], seed=r["seed"], set=set_name))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
