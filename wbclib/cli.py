@@ -182,17 +182,24 @@ def cmd_study(a) -> int:
     return runner.run(options, log=print)
 
 
+RESCALE_HELP = ("first rescale each image so that its cell, as the model's mask head sees it, covers the share of "
+                "the frame the training cells cover (for images from another microscope or crop framing)")
+
+
 def cmd_evaluate(a) -> int:
     from pathlib import Path
 
     from wbclib.results import evaluate
 
     result = evaluate.evaluate(a.checkpoint, a.data, a.out, a.mask_threshold, a.skip_bad,
-                               progress=not a.no_progress and sys.stderr.isatty(), adabn=a.adabn)
+                               progress=not a.no_progress and sys.stderr.isatty(), adabn=a.adabn,
+                               rescale_to_mask=a.rescale_to_mask)
     if "adabn" in result:
         what = result["adabn"]
         print(f"adabn: {what['layers']} BatchNorm layer(s) re-estimated on {what['images']} images"
               if what["layers"] else f"adabn: {what['note']}")
+    if "rescale" in result:
+        print(f"rescale-to-mask: {result['rescale']['summary']}")
     line = (f"{result['n']} images: accuracy {result['accuracy']:.4f}, balanced accuracy "
             f"{result['balanced_accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f} (majority class "
             f"{result['majority_baseline']:.4f})")
@@ -208,7 +215,8 @@ def cmd_predict(a) -> int:
 
     from wbclib.results import evaluate
 
-    text = evaluate.predict_images(a.checkpoint, a.inputs, a.out, progress=not a.no_progress and sys.stderr.isatty())
+    text = evaluate.predict_images(a.checkpoint, a.inputs, a.out, progress=not a.no_progress and sys.stderr.isatty(),
+                                   rescale_to_mask=a.rescale_to_mask)
     if a.out:
         print(f"written: {Path(a.out) / 'predictions.csv'} and one PNG per image")
     else:
@@ -314,6 +322,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true")
     p.add_argument("--adabn", action="store_true",
                    help="first re-estimate the BatchNorm statistics on the set's images (AdaBN; labels unused)")
+    p.add_argument("--rescale-to-mask", action="store_true", help=RESCALE_HELP)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -321,6 +330,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--out", default=None, help="folder for predictions.csv and one PNG per image")
+    p.add_argument("--rescale-to-mask", action="store_true", help=RESCALE_HELP)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_predict)
 

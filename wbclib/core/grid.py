@@ -118,6 +118,11 @@ CONFIGURATIONS: tuple[Configuration, ...] = (
     _shift("gn-color-zoom", {"norm": "group", **_COLOR, **_ZOOM}, "GroupNorm, colour and zoom"),
     _shift("bn-robust", {"jpeg_quality": [30, 95], "blur": 1.0, "resample": [0.5, 1.0], "zoom": [0.7, 1.4]},
            "image-quality augmentation: JPEG re-compression, blur, shrink-and-enlarge, mild zoom"),
+    # bn-robust's switches one at a time (no name starts like another's: --only 'shift-bn-robust-*' is one setting)
+    _shift("bn-jpeg", {"jpeg_quality": [30, 95]}, "JPEG re-compression of quality 30-95 alone"),
+    _shift("bn-blur", {"blur": 1.0}, "Gaussian blur of sigma up to 1 pixel alone"),
+    _shift("bn-resample", {"resample": [0.5, 1.0]}, "shrink-and-enlarge by 0.5-1 with a random interpolation alone"),
+    _shift("bn-mildzoom", {"zoom": [0.7, 1.4]}, "zoom 0.7-1.4 alone"),
 )
 
 

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from wbclib import WbcError
 from wbclib.core import storage
 from wbclib.data import datasets, images, layout, readers, transforms
+from wbclib.results import rescale
 from wbclib.results.adabn import adapt_batchnorm
 from wbclib.training import metrics, runs
 from wbclib.training.inference import forward, load_model, predict
@@ -63,11 +64,12 @@ def embed_folder(checkpoint, folder, mask_threshold=None, skip_bad: bool = False
 
 
 def evaluate(checkpoint, folder, out, mask_threshold=None, skip_bad: bool = False, progress: bool = False,
-             adabn: bool = False) -> dict:
+             adabn: bool = False, rescale_to_mask: bool = False) -> dict:
     """Metrics of a trained model on a labelled class-folder set; writes metrics.json, confusion.png and
     predictions.csv under ``out`` (never inside the data folder). With ``adabn``, the BatchNorm statistics are
     first re-estimated on the set's images (AdaBN; their labels are not used), and ``result["adabn"]`` says
-    what was adapted (nothing for a GroupNorm model)."""
+    what was adapted (nothing for a GroupNorm model). With ``rescale_to_mask``, each image is first brought to
+    the training cells' scale from the mask the model predicts (:mod:`wbclib.results.rescale`)."""
     from wbclib.results import plots
 
     out = Path(out)
@@ -77,6 +79,8 @@ def evaluate(checkpoint, folder, out, mask_threshold=None, skip_bad: bool = Fals
     _same_task(checkpoint, config, folder)
     records, root = readers.folder_records(folder, classes, skip_bad=skip_bad)
     ds = _dataset(records, classes, config, root, mask_threshold)
+    if rescale_to_mask:
+        ds = rescale.rescaled_dataset(model, ds, config, rt, lambda d: _loader(d, config, rt), adabn=adabn)
     adapted = _adapt(model, ds, config, rt) if adabn else None
     pred = _run(model, ds, config, rt, progress)
     y_pred = pred["logits"].argmax(1)
@@ -84,6 +88,8 @@ def evaluate(checkpoint, folder, out, mask_threshold=None, skip_bad: bool = Fals
               **metrics.classification_metrics(pred["label"], y_pred, list(classes)), "psnr": pred["psnr"]}
     if adapted is not None:
         result["adabn"] = adapted
+    if rescale_to_mask:
+        result["rescale"] = rescale.describe(ds)
     if pred["segmentation"] is not None:
         result["masks"] = pred["segmentation"]
         result["masks_by_class"] = {classes[c]: v for c, v in pred["segmentation_by_class"].items()}
@@ -175,9 +181,10 @@ def image_files(inputs) -> list[Path]:
     return files
 
 
-def predict_images(checkpoint, inputs, out=None, progress: bool = False) -> str:
+def predict_images(checkpoint, inputs, out=None, progress: bool = False, rescale_to_mask: bool = False) -> str:
     """Class probabilities of each image as CSV; with ``out``, also one PNG per image (input, reconstruction,
-    predicted mask). Returns the CSV text."""
+    predicted mask). With ``rescale_to_mask``, each image is first brought to the training cells' scale
+    (:mod:`wbclib.results.rescale`; the PNGs show the rescaled input). Returns the CSV text."""
     import matplotlib.pyplot as plt
 
     from wbclib.results import plots
@@ -191,6 +198,8 @@ def predict_images(checkpoint, inputs, out=None, progress: bool = False) -> str:
                        "predict with a model trained on labelled cells")
     files = image_files(inputs)
     ds = _dataset([readers.Record(f) for f in files], classes, config)
+    if rescale_to_mask:
+        ds = rescale.rescaled_dataset(model, ds, config, rt, lambda d: _loader(d, config, rt))
     logits, out_dir = [], Path(out) if out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)

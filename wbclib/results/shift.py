@@ -21,6 +21,7 @@ import pandas as pd
 from matplotlib.colors import rgb_to_hsv
 
 from wbclib.core import grid
+from wbclib.results import rescale
 from wbclib.training import metrics
 
 #: Seeds per setting when ``wbc study --seeds`` is not given.
@@ -400,3 +401,164 @@ def goal_summary(table: pd.DataFrame, select_on: str, report_on: str, goal: floa
         f"- **Reported on {report_on}, once:** balanced accuracy {chosen[report_on]}{against}.",
         f"- **Goal** (≥ {goal:.2f} on {report_on}, held-out PBC within one point of the best): {verdict_text}",
     ])
+
+
+# -- the mask-guided rescale (wbclib.results.rescale) on the chapter's runs ------------------------------
+
+def rescale_metrics(checkpoint, folder, rule: rescale.Rule | None, adabn: bool = False) -> dict:
+    """Balanced accuracy, accuracy, per-class recall and predictions of a trained model on a labelled
+    class-folder set, with the images rescaled by ``rule`` (None: unchanged) and, with ``adabn``, AdaBN
+    (estimated again on the rescaled images)."""
+    from wbclib.data import readers
+    from wbclib.results.evaluate import _adapt, _dataset, _loader, _run
+    from wbclib.training.inference import load_model
+
+    model, config, rt = load_model(checkpoint)
+    classes = config.classes
+    records, root = readers.folder_records(folder, classes)
+    ds = _dataset(records, classes, config, root)
+    if rule is not None:
+        ds = rescale.rescaled_dataset(model, ds, config, rt, lambda d: _loader(d, config, rt), rule, adabn=adabn)
+    if adabn:
+        _adapt(model, ds, config, rt)
+    pred = _run(model, ds, config, rt, progress=False)
+    y_pred = pred["logits"].argmax(1)
+    m = metrics.classification_metrics(pred["label"], y_pred, list(classes))
+    factors = [p[0] if p else 1.0 for p in ds.params] if rule is not None else [1.0] * len(ds)
+    return {"balanced_accuracy": m["balanced_accuracy"], "accuracy": m["accuracy"], "n": len(ds),
+            "recall": {c: v["recall"] for c, v in m["per_class"].items()},
+            "median_factor": float(np.median(factors)), "confusion": m["confusion_matrix"]}
+
+
+def evaluate_rescale_runs(runs: pd.DataFrame, sets: dict[str, str | Path], rules: dict[str, rescale.Rule | None],
+                          modes=("plain", "adabn"), progress=None) -> pd.DataFrame:
+    """Every run (columns ``run``, ``setting``, ``seed``, ``path``, ``norm``) on every set, with every rule
+    (None: no rescale) and test-time mode. One row each; results are kept in the run directory
+    (``rescale-<set>.csv``, reused while newer than the checkpoint and made from the same folder)."""
+    from wbclib.core.storage import write_atomic
+    from wbclib.training.runs import resolve_checkpoint
+
+    frames = []
+    for _, r in runs.iterrows():
+        run = Path(r["path"])
+        for set_name, folder in sets.items():
+            csv = run / f"rescale-{set_name}.csv"
+            old = pd.read_csv(csv) if csv.is_file() and csv.stat().st_mtime >= \
+                resolve_checkpoint(run).stat().st_mtime else pd.DataFrame(columns=["rule", "mode", "data"])
+            old = old[old["data"] == str(Path(folder).resolve())] if len(old) else old
+            have = set(zip(old["rule"].astype(str), old["mode"]))
+            rows = []
+            for name, rule in rules.items():
+                for mode in modes:
+                    if mode == "adabn" and r.get("norm", "batch") != "batch":
+                        continue
+                    if (str(name), mode) in have:
+                        continue
+                    res = rescale_metrics(run, folder, rule, adabn=mode == "adabn")
+                    rows.append({"rule": str(name), "mode": mode, "data": str(Path(folder).resolve()),
+                                 "balanced_accuracy": res["balanced_accuracy"], "accuracy": res["accuracy"],
+                                 "n": res["n"], "median_factor": res["median_factor"],
+                                 **{f"recall_{c}": v for c, v in res["recall"].items()}})
+                    if progress:
+                        progress(f"{r['run']} {set_name} {name} {mode}: {res['balanced_accuracy']:.3f}")
+            if rows:
+                old = pd.concat([old, pd.DataFrame(rows)], ignore_index=True)
+                write_atomic(csv, old.to_csv(index=False))
+            asked = old["rule"].astype(str).isin([str(n) for n in rules]) & old["mode"].isin(modes)
+            frames.append(old[asked].assign(run=r["run"], setting=r["setting"], seed=r["seed"], set=set_name))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _cell_mean(values) -> tuple[str, float]:
+    return _cell(list(values)), _ci(list(values))["mean"]
+
+
+def rescale_table(results: pd.DataFrame, sets: list[str]) -> pd.DataFrame:
+    """One row per setting, rule and mode: each set's balanced accuracy, mean over seeds with a 95 % t-interval
+    (``<set>_mean``: the mean as a number), and the median rescale factor on each set."""
+    rows = []
+    for (setting, rule, mode), grp in results.groupby(["setting", "rule", "mode"], sort=False):
+        row = {"setting": setting, "rule": rule, "mode": mode, "seeds": grp["seed"].nunique()}
+        for s in sets:
+            mine = grp[grp["set"] == s]
+            row[s], row[f"{s}_mean"] = _cell_mean(mine["balanced_accuracy"])
+            row[f"factor {s}"] = float(mine["median_factor"].median()) if len(mine) else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def choose_rescale_rule(table: pd.DataFrame, select_on: str = "segwbc", setting: str = "bn", mode: str = "plain",
+                        tolerance: float = 0.01, pbc: str = "pbc") -> dict | None:
+    """The chapter's selection rule for the rescale: among the candidate rules (on the ``setting`` models,
+    ``mode``) whose held-out PBC balanced accuracy with the rescale is within ``tolerance`` of the unchanged
+    model's, the one with the highest ``select_on`` balanced accuracy (``within``: True). If no rule keeps PBC,
+    the one with the highest ``select_on`` balanced accuracy all the same (``within``: False; it cannot meet
+    the goal). Returns ``{"rule", "within", "pbc", "pbc_base", select_on}`` or None (nothing measured)."""
+    mine = table[(table["setting"] == setting) & (table["mode"] == mode)]
+    base = mine[mine["rule"] == "none"]
+    cands = mine[mine["rule"] != "none"]
+    if not len(base) or not len(cands) or f"{select_on}_mean" not in cands:
+        return None
+    ok = cands[cands[f"{pbc}_mean"] >= base.iloc[0][f"{pbc}_mean"] - tolerance]
+    best = (ok if len(ok) else cands).sort_values(f"{select_on}_mean", ascending=False).iloc[0]
+    return {"rule": str(best["rule"]), "within": bool(len(ok)), "pbc": best[pbc], "pbc_base": base.iloc[0][pbc],
+            select_on: best[select_on]}
+
+
+def rescale_goal(table: pd.DataFrame, chosen: dict | None, report_on: str = "bccd", setting: str = "bn",
+                 goal: float = 0.60) -> str:
+    """The chapter's answer in Markdown: the ``report_on`` balanced accuracy of the ``setting`` models with the
+    chosen rule (:func:`choose_rescale_rule`), plain and with AdaBN, against the unchanged models and the goal
+    (``goal`` on ``report_on`` with held-out PBC within one point of the unchanged model's)."""
+    if chosen is None:
+        return "No rescale rule was measured."
+    rule = chosen["rule"]
+    mine = table[table["setting"] == setting].set_index(["rule", "mode"])
+    lines = [f"- **Chosen on segwbc:** rule `{rule}`; held-out PBC {chosen['pbc']} with it, {chosen['pbc_base']} "
+             "without" + ("" if chosen["within"] else " (no candidate rule kept held-out PBC within one point: "
+                                                          "this one is the best on segwbc all the same)") + "."]
+    for mode in ("plain", "adabn"):
+        if (rule, mode) not in mine.index or f"{report_on}_mean" not in mine:
+            continue
+        row = mine.loc[(rule, mode)]
+        base = mine.loc[("none", mode), report_on] if ("none", mode) in mine.index else "–"
+        reached = row[f"{report_on}_mean"] >= goal and chosen["within"]
+        lines.append(f"- **`{setting}` + rescale{' + AdaBN' if mode == 'adabn' else ''}, reported once on "
+                     f"{report_on}** ({row['seeds']} seeds): balanced accuracy {row[report_on]} (without the "
+                     f"rescale: {base}); goal {goal:.2f}"
+                     + (" **reached**." if reached else " **not reached**"
+                        + ("." if row[f"{report_on}_mean"] < goal else " (held-out PBC more than one point lower).")))
+    return "\n".join(lines)
+
+
+def rescale_examples_figure(checkpoint, folder, rule: rescale.Rule | None = None, n: int = 6, seed: int = 0):
+    """``n`` random images of a class-folder set as the network sees them (the centre crop at the run's
+    scale), above the same images after the rescale, with the predicted mask's outline and the factor."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    from wbclib.data import readers
+    from wbclib.results.evaluate import _dataset, _loader
+    from wbclib.training.inference import load_model
+
+    model, config, rt = load_model(checkpoint)
+    classes = config.classes
+    rule = rule or rescale.RULES[rescale.DEFAULT]
+    records, root = readers.folder_records(folder, classes)
+    pick = np.random.default_rng(seed).choice(len(records), min(n, len(records)), replace=False)
+    ds = _dataset([records[i] for i in sorted(pick)], classes, config, root)
+    out = rescale.rescaled_dataset(model, ds, config, rt, lambda d: _loader(d, config, rt), rule)
+    fig, axes = plt.subplots(2, len(ds), figsize=(1.6 * len(ds), 3.5), layout="constrained", squeeze=False)
+    for row, d in zip(axes, (ds, out)):
+        images = torch.stack([d[i]["image"] for i in range(len(d))])
+        masks = rescale.predicted_masks(model, _loader(d, config, rt), rt)
+        for j, ax in enumerate(row):
+            ax.imshow(images[j].permute(1, 2, 0).clamp(0, 1).numpy())
+            ax.contour(masks[j].numpy().astype(float), levels=[0.5], colors="yellow", linewidths=0.8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if d is out:
+                ax.set_xlabel(f"x{out.params[j][0]:.2f}" if out.params[j] else "no cell", fontsize="x-small")
+    axes[0][0].set_ylabel("as it comes", fontsize="small")
+    axes[1][0].set_ylabel("rescaled", fontsize="small")
+    return fig
