@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from types import SimpleNamespace
 
@@ -16,6 +15,7 @@ from wbclib.core import config as cfg
 from wbclib.data import datasets, readers, transforms
 from wbclib.results import rescale
 from wbclib.training import train
+from wbclib.training.runtime import Runtime
 
 VIOLET, WHITE = (120, 60, 200), (235, 230, 225)
 
@@ -86,7 +86,7 @@ def test_rescaled_images_show_the_cell_at_the_target_share(tmp_path, iterations,
     radius 13.5, share 0.139); a second pass measures again and lands on the target."""
     ds = _disc_dataset(tmp_path, 40, (47.5, 47.5))
     config = SimpleNamespace(input_size=64, resize=None)
-    rt = SimpleNamespace(device="cpu", autocast=contextlib.nullcontext)
+    rt = Runtime.plain("cpu")
     rule = rescale.Rule(target=math.pi * 12 ** 2 / 64 ** 2, low=0.25, iterations=iterations)
     out = rescale.rescaled_dataset(DiscModel(), ds, config, rt, lambda d: DataLoader(d, batch_size=4), rule)
     crop = out[0]["image"]  # the 64-pixel crop the classifier sees, 0-1 floats
@@ -99,7 +99,7 @@ def test_rescaled_images_show_the_cell_at_the_target_share(tmp_path, iterations,
 def test_rescaled_dataset_centres_an_off_centre_cell(tmp_path):
     ds = _disc_dataset(tmp_path, 16, (36, 56))
     config = SimpleNamespace(input_size=64, resize=None)
-    rt = SimpleNamespace(device="cpu", autocast=contextlib.nullcontext)
+    rt = Runtime.plain("cpu")
     rule = rescale.Rule(target=math.pi * 24 ** 2 / 64 ** 2)  # radius 16 -> 24: enlarged 1.5x
     out = rescale.rescaled_dataset(DiscModel(), ds, config, rt, lambda d: DataLoader(d, batch_size=4), rule)
     assert out.params[0][0] == pytest.approx(1.5, abs=0.02)

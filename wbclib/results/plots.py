@@ -17,10 +17,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from wbclib import CAM16_CLASSES, WBC_CLASSES
+from wbclib.model.losses import LOSS_PARTS
 
-#: Loss components of history.csv, in panel order, with their panel titles.
-LOSS_COMPONENTS = {"total": "total loss", "mse": "MSE (reconstruction)", "ce": "cross-entropy (class)",
-                   "dice": "Dice loss (mask)"}
+#: Loss components of history.csv (:data:`~wbclib.model.losses.LOSS_PARTS`), in panel order, with their titles.
+LOSS_COMPONENTS = dict(zip(LOSS_PARTS, ("total loss", "MSE (reconstruction)", "cross-entropy (class)",
+                                        "Dice loss (mask)")))
 UNLABELED = "unlabelled"
 _BASE = sns.color_palette("colorblind", 10)
 #: Fixed colour per class name, across every figure of the book (WBC classes first, in index order).
