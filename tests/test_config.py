@@ -50,6 +50,25 @@ def test_json_round_trip(tmp_path):
     assert cfg.load(tmp_path / "c.json") == c
 
 
+def test_a_run_made_before_an_option_existed_is_the_same_run(tmp_path):
+    """A config.json written before keys were added (here the four of the device-resident data and the step
+    levers) is the same config once those take their defaults; a changed value, or a key no config knows, is not."""
+    from wbclib.core import storage
+    from wbclib.training import runs
+
+    config = cfg.from_profile("quick", subset=10)
+    older = {k: v for k, v in config.to_dict().items()
+             if k not in ("resident", "val_batch_size", "compile_mode", "upsample_bf16")}
+    assert cfg.same_config(older, config.to_dict())
+    assert not cfg.same_config({**older, "lr": config.lr * 2}, config.to_dict())
+    assert not cfg.same_config({**older, "no_such_key": 1}, config.to_dict())
+    assert not cfg.same_config(None, config.to_dict())
+    storage.write_json(tmp_path / "config.json", older)
+    storage.write_json(tmp_path / "metrics.json", {"accuracy": 0.5})
+    assert runs.is_finished(tmp_path, config.to_dict())  # the study reuses it instead of training it again
+    assert not runs.is_finished(tmp_path, config.replace(epochs=config.epochs + 1).to_dict())
+
+
 def test_unknown_keys_are_named():
     with pytest.raises(cfg.ConfigError, match=r"unknown config key.*learning_rate"):
         cfg.from_dict({"learning_rate": 1})

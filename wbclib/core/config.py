@@ -231,6 +231,19 @@ def from_dict(values: dict[str, Any]) -> RunConfig:
         raise ConfigError(f"invalid run config: {exc}") from None
 
 
+def same_config(stored: Any, current: dict[str, Any]) -> bool:
+    """Whether ``stored`` (a run's ``config.json`` or its checkpoint's config) is the config ``current`` (a
+    :meth:`RunConfig.to_dict`). Keys added to :class:`RunConfig` after the run was made take their defaults, and
+    a key is only ever added with a default that keeps the earlier behaviour, so a run made before an option
+    existed is still the same run (reused by the study, resumable)."""
+    if not isinstance(stored, dict):
+        return False
+    try:
+        return from_dict(stored).to_dict() == current
+    except (ConfigError, TypeError, ValueError):
+        return False
+
+
 def from_profile(name: str = "quick", **overrides) -> RunConfig:
     """The named profile's defaults, with ``overrides`` applied. An override of None is a value (``resize=None``
     means native resolution); callers leave out the keys they were not given."""

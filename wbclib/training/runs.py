@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from wbclib import WbcError
+from wbclib.core import config as cfg
 from wbclib.core.storage import read_json, replace_atomically, write_json
 
 CHECKPOINT = "checkpoint.pt"
@@ -83,7 +84,7 @@ def is_finished(run_dir: Path, config_dict: dict | None = None) -> bool:
         return False
     if config_dict is None:
         return True
-    return read_json(run_dir / "config.json") == config_dict
+    return cfg.same_config(read_json(run_dir / "config.json"), config_dict)
 
 
 def config_digest(config_dict: dict) -> str:

@@ -297,7 +297,7 @@ def read_checkpoint(config: cfg.RunConfig, run_dir: Path, resume: bool, log) -> 
     ckpt_path = run_dir / runs.CHECKPOINT
     if resume and ckpt_path.exists():
         state = runs.load_checkpoint(ckpt_path)
-        if state.get("config") != config.to_dict():
+        if not cfg.same_config(state.get("config"), config.to_dict()):
             raise WbcError(f"cannot resume {run_dir}: its checkpoint was trained with a different config")
         return state
     if ckpt_path.exists():
