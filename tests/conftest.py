@@ -90,3 +90,44 @@ def tiny_book(tmp_path_factory):
              "--set", "synthetic_scale=0.003", "--external", str(external), "--walkthrough-steps", "20", *TINY],
             tmp_path, timeout=1500)
     return tmp_path, book, p
+
+
+# -- killing a training run and resuming it ----------------------------------------------------------------------
+
+class Killed(Exception):
+    """Raised from a run's log to stop it at a chosen line, as a kill would (after what that line reports)."""
+
+
+def killed_at(prefix: str):
+    """A log function that kills the run at its first line starting with ``prefix`` (e.g. ``"epoch 2/"``: after
+    epoch 2's checkpoint and history were written)."""
+    def log(line: str) -> None:
+        if line.startswith(prefix):
+            raise Killed
+    return log
+
+
+def comparable(run_dir: Path):
+    """What a run leaves that must not depend on interruptions: its history (but wall times), its metrics (but
+    timings and provenance) and its exported embeddings."""
+    import json
+
+    import pandas as pd
+
+    h = pd.read_csv(run_dir / "history.csv").drop(columns="seconds")
+    m = json.loads((run_dir / "metrics.json").read_text())
+    for k in ("wall_time_s", "timing_s", "run"):
+        m.pop(k)
+    with np.load(run_dir / "embeddings.npz") as z:
+        emb = {k: z[k] for k in z.files}
+    return h, m, emb
+
+
+def assert_same_outcome(full: Path, resumed: Path) -> None:
+    """Two runs of one config ended exactly alike: the same history, metrics and embeddings."""
+    import pandas as pd
+
+    (hf, mf, ef), (hr, mr, er) = comparable(full), comparable(resumed)
+    pd.testing.assert_frame_equal(hf, hr, check_exact=True)
+    assert mf == mr
+    assert ef.keys() == er.keys() and all(np.array_equal(ef[k], er[k]) for k in ef)

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import make_wbc_tree, write_image, write_mask
+from conftest import assert_same_outcome, comparable, make_wbc_tree, write_image, write_mask
 from wbclib.cli import main
 from wbclib.training.runs import load_checkpoint
 
@@ -83,26 +83,6 @@ def root(tmp_path_factory) -> Path:
 
 def train_args(root: Path, run: Path, epochs: int = 3, *extra) -> list:
     return ["train", "--data-root", root, "--run-dir", run, "--epochs", epochs, *TINY, *extra]
-
-
-def outcome(run: Path) -> tuple[pd.DataFrame, dict, dict]:
-    """What a run leaves that must not depend on interruptions: history (but its timings), metrics (but wall
-    time) and the exported embeddings."""
-    history = pd.read_csv(run / "history.csv").drop(columns="seconds")
-    m = json.loads((run / "metrics.json").read_text())
-    for key in ("wall_time_s", "timing_s"):
-        m.pop(key)
-    with np.load(run / "embeddings.npz") as z:
-        emb = {k: z[k] for k in z.files}
-    return history, m, emb
-
-
-def assert_same_outcome(a: Path, b: Path) -> None:
-    ha, ma, ea = outcome(a)
-    hb, mb, eb = outcome(b)
-    pd.testing.assert_frame_equal(ha, hb, check_exact=True)
-    assert ma == mb
-    assert ea.keys() == eb.keys() and all(np.array_equal(ea[k], eb[k]) for k in ea)
 
 
 @pytest.fixture(scope="module")
@@ -638,4 +618,4 @@ def test_sigkill_mid_epoch_with_two_loader_workers_then_resume_ends_exactly_like
     assert main([str(a) for a in train_args(root, run, 3, "--resume", *workers)]) == 0
     assert json.loads((run / "manifest.json").read_text())["num_workers"] == 2
     assert_same_outcome(full, run)
-    assert not outcome(run)[0].equals(outcome(uninterrupted)[0])  # the workers drew the augmentations
+    assert not comparable(run)[0].equals(comparable(uninterrupted)[0])  # the workers drew the augmentations

@@ -3,17 +3,15 @@ randomness, and a killed and resumed run that ends exactly where an uninterrupte
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from conftest import make_wbc_tree
+from conftest import Killed, assert_same_outcome, killed_at, make_wbc_tree
 from wbclib import WBC_CLASSES
 from wbclib.core import config as cfg
 from wbclib.data import datasets
@@ -166,35 +164,16 @@ def test_cpu_only_switches_and_auto_on_a_cpu_keep_the_cpu_loader(root):
         config_for(root, resident="yes")
 
 
-def comparable(run_dir: Path):
-    h = pd.read_csv(run_dir / "history.csv").drop(columns="seconds")
-    m = json.loads((run_dir / "metrics.json").read_text())
-    for k in ("wall_time_s", "timing_s", "run"):
-        m.pop(k)
-    return h, m
-
-
-class Killed(Exception):
-    pass
-
-
 def test_killed_and_resumed_resident_run_ends_exactly_like_an_uninterrupted_one(root, tmp_path):
     config = config_for(root, color_jitter=0.1)
     lines = []
     train.fit(config, tmp_path / "full", progress=False, log=lines.append)
     assert any(s.startswith("resident: 10 training images at 48x48 and 5 validation images at 32x32") for s in lines)
 
-    def kill_after_epoch_2(line):
-        if line.startswith("epoch 2/"):
-            raise Killed
-
     with pytest.raises(Killed):
-        train.fit(config, tmp_path / "cut", progress=False, log=kill_after_epoch_2)
+        train.fit(config, tmp_path / "cut", progress=False, log=killed_at("epoch 2/"))
     assert runs.load_checkpoint(tmp_path / "cut")["epoch"] == 2
     train.fit(config, tmp_path / "cut", resume=True, progress=False, log=lambda s: None)
-    hf, mf = comparable(tmp_path / "full")
-    hc, mc = comparable(tmp_path / "cut")
-    pd.testing.assert_frame_equal(hf, hc, check_exact=True)
-    assert mf == mc
+    assert_same_outcome(tmp_path / "full", tmp_path / "cut")
     wf, wc = (runs.load_checkpoint(tmp_path / d)["model"] for d in ("full", "cut"))
     assert all(torch.equal(wf[k], wc[k]) for k in wf)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from conftest import make_wbc_tree
+from conftest import Killed, assert_same_outcome, comparable, killed_at, make_wbc_tree
 from wbclib import WbcError
 from wbclib.core import config as cfg
 from wbclib.data import datasets
@@ -29,15 +28,6 @@ def tiny(root, **kw):
     base = dict(data_root=str(root), input_size=32, resize=None, base_width=4, depth=2, batch_size=4, epochs=3,
                 lr=1e-2, min_steps=0)
     return cfg.from_profile("quick", **{**base, **kw})
-
-
-def comparable(run_dir: Path):
-    h = pd.read_csv(run_dir / "history.csv").drop(columns="seconds")
-    m = json.loads((run_dir / "metrics.json").read_text())
-    m.pop("wall_time_s")
-    m.pop("timing_s")
-    m.pop("run")
-    return h, m
 
 
 @pytest.mark.slow
@@ -65,16 +55,8 @@ def test_same_seed_same_numbers_and_other_seed_differs(root, tmp_path):
     train.fit(tiny(root), tmp_path / "a", **quiet)
     train.fit(tiny(root), tmp_path / "b", **quiet)
     train.fit(tiny(root, seed=1), tmp_path / "c", **quiet)
-    ha, ma = comparable(tmp_path / "a")
-    hb, mb = comparable(tmp_path / "b")
-    hc, _ = comparable(tmp_path / "c")
-    pd.testing.assert_frame_equal(ha, hb, check_exact=True)
-    assert ma == mb
-    assert not ha.equals(hc)
-
-
-class Killed(Exception):
-    pass
+    assert_same_outcome(tmp_path / "a", tmp_path / "b")
+    assert not comparable(tmp_path / "a")[0].equals(comparable(tmp_path / "c")[0])
 
 
 @pytest.mark.slow
@@ -82,21 +64,14 @@ def test_killed_and_resumed_run_ends_exactly_like_an_uninterrupted_one(root, tmp
     config = tiny(root, epochs=4)
     train.fit(config, tmp_path / "full", progress=False, log=lambda s: None)
 
-    def kill_after_epoch_2(line):
-        if line.startswith("epoch 2/"):
-            raise Killed  # after epoch 2's checkpoint and history were written
-
     with pytest.raises(Killed):
-        train.fit(config, tmp_path / "cut", progress=False, log=kill_after_epoch_2)
+        train.fit(config, tmp_path / "cut", progress=False, log=killed_at("epoch 2/"))
     assert not (tmp_path / "cut" / "metrics.json").exists()
     assert runs.load_checkpoint(tmp_path / "cut")["epoch"] == 2
     lines = []
     train.fit(config, tmp_path / "cut", resume=True, progress=False, log=lines.append)
     assert any("resume: continuing after epoch 2" in s for s in lines)
-    hf, mf = comparable(tmp_path / "full")
-    hc, mc = comparable(tmp_path / "cut")
-    pd.testing.assert_frame_equal(hf, hc, check_exact=True)
-    assert mf == mc
+    assert_same_outcome(tmp_path / "full", tmp_path / "cut")
 
 
 @pytest.mark.slow
@@ -109,18 +84,11 @@ def test_small_sets_train_min_steps_validating_at_a_cadence_and_resume_exactly(r
     assert m["epochs"] == 4 and list(h["epoch"]) == [1, 2, 3, 4]
     assert list(h["val_total"].notna()) == [False, True, False, True]
 
-    def kill_after_first_validation(line):
-        if line.startswith("epoch 2/4"):
-            raise Killed
-
-    with pytest.raises(Killed):
-        train.fit(config, tmp_path / "cut", progress=False, log=kill_after_first_validation)
+    with pytest.raises(Killed):  # after the first validation
+        train.fit(config, tmp_path / "cut", progress=False, log=killed_at("epoch 2/4"))
     assert runs.load_checkpoint(tmp_path / "cut")["epoch"] == 2
     train.fit(config, tmp_path / "cut", resume=True, progress=False, log=lambda s: None)
-    hf, mf = comparable(tmp_path / "full")
-    hc, mc = comparable(tmp_path / "cut")
-    pd.testing.assert_frame_equal(hf, hc, check_exact=True)
-    assert mf == mc
+    assert_same_outcome(tmp_path / "full", tmp_path / "cut")
 
 
 def test_resume_refuses_a_different_config(root, tmp_path):
