@@ -27,7 +27,7 @@ from wbclib.results import evaluate
 def originals(pbc: Path, out: Path) -> Path:
     """The full-size PBC originals of the embedded validation cells, as ``out/<Class>/<name>.jpg``."""
     index = {p.name: p for p in pbc.rglob("*.jpg")}
-    val = datasets.EMBEDDED / "WBC_100" / "val" / "data"
+    val = layout.images(layout.wbc_split(datasets.EMBEDDED, 100, "val"))
     for folder in layout.visible(val):
         for f in layout.visible(folder):
             if f.name not in index:
