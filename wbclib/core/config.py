@@ -239,7 +239,7 @@ def same_config(stored: Any, current: dict[str, Any]) -> bool:
     if not isinstance(stored, dict):
         return False
     try:
-        return from_dict(stored).to_dict() == current
+        return json.loads(from_dict(stored).to_json()) == json.loads(json.dumps(current))  # JSON's view of both
     except (ConfigError, TypeError, ValueError):
         return False
 

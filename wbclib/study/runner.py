@@ -127,7 +127,7 @@ def _decide(job: Job, status: dict, config: cfg.RunConfig, run_dir: Path) -> boo
         job.status = "reused"
         return False
     old = storage.read_json(run_dir / "config.json")
-    if old is not None and old != wanted:
+    if old is not None and not cfg.same_config(old, wanted):
         (run_dir / runs.CHECKPOINT).unlink(missing_ok=True)  # another config: start over, don't resume
     return True
 
