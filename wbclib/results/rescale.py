@@ -221,7 +221,8 @@ def model_share(model, config, rt, loader, statistic: str = "area") -> float:
     :data:`MODEL_SHARE_IMAGES`), images where it finds no cell left out. Kept per weights and statistic."""
     from wbclib.data import datasets, readers, transforms
 
-    key = (float(sum(p.detach().double().sum() for p in model.parameters())), config.resize, config.input_size, statistic)
+    weights = float(sum(p.detach().double().sum() for p in model.parameters()))  # one number per set of weights
+    key = (weights, config.resize, config.input_size, statistic)
     if key not in _MODEL_SHARES:
         root = _mask_root(config)
         records = readers.wbc_records(Path(root) if root else datasets.EMBEDDED, 100, "train", check=False)
