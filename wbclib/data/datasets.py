@@ -90,6 +90,28 @@ class CellDataset(Dataset):
                 "path": str(r.path.relative_to(self.root) if self.root else r.path)}
 
 
+
+class KeptDataset(CellDataset):
+    """``base`` with each image and mask kept in memory after its first load; the datasets made from it by
+    :meth:`with_transform` share what it keeps. For evaluations that read the same images several times (under
+    each perturbation, or again after a rescale); only for sets that fit in memory at the dataset's scale."""
+
+    def __init__(self, base: CellDataset, kept: dict | None = None):
+        super().__init__(base.records, base.classes, base.transform, base.mask_threshold, base.resize, base.root,
+                         base.quality)
+        self.kept: dict[int, tuple[torch.Tensor, torch.Tensor]] = {} if kept is None else kept
+
+    def with_transform(self, transform) -> KeptDataset:
+        """The same images (and what is kept of them) under another transform."""
+        other = KeptDataset(self, self.kept)
+        other.transform = transform
+        return other
+
+    def load(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if i not in self.kept:
+            self.kept[i] = super().load(i)
+        return self.kept[i]
+
 # -- where a run's data lives, and its splits --------------------------------------------------------------
 
 def cache_dir() -> Path:

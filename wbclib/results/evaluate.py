@@ -112,9 +112,8 @@ def evaluate_into_run(run_dir, name: str, folder, adabn: bool = False) -> dict:
     and was made from the same folder in the same mode."""
     run_dir, out = Path(run_dir), external_dir(run_dir, name, adabn)
     m = storage.read_json(out / "metrics.json")
-    ckpt = runs.resolve_checkpoint(run_dir)
     if (m and m.get("data") == str(Path(folder).resolve()) and ("adabn" in m) == adabn
-            and (out / "predictions.csv").is_file() and (out / "metrics.json").stat().st_mtime >= ckpt.stat().st_mtime):
+            and (out / "predictions.csv").is_file() and runs.is_current(out / "metrics.json", run_dir)):
         return m
     return evaluate(run_dir, folder, out, adabn=adabn)
 

@@ -35,7 +35,7 @@ from torchvision.transforms.v2 import functional as F
 
 from wbclib import WBC_CLASSES
 from wbclib.data import layout
-from wbclib.data.datasets import CellDataset
+from wbclib.data.datasets import CellDataset, KeptDataset
 
 
 @dataclass(frozen=True)
@@ -171,21 +171,6 @@ class RescaledDataset(CellDataset):
         return zoom(image, factor, (x, y)), zoom(mask, factor, (x, y), fill=[0], nearest=True)
 
 
-class _Kept(CellDataset):
-    """``base`` with each image kept in memory after its first load (the rescale reads every image two to four
-    times; only for images resized to a small scale)."""
-
-    def __init__(self, base: CellDataset):
-        super().__init__(base.records, base.classes, base.transform, base.mask_threshold, base.resize, base.root,
-                         base.quality)
-        self.kept: dict[int, tuple] = {}
-
-    def load(self, i: int):
-        if i not in self.kept:
-            self.kept[i] = super().load(i)
-        return self.kept[i]
-
-
 @torch.no_grad()
 def predicted_masks(model, loader, rt) -> torch.Tensor:
     """The model's predicted cell mask of every image of ``loader`` (N, H, W) bool: the mask channel of the
@@ -261,8 +246,8 @@ def rescaled_dataset(model, ds: CellDataset, config, rt, loader, rule: Rule = RU
         target = float(rule.target)
     if adabn:
         adapt_batchnorm(model, loader(ds), rt)
-    if ds.resize is not None and not isinstance(ds, _Kept):
-        ds = _Kept(ds)
+    if ds.resize is not None and not isinstance(ds, KeptDataset):  # each image is read two to four times
+        ds = KeptDataset(ds)
     params: list = [None] * len(ds)
     sizes = [tuple(ds.load(i)[0].shape[-2:]) for i in range(len(ds))]  # a zoom keeps an image's size
     current = ds

@@ -87,10 +87,11 @@ def perturbed_metrics(checkpoint, folder, kinds=None, skip_bad: bool = False) ->
     classes = config.classes
     records, root = readers.folder_records(folder, classes, skip_bad=skip_bad)
     crop = transforms.eval_transform(config.input_size)
+    images = datasets.KeptDataset(datasets.CellDataset(records, classes, crop, config.mask_threshold, config.resize,
+                                                       root, config.resize_quality))  # decoded once, not per level
     rows = []
     for kind, level in levels(kinds):
-        ds = datasets.CellDataset(records, classes, v2.Compose([perturbation(kind, level), crop]),
-                              config.mask_threshold, config.resize, root, config.resize_quality)
+        ds = images.with_transform(v2.Compose([perturbation(kind, level), crop]))
         pred = predict(model, _loader(ds, config, rt), rt)
         m = metrics.classification_metrics(pred["label"], pred["logits"].argmax(1), list(classes))
         rows.append({"perturbation": kind, "level": level, "accuracy": m["accuracy"],
@@ -100,9 +101,9 @@ def perturbed_metrics(checkpoint, folder, kinds=None, skip_bad: bool = False) ->
 
 def _cached(csv: Path, run: Path, folder) -> pd.DataFrame | None:
     """The kept result of a run, if it is newer than the checkpoint and was made on ``folder``."""
-    from wbclib.training.runs import resolve_checkpoint
+    from wbclib.training.runs import is_current
 
-    if not csv.is_file() or csv.stat().st_mtime < resolve_checkpoint(run).stat().st_mtime:
+    if not is_current(csv, run):
         return None
     res = pd.read_csv(csv)
     return res if "data" in res and set(res["data"]) == {str(Path(folder).resolve())} else None

@@ -438,15 +438,14 @@ def evaluate_rescale_runs(runs: pd.DataFrame, sets: dict[str, str | Path], rules
     (None: no rescale) and test-time mode. One row each; results are kept in the run directory
     (``rescale-<set>.csv``, reused while newer than the checkpoint and made from the same folder)."""
     from wbclib.core.storage import write_atomic
-    from wbclib.training.runs import resolve_checkpoint
+    from wbclib.training.runs import is_current
 
     frames = []
     for _, r in runs.iterrows():
         run = Path(r["path"])
         for set_name, folder in sets.items():
             csv = run / f"rescale-{set_name}.csv"
-            old = pd.read_csv(csv) if csv.is_file() and csv.stat().st_mtime >= \
-                resolve_checkpoint(run).stat().st_mtime else pd.DataFrame(columns=["rule", "mode", "data"])
+            old = pd.read_csv(csv) if is_current(csv, run) else pd.DataFrame(columns=["rule", "mode", "data"])
             old = old[old["data"] == str(Path(folder).resolve())] if len(old) else old
             have = set(zip(old["rule"].astype(str), old["mode"]))
             rows = []

@@ -47,6 +47,13 @@ def resolve_checkpoint(run_or_file: str | Path) -> Path:
     return p
 
 
+def is_current(result: str | Path, run_or_file: str | Path) -> bool:
+    """Whether a result kept beside a run (an evaluation, a table) was made from the run's present checkpoint:
+    it exists and is not older than the checkpoint."""
+    result = Path(result)
+    return result.is_file() and result.stat().st_mtime >= resolve_checkpoint(run_or_file).stat().st_mtime
+
+
 def load_checkpoint(run_or_file: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint with ``weights_only=True``: tensors and plain containers only, never arbitrary code.
 
